@@ -1,0 +1,72 @@
+# django-dataflows developer commands. `make help` lists them.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# PostgreSQL for the second half of the test run (trust auth on a local server).
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/dataflows
+REDIS_URL ?= redis://127.0.0.1:6379/0
+
+export PYTHONPATH := $(CURDIR)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint typecheck migrations-check test-sqlite test-postgres coverage docs tox bench clean
+
+help:  ## List the commands.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "==> Creating $(VENV) and installing django-dataflows with its test tools"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres]" --group test --group lint --group docs
+	@touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv with the package, its extras and the test tools.
+
+demo: $(STAMP)  ## Run the example project (SQLite, in-process backend).
+	@$(BIN)/python -m example_project.demo
+
+test: $(STAMP)  ## Run every check and the whole test suite (SQLite, then PostgreSQL).
+	@$(MAKE) --no-print-directory lint typecheck migrations-check
+	@rm -f .coverage .coverage.*
+	@$(MAKE) --no-print-directory test-sqlite test-postgres
+	@$(MAKE) --no-print-directory coverage
+
+lint: $(STAMP)  ## ruff check and format check.
+	@echo "==> ruff"
+	@$(BIN)/ruff check src tests bench example_project
+	@$(BIN)/ruff format --check src tests bench example_project
+
+typecheck: $(STAMP)  ## mypy with django-stubs.
+	@echo "==> mypy"
+	@$(BIN)/mypy
+
+migrations-check: $(STAMP)  ## Fail if a model change has no migration.
+	@echo "==> makemigrations --check"
+	@$(BIN)/django-admin makemigrations --check --dry-run --settings=tests.settings
+
+test-sqlite: $(STAMP)  ## The suite on SQLite (PostgreSQL-only tests deselected).
+	@echo "==> pytest on SQLite"
+	@$(BIN)/coverage run -m pytest -m "not postgres" $(PYTEST_ARGS)
+
+test-postgres: $(STAMP)  ## The suite on PostgreSQL ($$POSTGRES_URL).
+	@echo "==> pytest on PostgreSQL"
+	@DATABASE_URL=$(POSTGRES_URL) $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+
+coverage: $(STAMP)  ## Combine coverage of both runs; fail under 90 % (branches included).
+	@echo "==> coverage"
+	@$(BIN)/coverage combine --quiet
+	@$(BIN)/coverage report --fail-under=90
+
+tox: $(STAMP)  ## The Django 5.2 / 6.0 / 6.1 matrix.
+	@$(BIN)/python -m pip install --quiet tox
+	@PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[123]' | tr '\n' ':') $(BIN)/tox run-parallel
+
+bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis).
+	@DATABASE_URL=$(POSTGRES_URL) $(BIN)/python bench/heartbeat.py
+
+clean:  ## Remove the virtualenv and build leftovers.
+	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist docs/_build

@@ -1,0 +1,213 @@
+"""System checks: every misconfiguration is reported at start-up with an id.
+
+Errors (``dataflows.E0xx``) and warnings (``dataflows.W0xx``) are listed in the
+reference documentation; ``tests/test_checks.py`` pins the exact ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from django_dataflows.conf import DEFAULTS
+from django_dataflows.security import invalid_network_entries
+from django_dataflows.validators import queue_name_error, queue_name_syntax_error
+
+MIN_TOKEN_LENGTH = 32
+
+
+def _user_settings() -> Mapping[str, Any] | None:
+    value = getattr(settings, "DATAFLOWS", {})
+    return value if isinstance(value, Mapping) else None
+
+
+def _get(config: Mapping[str, Any], key: str) -> Any:
+    return config.get(key, DEFAULTS[key])
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    config = _user_settings()
+    if config is None:
+        return [
+            Error(
+                "The DATAFLOWS setting must be a dict.",
+                hint="Set DATAFLOWS = {...} in your settings, or leave it out.",
+                id="dataflows.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in config:
+        if key not in DEFAULTS:
+            errors.append(
+                Error(
+                    f"Unknown key DATAFLOWS[{key!r}].",
+                    hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}.",
+                    id="dataflows.E002",
+                )
+            )
+    errors += _check_backend(config)
+    errors += _check_networks(config)
+    errors += _check_queues(config)
+    errors += _check_numbers(config)
+    errors += _check_token(config)
+    errors += _check_callbacks(config)
+    errors += _check_flow_modules()
+    return errors
+
+
+def _check_backend(config: Mapping[str, Any]) -> list[CheckMessage]:
+    from django_dataflows.backends import load_backend
+
+    path = _get(config, "BACKEND")
+    try:
+        backend = load_backend(str(path))
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="dataflows.E003")]
+    return backend.check()
+
+
+def _check_networks(config: Mapping[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for key, check_id in (
+        ("HEARTBEAT_ALLOWED_IPS", "dataflows.E004"),
+        ("HEARTBEAT_TRUSTED_PROXIES", "dataflows.E005"),
+    ):
+        for entry in invalid_network_entries(_get(config, key)):
+            errors.append(
+                Error(
+                    f"DATAFLOWS[{key!r}] has an entry that is not an IP address or network: "
+                    f"{entry}.",
+                    hint="Use a list of addresses or CIDR networks, e.g. ['10.0.0.0/8', '::1'] "
+                    "(host bits must be zero).",
+                    id=check_id,
+                )
+            )
+    return errors
+
+
+def _check_queues(config: Mapping[str, Any]) -> list[CheckMessage]:
+    allowed = _get(config, "ALLOWED_QUEUES")
+    if allowed is not None and (not isinstance(allowed, list | tuple) or not allowed):
+        return [
+            Error(
+                "DATAFLOWS['ALLOWED_QUEUES'] must be None or a non-empty list of queue names.",
+                id="dataflows.E006",
+            )
+        ]
+    messages = [queue_name_syntax_error(name) for name in allowed or []]
+    # The default queue must also be one of the allowed ones (read live, as the model does).
+    messages.append(queue_name_error(_get(config, "DEFAULT_QUEUE")))
+    return [Error(message, id="dataflows.E006") for message in messages if message]
+
+
+_POSITIVE = ("HEARTBEAT_BATCH_SIZE", "HEARTBEAT_MAX_BODY_SIZE", "RUN_TIMEOUT", "RETRY_BACKOFF")
+
+
+def _check_numbers(config: Mapping[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for key in _POSITIVE:
+        value = _get(config, key)
+        integral = key != "RETRY_BACKOFF"
+        wrong_type = isinstance(value, bool) or not isinstance(value, int if integral else Real)
+        if wrong_type or value <= 0:
+            kind = "integer" if integral else "number"
+            errors.append(
+                Error(
+                    f"DATAFLOWS[{key!r}] must be a positive {kind}, not {value!r}.",
+                    id="dataflows.E007",
+                )
+            )
+    retries = _get(config, "MAX_RETRIES")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        errors.append(
+            Error(
+                f"DATAFLOWS['MAX_RETRIES'] must be an integer of 0 or more, not {retries!r}.",
+                id="dataflows.E007",
+            )
+        )
+    return errors
+
+
+def _check_token(config: Mapping[str, Any]) -> list[CheckMessage]:
+    token = _get(config, "HEARTBEAT_TOKEN")
+    if token is None:
+        return []
+    if not isinstance(token, str) or not token.strip():
+        return [
+            Error(
+                "DATAFLOWS['HEARTBEAT_TOKEN'] must be a non-empty string or None.",
+                hint="An empty token would let nobody in; every heartbeat is refused until "
+                "it is set (for example from an environment variable) or removed.",
+                id="dataflows.E008",
+            )
+        ]
+    return []
+
+
+def _check_callbacks(config: Mapping[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    callbacks = _get(config, "CALLBACKS")
+    for path in callbacks if isinstance(callbacks, list | tuple) else [callbacks]:
+        try:
+            target = import_string(path)
+        except (ImportError, TypeError) as exc:
+            errors.append(
+                Error(
+                    f"Could not import DATAFLOWS['CALLBACKS'] entry {path!r}: {exc}",
+                    id="dataflows.E009",
+                )
+            )
+            continue
+        if not callable(target):
+            errors.append(
+                Error(f"DATAFLOWS['CALLBACKS'] entry {path!r} is not callable.", id="dataflows.E009")
+            )
+    return errors
+
+
+def _check_flow_modules() -> list[CheckMessage]:
+    app_config = apps.get_app_config("dataflows")
+    return [
+        Error(
+            f"Could not import DATAFLOWS['FLOW_MODULES'] entry {module!r}: {exc}",
+            id="dataflows.E010",
+        )
+        for module, exc in getattr(app_config, "flow_module_errors", [])
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_heartbeat_security(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    config = _user_settings()
+    if config is None:
+        return []
+    token = _get(config, "HEARTBEAT_TOKEN")
+    allowed = _get(config, "HEARTBEAT_ALLOWED_IPS")
+    warnings: list[CheckMessage] = []
+    if not token and not allowed:
+        warnings.append(
+            Warning(
+                "The heartbeat has neither DATAFLOWS['HEARTBEAT_TOKEN'] nor "
+                "DATAFLOWS['HEARTBEAT_ALLOWED_IPS'] set.",
+                hint="It then accepts any loopback client, and behind a reverse proxy on the "
+                "same host every request arrives from loopback. Set a token.",
+                id="dataflows.W001",
+            )
+        )
+    if isinstance(token, str) and token.strip() and len(token) < MIN_TOKEN_LENGTH:
+        warnings.append(
+            Warning(
+                f"DATAFLOWS['HEARTBEAT_TOKEN'] is shorter than {MIN_TOKEN_LENGTH} characters.",
+                hint="Generate one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\"",
+                id="dataflows.W002",
+            )
+        )
+    return warnings

@@ -1,0 +1,98 @@
+"""The ``DATAFLOWS`` setting, read live on every access so ``override_settings`` works."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    "BACKEND": "django_dataflows.backends.sync.SyncBackend",
+    "HEARTBEAT_TOKEN": None,
+    "HEARTBEAT_ALLOWED_IPS": [],
+    "HEARTBEAT_TRUSTED_PROXIES": [],
+    "HEARTBEAT_BATCH_SIZE": 500,
+    "HEARTBEAT_MAX_BODY_SIZE": 4096,
+    "DEFAULT_QUEUE": "default",
+    "ALLOWED_QUEUES": None,
+    "MAX_RETRIES": 3,
+    "RETRY_BACKOFF": 2,
+    "RUN_TIMEOUT": 3600,
+    "CALLBACKS": [],
+    "FLOW_MODULES": [],
+}
+
+
+class DataFlowsSettings:
+    """Typed access to ``settings.DATAFLOWS`` merged over :data:`DEFAULTS`."""
+
+    @property
+    def _user(self) -> Mapping[str, Any]:
+        value = getattr(settings, "DATAFLOWS", {})
+        # A wrong type is reported by the dataflows.E001 check; fall back to defaults here.
+        return value if isinstance(value, Mapping) else {}
+
+    def _get(self, key: str) -> Any:
+        return self._user.get(key, DEFAULTS[key])
+
+    @property
+    def user_keys(self) -> list[str]:
+        return list(self._user)
+
+    @property
+    def BACKEND(self) -> str:  # noqa: N802
+        return str(self._get("BACKEND"))
+
+    @property
+    def HEARTBEAT_TOKEN(self) -> str | None:  # noqa: N802
+        value = self._get("HEARTBEAT_TOKEN")
+        return None if value is None else str(value)
+
+    @property
+    def HEARTBEAT_ALLOWED_IPS(self) -> list[str]:  # noqa: N802
+        return list(self._get("HEARTBEAT_ALLOWED_IPS") or [])
+
+    @property
+    def HEARTBEAT_TRUSTED_PROXIES(self) -> list[str]:  # noqa: N802
+        return list(self._get("HEARTBEAT_TRUSTED_PROXIES") or [])
+
+    @property
+    def HEARTBEAT_BATCH_SIZE(self) -> int:  # noqa: N802
+        return int(self._get("HEARTBEAT_BATCH_SIZE"))
+
+    @property
+    def HEARTBEAT_MAX_BODY_SIZE(self) -> int:  # noqa: N802
+        return int(self._get("HEARTBEAT_MAX_BODY_SIZE"))
+
+    @property
+    def DEFAULT_QUEUE(self) -> str:  # noqa: N802
+        return str(self._get("DEFAULT_QUEUE"))
+
+    @property
+    def ALLOWED_QUEUES(self) -> list[str] | None:  # noqa: N802
+        value = self._get("ALLOWED_QUEUES")
+        return None if value is None else list(value)
+
+    @property
+    def MAX_RETRIES(self) -> int:  # noqa: N802
+        return int(self._get("MAX_RETRIES"))
+
+    @property
+    def RETRY_BACKOFF(self) -> float:  # noqa: N802
+        return float(self._get("RETRY_BACKOFF"))
+
+    @property
+    def RUN_TIMEOUT(self) -> int:  # noqa: N802
+        return int(self._get("RUN_TIMEOUT"))
+
+    @property
+    def CALLBACKS(self) -> list[str]:  # noqa: N802
+        return list(self._get("CALLBACKS") or [])
+
+    @property
+    def FLOW_MODULES(self) -> list[str]:  # noqa: N802
+        return list(self._get("FLOW_MODULES") or [])
+
+
+app_settings = DataFlowsSettings()

@@ -1,0 +1,270 @@
+"""``FlowExecutor``: the only code that moves a run from one status to another.
+
+Every transition is a conditional ``UPDATE … WHERE status IN (expected)``: a late or
+duplicated message can never overwrite a finished run, and a flow body runs at most once
+per run record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+from django_dataflows.conf import app_settings
+from django_dataflows.events import emit
+from django_dataflows.exceptions import DataFlowError, RunNotPending
+from django_dataflows.flows import Flow, FlowContext
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger("django_dataflows.executor")
+
+
+class FlowTimeout(DataFlowError):
+    """The run went past its timeout; it ends ``timed_out`` rather than ``failed``."""
+
+
+#: Exceptions that end a run as ``timed_out``. Backends add their own (Celery's soft
+#: time limit) with :func:`register_timeout_exception`.
+_timeout_exceptions: list[type[BaseException]] = [FlowTimeout]
+
+
+def register_timeout_exception(exc_class: type[BaseException]) -> None:
+    if exc_class not in _timeout_exceptions:
+        _timeout_exceptions.append(exc_class)
+
+
+class FlowExecutor:
+    """Run a data flow and record what happened.
+
+    ``FlowExecutor.execute(data_flow)`` is the single entry point: it records a run,
+    instantiates the flow with the DataFlow's configuration, calls ``run()``, stores the
+    outcome on the run and the flow, and returns the flow's result. On failure it stores
+    the message and backtrace and re-raises the original exception.
+    """
+
+    @classmethod
+    def execute(
+        cls,
+        data_flow: DataFlow,
+        run: DataFlowRun | None = None,
+        *,
+        trigger: str = RunTrigger.MANUAL,
+        user: AbstractBaseUser | None = None,
+    ) -> Any:
+        """Execute ``data_flow`` now, in this process, and return the flow's result.
+
+        With ``run`` (a pending run created by ``trigger_run``), that run is executed; a run
+        that is no longer pending raises ``RunNotPending`` and the flow is not called.
+        Without it, a new run is recorded first (``RunAlreadyActive`` if one is active).
+        """
+        run = cls._take_run(data_flow, run, trigger, user)
+        cls._mark_in_progress(run)
+        try:
+            flow = cls._instantiate(data_flow, run)
+            result = cls._serialisable(flow.run())
+        except BaseException as exc:
+            cls._record_failure(run, exc)
+            raise
+        cls._record_success(run, result)
+        return result
+
+    # -- steps of execute() ---------------------------------------------------------
+
+    @staticmethod
+    def _take_run(
+        data_flow: DataFlow,
+        run: DataFlowRun | None,
+        trigger: str,
+        user: AbstractBaseUser | None,
+    ) -> DataFlowRun:
+        if run is None:
+            return data_flow.create_pending_run(trigger=trigger, user=user)
+        if run.data_flow_id != data_flow.pk:
+            raise ValueError(f"Run {run.pk} belongs to another data flow than {data_flow.name!r}.")
+        run.data_flow = data_flow
+        return run
+
+    @classmethod
+    def _mark_in_progress(cls, run: DataFlowRun) -> None:
+        now = timezone.now()
+        if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, started_at=now):
+            run.refresh_from_db(fields=["status"])
+            raise RunNotPending(run.pk, run.status)
+        emit("run_started", run)
+
+    @staticmethod
+    def _instantiate(data_flow: DataFlow, run: DataFlowRun) -> Flow:
+        flow_class = data_flow.flow_class  # FlowNotRegistered for anything unregistered
+        return flow_class(data_flow.configuration, context=FlowContext(data_flow, run))
+
+    @staticmethod
+    def _serialisable(result: Any) -> Any:
+        try:
+            json.dumps(result, cls=DjangoJSONEncoder)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"The flow returned a result that cannot be stored as JSON: {exc}"
+            ) from exc
+        return result
+
+    @classmethod
+    def _record_success(cls, run: DataFlowRun, result: Any) -> None:
+        if cls._transition(
+            run, (RunStatus.IN_PROGRESS,), RunStatus.SUCCESS, ended_at=timezone.now(), result=result
+        ):
+            cls._update_flow(run)
+            emit("run_finished", run)
+        else:
+            logger.warning("Run %s finished after it was marked %s; kept.", run.pk, run.status)
+
+    @classmethod
+    def _record_failure(cls, run: DataFlowRun, exc: BaseException) -> None:
+        status = (
+            RunStatus.TIMED_OUT
+            if isinstance(exc, tuple(_timeout_exceptions))
+            else RunStatus.FAILED
+        )
+        if cls._transition(
+            run,
+            (RunStatus.IN_PROGRESS,),
+            status,
+            ended_at=timezone.now(),
+            error_message=str(exc) or type(exc).__name__,
+            error_backtrace="".join(traceback.format_exception(exc)),
+        ):
+            cls._update_flow(run)
+            logger.error(
+                "Data flow %r run %s %s: %s", run.data_flow.name, run.pk, status.label, exc
+            )
+            emit("run_finished", run)
+
+    # -- transitions outside execute() ----------------------------------------------
+
+    @classmethod
+    def record_enqueue_failure(cls, run: DataFlowRun, exc: BaseException) -> bool:
+        """Mark a pending run the backend refused as ``failed``; the flow stays due."""
+        done = cls._transition(
+            run,
+            (RunStatus.PENDING,),
+            RunStatus.FAILED,
+            ended_at=timezone.now(),
+            error_message=f"Could not enqueue the run: {exc}",
+            error_backtrace="".join(traceback.format_exception(exc)),
+        )
+        if done:
+            cls._update_flow(run, last_run_at=False)
+            # Nothing ran, so the slot is not spent: the flow is due at the next heartbeat.
+            DataFlow.objects.filter(pk=run.data_flow_id).update(next_run_at=run.created_at)
+            emit("run_finished", run)
+        return done
+
+    @classmethod
+    def record_enqueued(cls, run: DataFlowRun, *, task_id: str = "", queue: str = "") -> None:
+        """Store the backend's bookkeeping for a run it accepted."""
+        fields = {"task_id": task_id, "queue": queue or run.queue}
+        DataFlowRun.objects.filter(pk=run.pk).update(**fields)
+        run.task_id, run.queue = fields["task_id"], fields["queue"]
+
+    @classmethod
+    def cancel(cls, run: DataFlowRun, reason: str = "Cancelled.") -> bool:
+        """Cancel a pending or in-progress run; ``False`` if it had already finished."""
+        done = cls._transition(
+            run,
+            (RunStatus.PENDING, RunStatus.IN_PROGRESS),
+            RunStatus.CANCELLED,
+            ended_at=timezone.now(),
+            error_message=reason,
+        )
+        if done:
+            cls._update_flow(run, last_run_at=False)
+            emit("run_finished", run)
+        return done
+
+    @classmethod
+    def time_out_stuck_runs(cls, now: datetime | None = None) -> int:
+        """End runs that are past their timeout as ``timed_out``; return how many.
+
+        A run ``in_progress`` longer than its flow's ``timeout`` (else ``RUN_TIMEOUT``) has
+        lost its worker; a run still ``pending`` after that long was never picked up (a
+        lost queue message). Either would otherwise block its flow forever.
+        """
+        now = now or timezone.now()
+        default_timeout = app_settings.RUN_TIMEOUT
+        # At most one active run per flow, so this is bounded by the number of flows.
+        active = DataFlowRun.objects.active().values_list(
+            "pk", "status", "started_at", "created_at", "data_flow__timeout"
+        )
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for pk, status, started_at, created_at, timeout in active:
+            timeout = timeout or default_timeout
+            since = started_at if status == RunStatus.IN_PROGRESS else created_at
+            if since is not None and since + timedelta(seconds=timeout) <= now:
+                groups[(status, timeout)].append(pk)
+        count = 0
+        for (status, timeout), pks in groups.items():
+            message = (
+                f"Timed out: still in progress after the {timeout}-second timeout; "
+                "its worker was probably lost."
+                if status == RunStatus.IN_PROGRESS
+                else f"Timed out: no worker picked the run up within {timeout} seconds; "
+                "the queue message was probably lost."
+            )
+            count += DataFlowRun.objects.filter(pk__in=pks, status=status).update(
+                status=RunStatus.TIMED_OUT, ended_at=now, error_message=message
+            )
+        if count:
+            cls._after_bulk_finish(
+                DataFlowRun.objects.filter(
+                    pk__in=[pk for pks in groups.values() for pk in pks],
+                    status=RunStatus.TIMED_OUT,
+                    ended_at=now,
+                ).select_related("data_flow")
+            )
+        return count
+
+    # -- helpers --------------------------------------------------------------------
+
+    @staticmethod
+    def _transition(
+        run: DataFlowRun, expected: tuple[str, ...], status: str, **fields: Any
+    ) -> bool:
+        """Move ``run`` to ``status`` only if it is still in one of ``expected``."""
+        updated = DataFlowRun.objects.filter(pk=run.pk, status__in=expected).update(
+            status=status, **fields
+        )
+        if updated:
+            run.status = status
+            for name, value in fields.items():
+                setattr(run, name, value)
+        return bool(updated)
+
+    @staticmethod
+    def _update_flow(run: DataFlowRun, *, last_run_at: bool = True) -> None:
+        fields: dict[str, Any] = {"last_run_status": run.status}
+        if last_run_at and run.started_at is not None:
+            fields["last_run_at"] = run.started_at
+        DataFlow.objects.filter(pk=run.data_flow_id).update(**fields)
+        for name, value in fields.items():
+            setattr(run.data_flow, name, value)
+
+    @staticmethod
+    def _after_bulk_finish(runs: Iterable[DataFlowRun]) -> None:
+        runs = list(runs)
+        DataFlow.objects.filter(pk__in=[run.data_flow_id for run in runs]).update(
+            last_run_status=RunStatus.TIMED_OUT
+        )
+        for run in runs:
+            run.data_flow.last_run_status = RunStatus.TIMED_OUT
+            emit("run_finished", run)

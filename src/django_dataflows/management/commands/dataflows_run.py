@@ -1,0 +1,63 @@
+"""``manage.py dataflows_run NAME``: run a data flow now and print the outcome."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.serializers.json import DjangoJSONEncoder
+
+from django_dataflows.exceptions import DataFlowError, RunAlreadyActive
+from django_dataflows.executor import FlowExecutor
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a data flow now. By default it runs in this process (whatever the backend), "
+        "prints its status and result, and exits 1 if it failed. With --enqueue it is "
+        "handed to the configured backend instead."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="The DataFlow's name.")
+        parser.add_argument(
+            "--enqueue",
+            action="store_true",
+            help="Hand the run to the configured backend instead of running it here.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"]
+        try:
+            data_flow = DataFlow.objects.get(name=name)
+        except DataFlow.DoesNotExist:
+            raise CommandError(f"No data flow named {name!r}.") from None
+        try:
+            run = self._start(data_flow, enqueue=options["enqueue"])
+        except RunAlreadyActive as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Run {run.pk} of {data_flow.name!r}: {run.status}")
+        if run.duration is not None:
+            self.stdout.write(f"Duration: {run.duration.total_seconds():.3f}s")
+        if run.status == RunStatus.SUCCESS:
+            result = json.dumps(run.result, cls=DjangoJSONEncoder, indent=2, sort_keys=True)
+            self.stdout.write(self.style.SUCCESS(f"Result: {result}"))
+        elif run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED):
+            self.stderr.write(self.style.ERROR(f"Error: {run.error_message}"))
+            raise CommandError(f"Data flow {data_flow.name!r} {run.status}.", returncode=1)
+
+    def _start(self, data_flow: DataFlow, *, enqueue: bool) -> DataFlowRun:
+        if enqueue:
+            try:
+                return data_flow.trigger_run(trigger=RunTrigger.COMMAND)
+            except DataFlowError as exc:
+                raise CommandError(str(exc)) from exc
+        run = data_flow.create_pending_run(trigger=RunTrigger.COMMAND)
+        try:
+            FlowExecutor.execute(data_flow, run=run)
+        except Exception:  # noqa: S110 - recorded on the run, reported below
+            pass
+        run.refresh_from_db()
+        return run

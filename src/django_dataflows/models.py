@@ -1,0 +1,374 @@
+"""``DataFlow`` (a schedulable flow) and ``DataFlowRun`` (one execution of it)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import MinValueValidator
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from django_dataflows.conf import app_settings
+from django_dataflows.exceptions import RunAlreadyActive
+from django_dataflows.flows import Flow, get_flow_class
+from django_dataflows.validators import (
+    validate_json_object,
+    validate_queue_name,
+    validate_registered_flow,
+)
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    IN_PROGRESS = "in_progress", _("In progress")
+    SUCCESS = "success", _("Success")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+    TIMED_OUT = "timed_out", _("Timed out")
+
+
+#: A flow has at most one run in these statuses at a time.
+ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.IN_PROGRESS)
+FINISHED_STATUSES = (
+    RunStatus.SUCCESS,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+    RunStatus.TIMED_OUT,
+)
+
+
+class RunTrigger(models.TextChoices):
+    SCHEDULE = "schedule", _("Schedule (heartbeat)")
+    MANUAL = "manual", _("Manual")
+    API = "api", _("API")
+    COMMAND = "command", _("Management command")
+    RETRY = "retry", _("Retry")
+
+
+def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
+    """The first slot on ``slot``'s grid (``slot + k * interval``) that is later than ``now``.
+
+    Advancing from the slot, not from ``now``, keeps a schedule from drifting; jumping past
+    every missed slot at once means a flow that was down for a day runs once, not once per
+    missed slot.
+    """
+    if slot > now:
+        return slot
+    missed = math.floor((now - slot).total_seconds() / interval) + 1
+    return slot + timedelta(seconds=missed * interval)
+
+
+class DataFlowQuerySet(models.QuerySet["DataFlow"]):
+    def enabled(self) -> DataFlowQuerySet:
+        return self.filter(enabled=True)
+
+    def due_to_run(self, now: datetime | None = None) -> DataFlowQuerySet:
+        """Enabled flows whose ``next_run_at`` has come (served by the (enabled, next_run_at) index)."""
+        return self.filter(enabled=True, next_run_at__lte=now or timezone.now())
+
+
+class DataFlow(models.Model):
+    """A flow to run every ``run_interval`` seconds, with its configuration."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    description = models.TextField(_("description"), blank=True)
+    flow = models.CharField(
+        _("flow"),
+        max_length=255,
+        validators=[validate_registered_flow],
+        help_text=_("Dotted path of a registered Flow subclass, e.g. myapp.flows.ProductSync."),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    configuration = models.JSONField(
+        _("configuration"),
+        default=dict,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        validators=[validate_json_object],
+        help_text=_("A JSON object passed to the flow as self.configuration."),
+    )
+    run_interval = models.PositiveIntegerField(
+        _("run interval"),
+        validators=[MinValueValidator(1)],
+        help_text=_("Seconds between scheduled runs."),
+    )
+    queue = models.CharField(
+        _("queue"),
+        max_length=100,
+        blank=True,
+        validators=[validate_queue_name],
+        help_text=_("Queue for asynchronous backends; empty means DATAFLOWS['DEFAULT_QUEUE']."),
+    )
+    max_retries = models.PositiveSmallIntegerField(
+        _("max retries"),
+        null=True,
+        blank=True,
+        help_text=_("Overrides DATAFLOWS['MAX_RETRIES'] for this flow."),
+    )
+    timeout = models.PositiveIntegerField(
+        _("timeout"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_("Seconds; overrides DATAFLOWS['RUN_TIMEOUT'] for this flow."),
+    )
+    last_run_at = models.DateTimeField(_("last run at"), null=True, blank=True, editable=False)
+    last_run_status = models.CharField(
+        _("last run status"), max_length=20, choices=RunStatus.choices, blank=True, editable=False
+    )
+    next_run_at = models.DateTimeField(_("next run at"), default=timezone.now, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects: ClassVar[DataFlowQuerySet] = DataFlowQuerySet.as_manager()  # type: ignore[assignment]
+
+    # The schedule fields as loaded, to notice edits that move the next run.
+    _loaded_schedule: tuple[int, bool] | None = None
+
+    class Meta:
+        verbose_name = _("data flow")
+        verbose_name_plural = _("data flows")
+        ordering = ("name",)
+        indexes = (models.Index(fields=("enabled", "next_run_at"), name="dataflows_due_idx"),)
+        constraints = (
+            models.CheckConstraint(
+                condition=Q(run_interval__gte=1), name="dataflows_run_interval_positive"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> DataFlow:
+        instance = super().from_db(db, field_names, values)
+        if "run_interval" in instance.__dict__ and "enabled" in instance.__dict__:
+            instance._loaded_schedule = (instance.run_interval, instance.enabled)
+        return instance
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding or self._loaded_schedule != (self.run_interval, self.enabled):
+            self.next_run_at = self.compute_next_run_at()
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "next_run_at"}
+        super().save(*args, **kwargs)
+        self._loaded_schedule = (self.run_interval, self.enabled)
+
+    def compute_next_run_at(self, now: datetime | None = None) -> datetime:
+        """When the flow is next due: ``run_interval`` after its last run, or now if never run."""
+        now = now or timezone.now()
+        if self.last_run_at is None:
+            return now
+        return max(self.last_run_at + timedelta(seconds=self.run_interval), now)
+
+    @property
+    def flow_class(self) -> type[Flow]:
+        """The registered flow class; raises ``FlowNotRegistered`` for anything else."""
+        return get_flow_class(self.flow)
+
+    @property
+    def effective_queue(self) -> str:
+        return self.queue or app_settings.DEFAULT_QUEUE
+
+    @property
+    def effective_timeout(self) -> int:
+        return self.timeout or app_settings.RUN_TIMEOUT
+
+    @property
+    def effective_max_retries(self) -> int:
+        return app_settings.MAX_RETRIES if self.max_retries is None else self.max_retries
+
+    def upcoming_runs(self, count: int = 5, now: datetime | None = None) -> list[datetime]:
+        """The next ``count`` scheduled times (empty when disabled)."""
+        if not self.enabled:
+            return []
+        first = max(self.next_run_at, now or timezone.now())
+        return [first + timedelta(seconds=i * self.run_interval) for i in range(count)]
+
+    def create_pending_run(
+        self,
+        trigger: str = RunTrigger.MANUAL,
+        user: AbstractBaseUser | None = None,
+        *,
+        attempt: int = 1,
+        now: datetime | None = None,
+    ) -> DataFlowRun:
+        """Record a new pending run and move the schedule; raise ``RunAlreadyActive``.
+
+        A run started by hand pushes the next scheduled run to at least ``run_interval``
+        later, as a scheduled one would (the heartbeat claims scheduled runs in bulk in
+        :mod:`django_dataflows.scheduling`).
+        """
+        now = now or timezone.now()
+        run = DataFlowRun(
+            data_flow=self,
+            status=RunStatus.PENDING,
+            trigger=trigger,
+            triggered_by=user if user is not None and user.is_authenticated else None,
+            queue=self.effective_queue,
+            attempt=attempt,
+        )
+        try:
+            with transaction.atomic():
+                run.save(force_insert=True)
+        except IntegrityError:
+            if self.runs.active().exists():
+                raise RunAlreadyActive(self.name) from None
+            raise
+        self.last_run_at = now
+        self.last_run_status = RunStatus.IN_PROGRESS
+        self.next_run_at = max(self.next_run_at, now + timedelta(seconds=self.run_interval))
+        DataFlow.objects.filter(pk=self.pk).update(
+            last_run_at=self.last_run_at,
+            last_run_status=self.last_run_status,
+            next_run_at=self.next_run_at,
+        )
+        return run
+
+    def trigger_run(
+        self,
+        trigger: str = RunTrigger.MANUAL,
+        user: AbstractBaseUser | None = None,
+    ) -> DataFlowRun:
+        """Start a run: record it as pending and hand it to the backend after commit.
+
+        This is the one way a run starts. With the default in-process backend and no
+        surrounding transaction the run has finished when this returns; the returned
+        object is refreshed to show it. Raises ``RunAlreadyActive`` if a run is active.
+        """
+        from django_dataflows.backends import dispatch
+
+        run = self.create_pending_run(trigger=trigger, user=user)
+        transaction.on_commit(lambda: dispatch(run))
+        if not transaction.get_connection().in_atomic_block:
+            run.refresh_from_db()
+        return run
+
+
+class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
+    def active(self) -> DataFlowRunQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def finished(self) -> DataFlowRunQuerySet:
+        return self.filter(status__in=FINISHED_STATUSES)
+
+
+class DataFlowRun(models.Model):
+    """One execution of a data flow; the history is kept."""
+
+    data_flow = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="runs", verbose_name=_("data flow")
+    )
+    status = models.CharField(
+        _("status"), max_length=20, choices=RunStatus.choices, default=RunStatus.PENDING
+    )
+    trigger = models.CharField(
+        _("trigger"), max_length=20, choices=RunTrigger.choices, default=RunTrigger.MANUAL
+    )
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("triggered by"),
+    )
+    scheduled_for = models.DateTimeField(
+        _("scheduled for"),
+        null=True,
+        blank=True,
+        help_text=_("The schedule slot a heartbeat run belongs to."),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+    error_backtrace = models.TextField(_("error backtrace"), blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    attempt = models.PositiveSmallIntegerField(_("attempt"), default=1)
+    task_id = models.CharField(_("task id"), max_length=255, blank=True)
+    queue = models.CharField(_("queue"), max_length=100, blank=True)
+
+    objects: ClassVar[DataFlowRunQuerySet] = DataFlowRunQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("data flow run")
+        verbose_name_plural = _("data flow runs")
+        ordering = ("-created_at", "-pk")
+        get_latest_by = "created_at"
+        indexes = (
+            models.Index(fields=("data_flow", "created_at"), name="dataflows_run_flow_created_idx"),
+            models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
+        )
+        constraints = (
+            models.UniqueConstraint(
+                fields=("data_flow", "scheduled_for"), name="dataflows_one_run_per_slot"
+            ),
+            models.UniqueConstraint(
+                fields=("data_flow",),
+                condition=Q(status__in=ACTIVE_STATUSES),
+                name="dataflows_one_active_run_per_flow",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=RunStatus.values), name="dataflows_run_status_valid"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.data_flow_id} run {self.pk} ({self.status})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the run took; ``None`` until it has started and ended."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+class Heartbeat(models.Model):
+    """The last heartbeat received (a single row), for the admin and health checks."""
+
+    SINGLETON_PK = 1
+
+    received_at = models.DateTimeField(_("received at"))
+    source = models.CharField(_("source"), max_length=20)
+    client = models.CharField(_("client"), max_length=64, blank=True)
+    result = models.JSONField(_("result"), default=dict, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        verbose_name = _("heartbeat")
+        verbose_name_plural = _("heartbeats")
+
+    def __str__(self) -> str:
+        return f"Heartbeat at {self.received_at:%Y-%m-%d %H:%M:%S} ({self.source})"
+
+    @classmethod
+    def record(cls, *, received_at: datetime, source: str, client: str, result: dict[str, Any]) -> None:
+        """Keep this heartbeat as the last one (safe when many servers call at once)."""
+        fields = {"received_at": received_at, "source": source, "client": client, "result": result}
+        if cls.objects.filter(pk=cls.SINGLETON_PK).update(**fields):
+            return
+        try:
+            with transaction.atomic():
+                cls.objects.create(pk=cls.SINGLETON_PK, **fields)
+        except IntegrityError:  # another server created it first
+            cls.objects.filter(pk=cls.SINGLETON_PK).update(**fields)
+
+    @classmethod
+    def last(cls) -> Heartbeat | None:
+        """The last heartbeat received, or ``None`` if there has never been one."""
+        return cls.objects.filter(pk=cls.SINGLETON_PK).first()

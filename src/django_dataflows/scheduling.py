@@ -1,0 +1,141 @@
+"""The heartbeat: claim due flows exactly once, dispatch their runs, reap stuck runs.
+
+Any number of servers may run a heartbeat at the same moment. Due flows are selected with
+``SELECT … FOR UPDATE SKIP LOCKED``, so each due flow row is claimed by exactly one
+heartbeat; the claim creates the pending runs and advances the schedules in the same short
+transaction, and the runs are handed to the backend only after it commits. The unique
+constraint on (``data_flow``, ``scheduled_for``) backs this up on databases without row locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from django_dataflows import signals
+from django_dataflows.backends import dispatch
+from django_dataflows.conf import app_settings
+from django_dataflows.exceptions import EnqueueFailed
+from django_dataflows.executor import FlowExecutor
+from django_dataflows.models import (
+    DataFlow,
+    DataFlowRun,
+    Heartbeat,
+    RunStatus,
+    RunTrigger,
+    next_slot_after,
+)
+
+logger = logging.getLogger("django_dataflows.heartbeat")
+
+
+@dataclass
+class Claim:
+    """What one claim took: the runs it created and the due flows it passed over."""
+
+    runs: list[DataFlowRun]
+    flows_due: int
+    flows_skipped: int
+
+
+@dataclass
+class HeartbeatResult:
+    """The counts a heartbeat answers with."""
+
+    timestamp: datetime
+    flows_due: int = 0
+    flows_triggered: int = 0
+    flows_skipped: int = 0
+    flows_failed: int = 0
+    runs_timed_out: int = 0
+    #: Runs the backend refused (broker down): the heartbeat answers 503.
+    enqueue_failures: int = 0
+    run_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["timestamp"] = self.timestamp.isoformat()
+        del data["run_ids"]
+        return data
+
+
+def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) -> Claim:
+    """Create the pending runs of due flows and advance their schedules.
+
+    Must run inside a transaction (the row locks last until it commits). The number of
+    SQL statements does not depend on the number of due flows.
+    """
+    now = now or timezone.now()
+    batch_size = batch_size or app_settings.HEARTBEAT_BATCH_SIZE
+    due = list(
+        DataFlow.objects.due_to_run(now)
+        .select_for_update(skip_locked=True, of=("self",))
+        .order_by("next_run_at", "pk")[:batch_size]
+    )
+    busy = set(
+        DataFlowRun.objects.active()
+        .filter(data_flow__in=[flow.pk for flow in due])
+        .values_list("data_flow_id", flat=True)
+    )
+    claimed = [flow for flow in due if flow.pk not in busy]
+    runs = [
+        DataFlowRun(
+            data_flow=flow,
+            status=RunStatus.PENDING,
+            trigger=RunTrigger.SCHEDULE,
+            scheduled_for=flow.next_run_at,
+            created_at=now,
+            queue=flow.effective_queue,
+        )
+        for flow in claimed
+    ]
+    if runs:
+        DataFlowRun.objects.bulk_create(runs)
+        for flow in claimed:
+            flow.next_run_at = next_slot_after(flow.next_run_at, flow.run_interval, now)
+            flow.last_run_at = now
+            flow.last_run_status = RunStatus.IN_PROGRESS
+        DataFlow.objects.bulk_update(claimed, ["next_run_at", "last_run_at", "last_run_status"])
+    return Claim(runs=runs, flows_due=len(due), flows_skipped=len(busy))
+
+
+def dispatch_runs(runs: list[DataFlowRun]) -> int:
+    """Hand each run to the backend; one failure never stops the others. Return refusals."""
+    refused = 0
+    for run in runs:
+        try:
+            dispatch(run)
+        except EnqueueFailed:
+            refused += 1
+        except Exception:
+            # A backend bug must not cost the other flows their runs.
+            logger.exception("Dispatching run %s failed", run.pk)
+            refused += 1
+    return refused
+
+
+def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
+    """One heartbeat: reap stuck runs, claim due flows, dispatch, record, signal."""
+    now = timezone.now()
+    result = HeartbeatResult(timestamp=now)
+    # Reap first, so a flow freed from a lost run can be claimed by this same heartbeat.
+    result.runs_timed_out = FlowExecutor.time_out_stuck_runs(now)
+    with transaction.atomic():
+        claim = claim_due_flows(now)
+    result.flows_due = claim.flows_due
+    result.flows_skipped = claim.flows_skipped
+    result.flows_triggered = len(claim.runs)
+    result.run_ids = [run.pk for run in claim.runs]
+    result.enqueue_failures = dispatch_runs(claim.runs)
+    if claim.runs:
+        result.flows_failed = DataFlowRun.objects.filter(
+            pk__in=result.run_ids, status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)
+        ).count()
+    Heartbeat.record(received_at=now, source=source, client=client, result=result.as_dict())
+    signals.heartbeat_finished.send(sender=DataFlow, result=result)
+    return result

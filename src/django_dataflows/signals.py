@@ -1,0 +1,24 @@
+"""Signals sent as runs move through their lifecycle.
+
+Every signal is sent with ``sender`` set to the :class:`~django_dataflows.models.DataFlow`
+class and these keyword arguments:
+
+``run_enqueued``, ``run_started``, ``run_finished``
+    ``run`` (the ``DataFlowRun``), ``data_flow``, ``flow_name``, ``run_id``, ``attempt``,
+    ``status``, and ``duration`` (a ``timedelta`` once the run has ended, else ``None``).
+
+``heartbeat_finished``
+    ``result`` (the :class:`~django_dataflows.scheduling.HeartbeatResult`).
+
+Receivers run inside the worker that executes the flow. An exception in a receiver is
+logged and never changes the run's outcome.
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+run_enqueued = Signal()
+run_started = Signal()
+run_finished = Signal()
+heartbeat_finished = Signal()

@@ -1,0 +1,103 @@
+"""The heartbeat endpoint: ``POST /dataflows/heartbeat/``."""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+
+from django_dataflows.conf import app_settings
+from django_dataflows.scheduling import run_heartbeat
+from django_dataflows.security import (
+    IPAddress,
+    MalformedForwardedFor,
+    client_ip,
+    ip_in,
+    parse_networks,
+    presented_token,
+    token_matches,
+)
+
+logger = logging.getLogger("django_dataflows.heartbeat")
+
+
+def _refuse(status: int, error: str, client: str, **headers: str) -> JsonResponse:
+    logger.warning("Heartbeat refused: status=%s client=%s reason=%s", status, client, error)
+    response = JsonResponse({"error": error}, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _identify(request: HttpRequest) -> IPAddress | None:
+    try:
+        return client_ip(request, tuple(app_settings.HEARTBEAT_TRUSTED_PROXIES))
+    except MalformedForwardedFor:
+        raise
+    except ValueError:  # no usable REMOTE_ADDR (for example a unix socket)
+        return None
+
+
+@csrf_exempt
+@never_cache
+def heartbeat(request: HttpRequest) -> JsonResponse:
+    """Trigger every due flow; answer JSON counts (see the heartbeat reference page).
+
+    Checks, in order: the method (405), the client IP against ``HEARTBEAT_ALLOWED_IPS``
+    (403), the token (401), the body size (413). With neither an allowlist nor a token
+    configured, only loopback clients are accepted.
+    """
+    peer = request.META.get("REMOTE_ADDR", "") or "unknown"
+    if request.method != "POST":
+        return _refuse(405, "Method not allowed; use POST.", peer, Allow="POST")
+    try:
+        address = _identify(request)
+    except MalformedForwardedFor as exc:
+        return _refuse(400, f"Malformed X-Forwarded-For entry: {exc}", peer)
+    client = str(address) if address else peer
+
+    allowed_ips = app_settings.HEARTBEAT_ALLOWED_IPS
+    token = app_settings.HEARTBEAT_TOKEN
+    if allowed_ips:
+        if address is None or not ip_in(address, parse_networks(tuple(allowed_ips))):
+            return _refuse(403, "This client is not allowed to call the heartbeat.", client)
+    elif token is None and (address is None or not address.is_loopback):
+        return _refuse(
+            403,
+            "Without DATAFLOWS['HEARTBEAT_TOKEN'] or ['HEARTBEAT_ALLOWED_IPS'] only loopback "
+            "clients may call the heartbeat.",
+            client,
+        )
+    if token is not None and not token_matches(presented_token(request), token):
+        return _refuse(
+            401,
+            "A valid heartbeat token is required (Authorization: Bearer <token>).",
+            client,
+            **{"WWW-Authenticate": 'Bearer realm="dataflows"'},
+        )
+    if _body_too_large(request):
+        return _refuse(413, "The heartbeat takes no request body.", client)
+
+    result = run_heartbeat(source="http", client=client)
+    status = 503 if result.enqueue_failures else 200
+    log = logger.error if status == 503 else logger.info
+    log(
+        "Heartbeat accepted: client=%s due=%s triggered=%s skipped=%s failed=%s timed_out=%s",
+        client,
+        result.flows_due,
+        result.flows_triggered,
+        result.flows_skipped,
+        result.flows_failed,
+        result.runs_timed_out,
+    )
+    return JsonResponse(result.as_dict(), status=status)
+
+
+def _body_too_large(request: HttpRequest) -> bool:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return True
+    return length > app_settings.HEARTBEAT_MAX_BODY_SIZE

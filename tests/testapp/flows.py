@@ -1,0 +1,95 @@
+"""Flows the tests run: discovered like any installed app's flows module."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django_dataflows import Flow, PermanentFlowError
+from tests.testapp.models import Record
+
+
+class CountRows(Flow):
+    """Record one row per run and return how many rows there are."""
+
+    def run(self) -> dict[str, Any]:
+        label = self.configuration.get("label", "count")
+        run = self.context.run if self.context else None
+        Record.objects.create(label=label, run_id=run.pk if run else None)
+        return {"rows": Record.objects.filter(label=label).count()}
+
+
+class Explode(Flow):
+    """Always fail with a ValueError."""
+
+    def run(self) -> None:
+        raise ValueError(self.configuration.get("message", "boom"))
+
+
+class RefuseForever(Flow):
+    """Fail with an error that retrying cannot fix."""
+
+    def run(self) -> None:
+        raise PermanentFlowError("the input file is corrupt")
+
+
+class TimesOut(Flow):
+    """Fail the way a backend's time limit makes a flow fail."""
+
+    def run(self) -> None:
+        from django_dataflows.executor import FlowTimeout
+
+        raise FlowTimeout("took longer than allowed")
+
+
+class DividesByZero(Flow):
+    """Fail with ZeroDivisionError."""
+
+    def run(self) -> float:
+        return 1 / 0
+
+
+class ReturnsObject(Flow):
+    """Return something that cannot be stored as JSON."""
+
+    def run(self) -> object:
+        return object()
+
+
+class ReturnsDate(Flow):
+    """Return a date (stored with Django's JSON encoder)."""
+
+    def run(self) -> dict[str, Any]:
+        return {"day": datetime.date(2026, 1, 2)}
+
+
+class EchoConfiguration(Flow):
+    """Return the configuration and what the context says."""
+
+    def run(self) -> dict[str, Any]:
+        assert self.context is not None
+        return {
+            "configuration": self.configuration,
+            "data_flow": self.context.data_flow.name,
+            "run_id": self.context.run.pk,
+            "attempt": self.context.attempt,
+        }
+
+
+class AbstractBase(Flow):
+    """Not registered itself."""
+
+    abstract = True
+
+
+class FromAbstractBase(AbstractBase):
+    """Registered: a concrete subclass of an abstract base."""
+
+    def run(self) -> str:
+        return "ok"
+
+
+def not_a_flow() -> str:
+    """A module-level callable that a DataFlow row must never be able to reach."""
+    Record.objects.create(label="not_a_flow was called")
+    return "called"
