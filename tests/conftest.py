@@ -41,5 +41,8 @@ def _fresh_backends() -> Iterator[None]:
 
 @pytest.fixture
 def dummy_backend(settings: pytest.FixtureRequest) -> object:
-    settings.DATAFLOWS = {**settings.DATAFLOWS, "BACKEND": "django_dataflows.backends.dummy.DummyBackend"}
+    settings.DATAFLOWS = {
+        **settings.DATAFLOWS,
+        "BACKEND": "django_dataflows.backends.dummy.DummyBackend",
+    }
     return get_backend()

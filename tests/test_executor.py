@@ -249,7 +249,15 @@ def test_signals_carry_flow_name_run_id_attempt_and_duration():
     data_flow = DataFlowFactory(name="orders")
 
     def record(_event, **kwargs):
-        events.append((kwargs["flow_name"], kwargs["run_id"], kwargs["attempt"], kwargs["status"], kwargs["duration"]))
+        events.append(
+            (
+                kwargs["flow_name"],
+                kwargs["run_id"],
+                kwargs["attempt"],
+                kwargs["status"],
+                kwargs["duration"],
+            )
+        )
 
     receivers = {
         signals.run_started: lambda sender, **kw: record("started", **kw),

@@ -21,6 +21,7 @@ from django_dataflows.security import invalid_network_entries
 from django_dataflows.validators import queue_name_error, queue_name_syntax_error
 
 MIN_TOKEN_LENGTH = 32
+KEYGEN_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def _user_settings() -> Mapping[str, Any] | None:
@@ -168,7 +169,9 @@ def _check_callbacks(config: Mapping[str, Any]) -> list[CheckMessage]:
             continue
         if not callable(target):
             errors.append(
-                Error(f"DATAFLOWS['CALLBACKS'] entry {path!r} is not callable.", id="dataflows.E009")
+                Error(
+                    f"DATAFLOWS['CALLBACKS'] entry {path!r} is not callable.", id="dataflows.E009"
+                )
             )
     return errors
 
@@ -206,7 +209,7 @@ def check_heartbeat_security(app_configs: Any = None, **kwargs: Any) -> list[Che
         warnings.append(
             Warning(
                 f"DATAFLOWS['HEARTBEAT_TOKEN'] is shorter than {MIN_TOKEN_LENGTH} characters.",
-                hint="Generate one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\"",
+                hint=f"Generate one with: {KEYGEN_COMMAND}",
                 id="dataflows.W002",
             )
         )

@@ -41,57 +41,57 @@ class DataFlowsSettings:
         return list(self._user)
 
     @property
-    def BACKEND(self) -> str:  # noqa: N802
+    def BACKEND(self) -> str:
         return str(self._get("BACKEND"))
 
     @property
-    def HEARTBEAT_TOKEN(self) -> str | None:  # noqa: N802
+    def HEARTBEAT_TOKEN(self) -> str | None:
         value = self._get("HEARTBEAT_TOKEN")
         return None if value is None else str(value)
 
     @property
-    def HEARTBEAT_ALLOWED_IPS(self) -> list[str]:  # noqa: N802
+    def HEARTBEAT_ALLOWED_IPS(self) -> list[str]:
         return list(self._get("HEARTBEAT_ALLOWED_IPS") or [])
 
     @property
-    def HEARTBEAT_TRUSTED_PROXIES(self) -> list[str]:  # noqa: N802
+    def HEARTBEAT_TRUSTED_PROXIES(self) -> list[str]:
         return list(self._get("HEARTBEAT_TRUSTED_PROXIES") or [])
 
     @property
-    def HEARTBEAT_BATCH_SIZE(self) -> int:  # noqa: N802
+    def HEARTBEAT_BATCH_SIZE(self) -> int:
         return int(self._get("HEARTBEAT_BATCH_SIZE"))
 
     @property
-    def HEARTBEAT_MAX_BODY_SIZE(self) -> int:  # noqa: N802
+    def HEARTBEAT_MAX_BODY_SIZE(self) -> int:
         return int(self._get("HEARTBEAT_MAX_BODY_SIZE"))
 
     @property
-    def DEFAULT_QUEUE(self) -> str:  # noqa: N802
+    def DEFAULT_QUEUE(self) -> str:
         return str(self._get("DEFAULT_QUEUE"))
 
     @property
-    def ALLOWED_QUEUES(self) -> list[str] | None:  # noqa: N802
+    def ALLOWED_QUEUES(self) -> list[str] | None:
         value = self._get("ALLOWED_QUEUES")
         return None if value is None else list(value)
 
     @property
-    def MAX_RETRIES(self) -> int:  # noqa: N802
+    def MAX_RETRIES(self) -> int:
         return int(self._get("MAX_RETRIES"))
 
     @property
-    def RETRY_BACKOFF(self) -> float:  # noqa: N802
+    def RETRY_BACKOFF(self) -> float:
         return float(self._get("RETRY_BACKOFF"))
 
     @property
-    def RUN_TIMEOUT(self) -> int:  # noqa: N802
+    def RUN_TIMEOUT(self) -> int:
         return int(self._get("RUN_TIMEOUT"))
 
     @property
-    def CALLBACKS(self) -> list[str]:  # noqa: N802
+    def CALLBACKS(self) -> list[str]:
         return list(self._get("CALLBACKS") or [])
 
     @property
-    def FLOW_MODULES(self) -> list[str]:  # noqa: N802
+    def FLOW_MODULES(self) -> list[str]:
         return list(self._get("FLOW_MODULES") or [])
 
 

@@ -26,7 +26,7 @@ from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 logger = logging.getLogger("django_dataflows.executor")
 
@@ -61,7 +61,7 @@ class FlowExecutor:
         run: DataFlowRun | None = None,
         *,
         trigger: str = RunTrigger.MANUAL,
-        user: AbstractBaseUser | None = None,
+        user: AbstractBaseUser | AnonymousUser | None = None,
     ) -> Any:
         """Execute ``data_flow`` now, in this process, and return the flow's result.
 
@@ -87,7 +87,7 @@ class FlowExecutor:
         data_flow: DataFlow,
         run: DataFlowRun | None,
         trigger: str,
-        user: AbstractBaseUser | None,
+        user: AbstractBaseUser | AnonymousUser | None,
     ) -> DataFlowRun:
         if run is None:
             return data_flow.create_pending_run(trigger=trigger, user=user)
@@ -132,9 +132,7 @@ class FlowExecutor:
     @classmethod
     def _record_failure(cls, run: DataFlowRun, exc: BaseException) -> None:
         status = (
-            RunStatus.TIMED_OUT
-            if isinstance(exc, tuple(_timeout_exceptions))
-            else RunStatus.FAILED
+            RunStatus.TIMED_OUT if isinstance(exc, tuple(_timeout_exceptions)) else RunStatus.FAILED
         )
         if cls._transition(
             run,

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models, transaction
@@ -24,7 +25,7 @@ from django_dataflows.validators import (
 )
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 
 class RunStatus(models.TextChoices):
@@ -72,7 +73,7 @@ class DataFlowQuerySet(models.QuerySet["DataFlow"]):
         return self.filter(enabled=True)
 
     def due_to_run(self, now: datetime | None = None) -> DataFlowQuerySet:
-        """Enabled flows whose ``next_run_at`` has come (served by the (enabled, next_run_at) index)."""
+        """Enabled flows whose ``next_run_at`` has come (uses the due index)."""
         return self.filter(enabled=True, next_run_at__lte=now or timezone.now())
 
 
@@ -131,9 +132,6 @@ class DataFlow(models.Model):
 
     objects: ClassVar[DataFlowQuerySet] = DataFlowQuerySet.as_manager()  # type: ignore[assignment]
 
-    # The schedule fields as loaded, to notice edits that move the next run.
-    _loaded_schedule: tuple[int, bool] | None = None
-
     class Meta:
         verbose_name = _("data flow")
         verbose_name_plural = _("data flows")
@@ -148,21 +146,37 @@ class DataFlow(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> DataFlow:
-        instance = super().from_db(db, field_names, values)
-        if "run_interval" in instance.__dict__ and "enabled" in instance.__dict__:
-            instance._loaded_schedule = (instance.run_interval, instance.enabled)
-        return instance
-
     def save(self, *args: Any, **kwargs: Any) -> None:
-        if self._state.adding or self._loaded_schedule != (self.run_interval, self.enabled):
+        if self._schedule_changed():
             self.next_run_at = self.compute_next_run_at()
             update_fields = kwargs.get("update_fields")
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "next_run_at"}
         super().save(*args, **kwargs)
-        self._loaded_schedule = (self.run_interval, self.enabled)
+
+    def clean_fields(self, exclude: Any = None) -> None:
+        excluded = set(exclude or ())
+        errors: dict[str, Any] = {}
+        # IntegerField.to_python() truncates 1.5 to 1; an interval must be a whole number.
+        interval: Any = self.run_interval
+        if "run_interval" not in excluded and (
+            isinstance(interval, bool)
+            or (isinstance(interval, float) and not interval.is_integer())
+        ):
+            errors["run_interval"] = _("Enter a whole number of seconds.")
+        # A blank JSONField skips its validators for None; the column is NOT NULL though.
+        if "configuration" not in excluded and self.configuration is None:
+            errors["configuration"] = validate_json_object.message
+        if errors:
+            raise ValidationError(errors)
+        super().clean_fields(exclude=exclude)
+
+    def _schedule_changed(self) -> bool:
+        """Is this a new flow, or does the save change ``run_interval`` or ``enabled``?"""
+        if self._state.adding or self.pk is None:
+            return True
+        stored = DataFlow.objects.filter(pk=self.pk).values_list("run_interval", "enabled").first()
+        return stored != (self.run_interval, self.enabled)
 
     def compute_next_run_at(self, now: datetime | None = None) -> datetime:
         """When the flow is next due: ``run_interval`` after its last run, or now if never run."""
@@ -198,7 +212,7 @@ class DataFlow(models.Model):
     def create_pending_run(
         self,
         trigger: str = RunTrigger.MANUAL,
-        user: AbstractBaseUser | None = None,
+        user: AbstractBaseUser | AnonymousUser | None = None,
         *,
         attempt: int = 1,
         now: datetime | None = None,
@@ -214,7 +228,7 @@ class DataFlow(models.Model):
             data_flow=self,
             status=RunStatus.PENDING,
             trigger=trigger,
-            triggered_by=user if user is not None and user.is_authenticated else None,
+            triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
             queue=self.effective_queue,
             attempt=attempt,
         )
@@ -238,7 +252,7 @@ class DataFlow(models.Model):
     def trigger_run(
         self,
         trigger: str = RunTrigger.MANUAL,
-        user: AbstractBaseUser | None = None,
+        user: AbstractBaseUser | AnonymousUser | None = None,
     ) -> DataFlowRun:
         """Start a run: record it as pending and hand it to the backend after commit.
 
@@ -325,7 +339,7 @@ class DataFlowRun(models.Model):
         )
 
     def __str__(self) -> str:
-        return f"{self.data_flow_id} run {self.pk} ({self.status})"
+        return f"{self.data_flow} #{self.pk} ({self.status})"
 
     @property
     def duration(self) -> timedelta | None:
@@ -357,7 +371,9 @@ class Heartbeat(models.Model):
         return f"Heartbeat at {self.received_at:%Y-%m-%d %H:%M:%S} ({self.source})"
 
     @classmethod
-    def record(cls, *, received_at: datetime, source: str, client: str, result: dict[str, Any]) -> None:
+    def record(
+        cls, *, received_at: datetime, source: str, client: str, result: dict[str, Any]
+    ) -> None:
         """Keep this heartbeat as the last one (safe when many servers call at once)."""
         fields = {"received_at": received_at, "source": source, "client": client, "result": result}
         if cls.objects.filter(pk=cls.SINGLETON_PK).update(**fields):

@@ -80,11 +80,11 @@ def client_ip(request: HttpRequest, trusted_proxies: tuple[str, ...]) -> IPAddre
 
 def presented_token(request: HttpRequest) -> str | None:
     """The token sent as ``Authorization: Bearer …`` or ``X-Heartbeat-Token``."""
-    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    authorization = str(request.META.get("HTTP_AUTHORIZATION", ""))
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    header = request.META.get("HTTP_X_HEARTBEAT_TOKEN", "").strip()
+    header = str(request.META.get("HTTP_X_HEARTBEAT_TOKEN", "")).strip()
     return header or None
 
 

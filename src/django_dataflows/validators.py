@@ -55,7 +55,7 @@ def validate_registered_flow(value: str) -> None:
 class JSONObjectValidator:
     """Accept only a JSON object (a ``dict``), the shape a flow's configuration must have."""
 
-    message = "Enter a JSON object, such as {\"batch_size\": 500}."
+    message = 'Enter a JSON object, such as {"batch_size": 500}.'
     code = "not_an_object"
 
     def __call__(self, value: Any) -> None:

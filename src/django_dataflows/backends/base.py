@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class BaseBackend(ABC):
-    """Takes pending runs and gets them executed by :class:`~django_dataflows.executor.FlowExecutor`.
+    """Takes pending runs and has them executed by ``FlowExecutor``.
 
     ``enqueue()`` is called after the transaction that created the run has committed. It
     must raise if it could not accept the run (the run is then marked failed and the flow

@@ -4,13 +4,13 @@ import django.core.serializers.json
 import django.core.validators
 import django.db.models.deletion
 import django.utils.timezone
-import django_dataflows.validators
 from django.conf import settings
 from django.db import migrations, models
 
+import django_dataflows.validators
+
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -19,72 +19,281 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Heartbeat',
+            name="Heartbeat",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('received_at', models.DateTimeField(verbose_name='received at')),
-                ('source', models.CharField(max_length=20, verbose_name='source')),
-                ('client', models.CharField(blank=True, max_length=64, verbose_name='client')),
-                ('result', models.JSONField(default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder, verbose_name='result')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("received_at", models.DateTimeField(verbose_name="received at")),
+                ("source", models.CharField(max_length=20, verbose_name="source")),
+                ("client", models.CharField(blank=True, max_length=64, verbose_name="client")),
+                (
+                    "result",
+                    models.JSONField(
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                        verbose_name="result",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'heartbeat',
-                'verbose_name_plural': 'heartbeats',
+                "verbose_name": "heartbeat",
+                "verbose_name_plural": "heartbeats",
             },
         ),
         migrations.CreateModel(
-            name='DataFlow',
+            name="DataFlow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True, verbose_name='name')),
-                ('description', models.TextField(blank=True, verbose_name='description')),
-                ('flow', models.CharField(help_text='Dotted path of a registered Flow subclass, e.g. myapp.flows.ProductSync.', max_length=255, validators=[django_dataflows.validators.validate_registered_flow], verbose_name='flow')),
-                ('enabled', models.BooleanField(default=True, verbose_name='enabled')),
-                ('configuration', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder, help_text='A JSON object passed to the flow as self.configuration.', validators=[django_dataflows.validators.JSONObjectValidator()], verbose_name='configuration')),
-                ('run_interval', models.PositiveIntegerField(help_text='Seconds between scheduled runs.', validators=[django.core.validators.MinValueValidator(1)], verbose_name='run interval')),
-                ('queue', models.CharField(blank=True, help_text="Queue for asynchronous backends; empty means DATAFLOWS['DEFAULT_QUEUE'].", max_length=100, validators=[django_dataflows.validators.validate_queue_name], verbose_name='queue')),
-                ('max_retries', models.PositiveSmallIntegerField(blank=True, help_text="Overrides DATAFLOWS['MAX_RETRIES'] for this flow.", null=True, verbose_name='max retries')),
-                ('timeout', models.PositiveIntegerField(blank=True, help_text="Seconds; overrides DATAFLOWS['RUN_TIMEOUT'] for this flow.", null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='timeout')),
-                ('last_run_at', models.DateTimeField(blank=True, editable=False, null=True, verbose_name='last run at')),
-                ('last_run_status', models.CharField(blank=True, choices=[('pending', 'Pending'), ('in_progress', 'In progress'), ('success', 'Success'), ('failed', 'Failed'), ('cancelled', 'Cancelled'), ('timed_out', 'Timed out')], editable=False, max_length=20, verbose_name='last run status')),
-                ('next_run_at', models.DateTimeField(default=django.utils.timezone.now, editable=False, verbose_name='next run at')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True, verbose_name="name")),
+                ("description", models.TextField(blank=True, verbose_name="description")),
+                (
+                    "flow",
+                    models.CharField(
+                        help_text="Dotted path of a registered Flow subclass, e.g. myapp.flows.ProductSync.",
+                        max_length=255,
+                        validators=[django_dataflows.validators.validate_registered_flow],
+                        verbose_name="flow",
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True, verbose_name="enabled")),
+                (
+                    "configuration",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                        help_text="A JSON object passed to the flow as self.configuration.",
+                        validators=[django_dataflows.validators.JSONObjectValidator()],
+                        verbose_name="configuration",
+                    ),
+                ),
+                (
+                    "run_interval",
+                    models.PositiveIntegerField(
+                        help_text="Seconds between scheduled runs.",
+                        validators=[django.core.validators.MinValueValidator(1)],
+                        verbose_name="run interval",
+                    ),
+                ),
+                (
+                    "queue",
+                    models.CharField(
+                        blank=True,
+                        help_text="Queue for asynchronous backends; empty means DATAFLOWS['DEFAULT_QUEUE'].",
+                        max_length=100,
+                        validators=[django_dataflows.validators.validate_queue_name],
+                        verbose_name="queue",
+                    ),
+                ),
+                (
+                    "max_retries",
+                    models.PositiveSmallIntegerField(
+                        blank=True,
+                        help_text="Overrides DATAFLOWS['MAX_RETRIES'] for this flow.",
+                        null=True,
+                        verbose_name="max retries",
+                    ),
+                ),
+                (
+                    "timeout",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Seconds; overrides DATAFLOWS['RUN_TIMEOUT'] for this flow.",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                        verbose_name="timeout",
+                    ),
+                ),
+                (
+                    "last_run_at",
+                    models.DateTimeField(
+                        blank=True, editable=False, null=True, verbose_name="last run at"
+                    ),
+                ),
+                (
+                    "last_run_status",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("pending", "Pending"),
+                            ("in_progress", "In progress"),
+                            ("success", "Success"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                            ("timed_out", "Timed out"),
+                        ],
+                        editable=False,
+                        max_length=20,
+                        verbose_name="last run status",
+                    ),
+                ),
+                (
+                    "next_run_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now,
+                        editable=False,
+                        verbose_name="next run at",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created at")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated at")),
             ],
             options={
-                'verbose_name': 'data flow',
-                'verbose_name_plural': 'data flows',
-                'ordering': ('name',),
-                'indexes': [models.Index(fields=['enabled', 'next_run_at'], name='dataflows_due_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('run_interval__gte', 1)), name='dataflows_run_interval_positive')],
+                "verbose_name": "data flow",
+                "verbose_name_plural": "data flows",
+                "ordering": ("name",),
+                "indexes": [
+                    models.Index(fields=["enabled", "next_run_at"], name="dataflows_due_idx")
+                ],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("run_interval__gte", 1)),
+                        name="dataflows_run_interval_positive",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='DataFlowRun',
+            name="DataFlowRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('in_progress', 'In progress'), ('success', 'Success'), ('failed', 'Failed'), ('cancelled', 'Cancelled'), ('timed_out', 'Timed out')], default='pending', max_length=20, verbose_name='status')),
-                ('trigger', models.CharField(choices=[('schedule', 'Schedule (heartbeat)'), ('manual', 'Manual'), ('api', 'API'), ('command', 'Management command'), ('retry', 'Retry')], default='manual', max_length=20, verbose_name='trigger')),
-                ('scheduled_for', models.DateTimeField(blank=True, help_text='The schedule slot a heartbeat run belongs to.', null=True, verbose_name='scheduled for')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='created at')),
-                ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='started at')),
-                ('ended_at', models.DateTimeField(blank=True, null=True, verbose_name='ended at')),
-                ('error_message', models.TextField(blank=True, verbose_name='error message')),
-                ('error_backtrace', models.TextField(blank=True, verbose_name='error backtrace')),
-                ('result', models.JSONField(blank=True, encoder=django.core.serializers.json.DjangoJSONEncoder, null=True, verbose_name='result')),
-                ('attempt', models.PositiveSmallIntegerField(default=1, verbose_name='attempt')),
-                ('task_id', models.CharField(blank=True, max_length=255, verbose_name='task id')),
-                ('queue', models.CharField(blank=True, max_length=100, verbose_name='queue')),
-                ('data_flow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='dataflows.dataflow', verbose_name='data flow')),
-                ('triggered_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='triggered by')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("in_progress", "In progress"),
+                            ("success", "Success"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                            ("timed_out", "Timed out"),
+                        ],
+                        default="pending",
+                        max_length=20,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("schedule", "Schedule (heartbeat)"),
+                            ("manual", "Manual"),
+                            ("api", "API"),
+                            ("command", "Management command"),
+                            ("retry", "Retry"),
+                        ],
+                        default="manual",
+                        max_length=20,
+                        verbose_name="trigger",
+                    ),
+                ),
+                (
+                    "scheduled_for",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="The schedule slot a heartbeat run belongs to.",
+                        null=True,
+                        verbose_name="scheduled for",
+                    ),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="created at"
+                    ),
+                ),
+                (
+                    "started_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="started at"),
+                ),
+                ("ended_at", models.DateTimeField(blank=True, null=True, verbose_name="ended at")),
+                ("error_message", models.TextField(blank=True, verbose_name="error message")),
+                ("error_backtrace", models.TextField(blank=True, verbose_name="error backtrace")),
+                (
+                    "result",
+                    models.JSONField(
+                        blank=True,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                        null=True,
+                        verbose_name="result",
+                    ),
+                ),
+                ("attempt", models.PositiveSmallIntegerField(default=1, verbose_name="attempt")),
+                ("task_id", models.CharField(blank=True, max_length=255, verbose_name="task id")),
+                ("queue", models.CharField(blank=True, max_length=100, verbose_name="queue")),
+                (
+                    "data_flow",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="runs",
+                        to="dataflows.dataflow",
+                        verbose_name="data flow",
+                    ),
+                ),
+                (
+                    "triggered_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="triggered by",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'data flow run',
-                'verbose_name_plural': 'data flow runs',
-                'ordering': ('-created_at', '-pk'),
-                'get_latest_by': 'created_at',
-                'indexes': [models.Index(fields=['data_flow', 'created_at'], name='dataflows_run_flow_created_idx'), models.Index(fields=['status', 'created_at'], name='dataflows_run_status_idx')],
-                'constraints': [models.UniqueConstraint(fields=('data_flow', 'scheduled_for'), name='dataflows_one_run_per_slot'), models.UniqueConstraint(condition=models.Q(('status__in', ('pending', 'in_progress'))), fields=('data_flow',), name='dataflows_one_active_run_per_flow'), models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'in_progress', 'success', 'failed', 'cancelled', 'timed_out'])), name='dataflows_run_status_valid')],
+                "verbose_name": "data flow run",
+                "verbose_name_plural": "data flow runs",
+                "ordering": ("-created_at", "-pk"),
+                "get_latest_by": "created_at",
+                "indexes": [
+                    models.Index(
+                        fields=["data_flow", "created_at"], name="dataflows_run_flow_created_idx"
+                    ),
+                    models.Index(fields=["status", "created_at"], name="dataflows_run_status_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("data_flow", "scheduled_for"), name="dataflows_one_run_per_slot"
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("status__in", ("pending", "in_progress"))),
+                        fields=("data_flow",),
+                        name="dataflows_one_active_run_per_flow",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            (
+                                "status__in",
+                                [
+                                    "pending",
+                                    "in_progress",
+                                    "success",
+                                    "failed",
+                                    "cancelled",
+                                    "timed_out",
+                                ],
+                            )
+                        ),
+                        name="dataflows_run_status_valid",
+                    ),
+                ],
             },
         ),
     ]

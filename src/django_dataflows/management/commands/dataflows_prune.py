@@ -43,7 +43,9 @@ class Command(BaseCommand):
         runs = DataFlowRun.objects.filter(created_at__lt=cutoff, status__in=statuses)
         total = runs.count()
         if options["dry_run"]:
-            self.stdout.write(f"Would delete {total} run(s) created before {cutoff:%Y-%m-%d %H:%M}.")
+            self.stdout.write(
+                f"Would delete {total} run(s) created before {cutoff:%Y-%m-%d %H:%M}."
+            )
             return
         if total == 0:
             self.stdout.write("Nothing to delete.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -55,9 +56,8 @@ class Command(BaseCommand):
             except DataFlowError as exc:
                 raise CommandError(str(exc)) from exc
         run = data_flow.create_pending_run(trigger=RunTrigger.COMMAND)
-        try:
+        # A failure is recorded on the run and reported by handle().
+        with contextlib.suppress(Exception):
             FlowExecutor.execute(data_flow, run=run)
-        except Exception:  # noqa: S110 - recorded on the run, reported below
-            pass
         run.refresh_from_db()
         return run

@@ -1,0 +1,109 @@
+"""System checks: each misconfiguration is reported with its own id."""
+
+from __future__ import annotations
+
+import pytest
+from django.apps import apps
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from django_dataflows.checks import check_heartbeat_security, check_settings
+
+GOOD_TOKEN = "k" * 40
+
+
+def ids(messages):
+    return sorted(message.id for message in messages)
+
+
+def test_default_settings_pass():
+    assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("dataflows", "expected"),
+    [
+        (["not", "a", "dict"], ["dataflows.E001"]),
+        ({"HEARTBEAT_TOKNE": "x" * 40}, ["dataflows.E002"]),
+        ({"BACKEND": "no.such.Backend"}, ["dataflows.E003"]),
+        ({"BACKEND": "django_dataflows.models.DataFlow"}, ["dataflows.E003"]),
+        ({"HEARTBEAT_ALLOWED_IPS": ["10.0.0.0/8", "not-an-ip"]}, ["dataflows.E004"]),
+        ({"HEARTBEAT_ALLOWED_IPS": ["10.0.0.1/8"]}, ["dataflows.E004"]),
+        ({"HEARTBEAT_ALLOWED_IPS": "10.0.0.1"}, ["dataflows.E004"]),
+        ({"HEARTBEAT_TRUSTED_PROXIES": ["::1", "fe80::zz"]}, ["dataflows.E005"]),
+        ({"DEFAULT_QUEUE": "bad queue"}, ["dataflows.E006"]),
+        ({"ALLOWED_QUEUES": ["reports"]}, ["dataflows.E006"]),
+        ({"ALLOWED_QUEUES": ["default", "no spaces"]}, ["dataflows.E006"]),
+        ({"ALLOWED_QUEUES": []}, ["dataflows.E006"]),
+        ({"HEARTBEAT_BATCH_SIZE": 0}, ["dataflows.E007"]),
+        ({"RUN_TIMEOUT": -1, "RETRY_BACKOFF": "2"}, ["dataflows.E007", "dataflows.E007"]),
+        ({"HEARTBEAT_MAX_BODY_SIZE": True}, ["dataflows.E007"]),
+        ({"MAX_RETRIES": -1}, ["dataflows.E007"]),
+        ({"HEARTBEAT_TOKEN": ""}, ["dataflows.E008"]),
+        ({"HEARTBEAT_TOKEN": 1234}, ["dataflows.E008"]),
+        ({"CALLBACKS": ["no.such.callback"]}, ["dataflows.E009"]),
+        ({"CALLBACKS": ["django_dataflows.conf.DEFAULTS"]}, ["dataflows.E009"]),
+    ],
+)
+def test_each_misconfiguration_has_its_id(settings, dataflows, expected):
+    settings.DATAFLOWS = dataflows
+
+    assert ids(check_settings()) == expected
+
+
+def test_valid_settings_of_every_kind_pass(settings):
+    settings.DATAFLOWS = {
+        "BACKEND": "django_dataflows.backends.dummy.DummyBackend",
+        "HEARTBEAT_TOKEN": GOOD_TOKEN,
+        "HEARTBEAT_ALLOWED_IPS": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"],
+        "HEARTBEAT_TRUSTED_PROXIES": ["127.0.0.1"],
+        "HEARTBEAT_BATCH_SIZE": 100,
+        "DEFAULT_QUEUE": "flows",
+        "ALLOWED_QUEUES": ["flows", "reports.daily"],
+        "MAX_RETRIES": 0,
+        "RETRY_BACKOFF": 0.5,
+        "RUN_TIMEOUT": 60,
+        "CALLBACKS": ["tests.test_executor.record_callback"],
+    }
+
+    assert check_settings() == []
+    assert check_heartbeat_security() == []
+
+
+def test_a_flow_module_that_cannot_be_imported_is_reported():
+    app_config = apps.get_app_config("dataflows")
+    app_config.flow_module_errors = [("myproject.missing_flows", ImportError("No module"))]
+    try:
+        assert ids(check_settings()) == ["dataflows.E010"]
+    finally:
+        app_config.flow_module_errors = []
+
+
+@pytest.mark.parametrize(
+    ("dataflows", "expected"),
+    [
+        ({}, ["dataflows.W001"]),
+        ({"HEARTBEAT_TOKEN": "short"}, ["dataflows.W002"]),
+        ({"HEARTBEAT_ALLOWED_IPS": ["10.0.0.0/8"]}, []),
+        ({"HEARTBEAT_TOKEN": GOOD_TOKEN}, []),
+        ("not a dict", []),
+    ],
+)
+def test_deploy_checks_warn_about_an_open_heartbeat(settings, dataflows, expected):
+    settings.DATAFLOWS = dataflows
+
+    assert ids(check_heartbeat_security()) == expected
+
+
+def test_manage_py_check_fails_on_a_bad_setting(settings):
+    settings.DATAFLOWS = {"HEARTBEAT_BATCH_SIZE": -3}
+
+    with pytest.raises(SystemCheckError, match=r"dataflows\.E007"):
+        call_command("check")
+
+
+def test_the_deploy_warning_shows_in_check_deploy(settings):
+    settings.DATAFLOWS = {}
+
+    with pytest.raises(SystemCheckError, match=r"dataflows\.W001"):
+        call_command("check", "--deploy", "--fail-level", "WARNING")

@@ -1,0 +1,187 @@
+"""Management commands: dataflows_run, dataflows_list, dataflows_prune."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from django_dataflows.models import DataFlowRun, RunStatus, RunTrigger
+from tests.factories import DataFlowFactory, DataFlowRunFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def run_command(*args, **options):
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err, **options)
+    return out.getvalue(), err.getvalue()
+
+
+# -- dataflows_run ------------------------------------------------------------------
+
+
+def test_run_prints_status_and_result():
+    DataFlowFactory(name="orders")
+
+    out, _ = run_command("dataflows_run", "orders")
+
+    run = DataFlowRun.objects.get()
+    assert run.status == RunStatus.SUCCESS
+    assert run.trigger == RunTrigger.COMMAND
+    assert f"Run {run.pk} of 'orders': success" in out
+    assert '"rows": 1' in out
+
+
+def test_run_of_a_failing_flow_exits_1_with_the_error():
+    DataFlowFactory(name="broken", flow="tests.testapp.flows.Explode")
+
+    with pytest.raises(CommandError) as info:
+        run_command("dataflows_run", "broken")
+
+    assert info.value.returncode == 1
+    assert DataFlowRun.objects.get().status == RunStatus.FAILED
+
+
+def test_run_of_an_unknown_name_is_a_clear_error():
+    with pytest.raises(CommandError, match="No data flow named 'nope'"):
+        run_command("dataflows_run", "nope")
+
+
+def test_run_refuses_while_a_run_is_active():
+    data_flow = DataFlowFactory(name="busy")
+    data_flow.create_pending_run()
+
+    with pytest.raises(CommandError, match="already has a pending or in-progress run"):
+        run_command("dataflows_run", "busy")
+
+
+def test_run_with_enqueue_hands_the_run_to_the_backend(dummy_backend):
+    DataFlowFactory(name="orders")
+
+    out, _ = run_command("dataflows_run", "orders", "--enqueue")
+
+    run = DataFlowRun.objects.get()
+    assert run.status == RunStatus.PENDING
+    assert "pending" in out
+
+
+def test_run_with_enqueue_refuses_while_a_run_is_active(dummy_backend):
+    DataFlowFactory(name="busy").create_pending_run()
+
+    with pytest.raises(CommandError, match="already has"):
+        run_command("dataflows_run", "busy", "--enqueue")
+
+
+# -- dataflows_list -----------------------------------------------------------------
+
+
+def test_list_shows_a_table_of_flows():
+    DataFlowFactory(name="orders", run_interval=300)
+    DataFlowFactory(name="archive", enabled=False)
+    run_command("dataflows_run", "orders")
+
+    out, _ = run_command("dataflows_list")
+
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "ENABLED",
+        "INTERVAL",
+        "LAST",
+        "STATUS",
+        "LAST",
+        "RUN",
+        "NEXT",
+        "RUN",
+    ]
+    assert lines[1].split()[:4] == ["archive", "no", "60s", "never"]
+    assert lines[1].endswith("disabled")
+    assert lines[2].split()[:4] == ["orders", "yes", "300s", "success"]
+
+
+def test_list_with_enabled_only_and_when_empty():
+    DataFlowFactory(name="archive", enabled=False)
+
+    assert run_command("dataflows_list", "--enabled")[0] == "No data flows.\n"
+
+
+# -- dataflows_prune ----------------------------------------------------------------
+
+
+def make_runs(count, days_old, status=RunStatus.SUCCESS, data_flow=None):
+    created = timezone.now() - datetime.timedelta(days=days_old)
+    return DataFlowRunFactory.create_batch(
+        count, data_flow=data_flow or DataFlowFactory(), status=status, created_at=created
+    )
+
+
+def test_prune_deletes_old_finished_runs_in_batches_with_progress():
+    old = make_runs(7, days_old=40)
+    recent = make_runs(2, days_old=1)
+
+    out, err = run_command("dataflows_prune", "--older-than", "30", "--batch-size", "3")
+
+    assert set(DataFlowRun.objects.values_list("pk", flat=True)) == {run.pk for run in recent}
+    assert "Deleted 7 run(s)." in out
+    assert "Deleted 3/7" in err
+    assert "Deleted 6/7" in err
+    assert len(old) == 7
+
+
+def test_prune_never_deletes_active_runs():
+    data_flow = DataFlowFactory()
+    make_runs(1, days_old=90, status=RunStatus.IN_PROGRESS, data_flow=data_flow)
+
+    out, _ = run_command("dataflows_prune", "--older-than", "30")
+
+    assert DataFlowRun.objects.count() == 1
+    assert out == "Nothing to delete.\n"
+
+
+def test_prune_by_status():
+    make_runs(2, days_old=40, status=RunStatus.FAILED)
+    kept = make_runs(1, days_old=40, status=RunStatus.SUCCESS)
+
+    run_command("dataflows_prune", "--older-than", "30", "--status", "failed")
+
+    assert list(DataFlowRun.objects.all()) == kept
+
+
+def test_prune_dry_run_deletes_nothing():
+    make_runs(4, days_old=40)
+
+    out, _ = run_command("dataflows_prune", "--older-than", "30", "--dry-run")
+
+    assert out.startswith("Would delete 4 run(s)")
+    assert DataFlowRun.objects.count() == 4
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--older-than", "0"],
+        ["--older-than", "soon"],
+        [],
+        ["--older-than", "3", "--status", "pending"],
+    ],
+)
+def test_prune_rejects_bad_arguments(args):
+    with pytest.raises(CommandError):
+        run_command("dataflows_prune", *args)
+
+
+def test_heartbeat_command_prints_the_counts():
+    DataFlowFactory()
+
+    out, _ = run_command("dataflows_heartbeat")
+
+    counts = json.loads(out)
+    assert counts["flows_due"] == 1
+    assert counts["flows_triggered"] == 1
+    assert DataFlowRun.objects.get().trigger == RunTrigger.SCHEDULE
