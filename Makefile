@@ -61,9 +61,12 @@ coverage: $(STAMP)  ## Combine coverage of both runs; fail under 90 % (branches 
 	@$(BIN)/coverage combine --quiet
 	@$(BIN)/coverage report --fail-under=90
 
-tox: $(STAMP)  ## The Django 5.2 / 6.0 / 6.1 matrix.
+# pyenv's interpreters for the matrix, put on PATH so tox finds python3.12 and python3.13.
+PYENV_PATHS = $(shell for v in $$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[123]\.'); do printf '%s:' "$$(pyenv root)/versions/$$v/bin"; done)
+
+tox: $(STAMP)  ## The Django 5.2 / 6.0 / 6.1 matrix (SQLite, plus 5.2 on PostgreSQL).
 	@$(BIN)/python -m pip install --quiet tox
-	@PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[123]' | tr '\n' ':') $(BIN)/tox run-parallel
+	@PATH="$(PYENV_PATHS)$$PATH" $(BIN)/tox run $(TOX_ARGS)
 
 bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis).
 	@DATABASE_URL=$(POSTGRES_URL) $(BIN)/python bench/heartbeat.py
