@@ -8,6 +8,12 @@ STAMP := $(VENV)/.installed
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/dataflows
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+LINT_PATHS := $(wildcard src tests bench example_project docs/conf.py)
+# This machine's pip configuration names extra local indexes that may be absent; say so once, not per package.
+PIP_QUIET_FILTER := grep -v 'is ignored: it is neither a file nor a directory' || true
+
 export PYTHONPATH := $(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -20,8 +26,9 @@ help:  ## List the commands.
 $(STAMP): pyproject.toml
 	@echo "==> Creating $(VENV) and installing django-dataflows with its test tools"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
-	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres]" --group test --group lint --group docs
+	@$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1" 2>&1 | { $(PIP_QUIET_FILTER); }
+	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres]" \
+		--group test --group lint --group docs 2>&1 | { $(PIP_QUIET_FILTER); }
 	@touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv with the package, its extras and the test tools.
@@ -37,8 +44,8 @@ test: $(STAMP)  ## Run every check and the whole test suite (SQLite, then Postgr
 
 lint: $(STAMP)  ## ruff check and format check.
 	@echo "==> ruff"
-	@$(BIN)/ruff check src tests bench example_project
-	@$(BIN)/ruff format --check src tests bench example_project
+	@$(BIN)/ruff check $(LINT_PATHS)
+	@$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP)  ## mypy with django-stubs.
 	@echo "==> mypy"
