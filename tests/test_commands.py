@@ -108,7 +108,18 @@ def test_list_shows_a_table_of_flows():
 def test_list_with_enabled_only_and_when_empty():
     DataFlowFactory(name="archive", enabled=False)
 
-    assert run_command("dataflows_list", "--enabled")[0] == "No data flows.\n"
+    assert run_command("dataflows_list", "--enabled")[0] == (
+        "No data flows.\nLast heartbeat: never\n"
+    )
+
+
+def test_list_says_when_the_last_heartbeat_arrived():
+    run_command("dataflows_heartbeat", "--quiet")
+
+    out, _ = run_command("dataflows_list")
+
+    assert out.splitlines()[-1].startswith("Last heartbeat: 20")
+    assert out.splitlines()[-1].endswith("(command, manage.py)")
 
 
 # -- dataflows_prune ----------------------------------------------------------------
@@ -185,3 +196,17 @@ def test_heartbeat_command_prints_the_counts():
     assert counts["flows_due"] == 1
     assert counts["flows_triggered"] == 1
     assert DataFlowRun.objects.get().trigger == RunTrigger.SCHEDULE
+
+
+def test_heartbeat_command_is_silent_with_quiet():
+    assert run_command("dataflows_heartbeat", "--quiet") == ("", "")
+
+
+def test_heartbeat_command_exits_1_when_the_backend_refuses_runs(settings):
+    settings.DATAFLOWS = {"BACKEND": "tests.test_backends.RefusingBackend"}
+    DataFlowFactory()
+
+    with pytest.raises(CommandError, match="refused 1 run") as info:
+        run_command("dataflows_heartbeat", "--quiet")
+
+    assert info.value.returncode == 1

@@ -255,6 +255,8 @@ def test_every_request_is_logged_with_client_and_outcome(client, due, caplog):
     assert "triggered=1" in accepted.getMessage()
     assert refused.levelno == logging.WARNING
     assert "status=403 client=203.0.113.9" in refused.getMessage()
+    assert "at=20" in accepted.getMessage()
+    assert "at=20" in refused.getMessage()
 
 
 def test_a_backend_that_refuses_runs_makes_a_503_with_the_counts(client, due, settings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
@@ -24,7 +25,13 @@ logger = logging.getLogger("django_dataflows.heartbeat")
 
 
 def _refuse(status: int, error: str, client: str, **headers: str) -> JsonResponse:
-    logger.warning("Heartbeat refused: status=%s client=%s reason=%s", status, client, error)
+    logger.warning(
+        "Heartbeat refused: at=%s status=%s client=%s reason=%s",
+        timezone.now().isoformat(),
+        status,
+        client,
+        error,
+    )
     response = JsonResponse({"error": error}, status=status)
     for name, value in headers.items():
         response[name] = value
@@ -84,7 +91,8 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     status = 503 if result.enqueue_failures else 200
     log = logger.error if status == 503 else logger.info
     log(
-        "Heartbeat accepted: client=%s due=%s triggered=%s skipped=%s failed=%s timed_out=%s",
+        "Heartbeat accepted: at=%s client=%s due=%s triggered=%s skipped=%s failed=%s timed_out=%s",
+        result.timestamp.isoformat(),
         client,
         result.flows_due,
         result.flows_triggered,

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from django_dataflows.models import DataFlow
+from django_dataflows.models import DataFlow, Heartbeat
 
 COLUMNS = ("NAME", "ENABLED", "INTERVAL", "LAST STATUS", "LAST RUN", "NEXT RUN")
 
@@ -40,7 +40,17 @@ class Command(BaseCommand):
         ]
         if not rows:
             self.stdout.write("No data flows.")
-            return
+        else:
+            self._write_table(rows)
+        heartbeat = Heartbeat.last()
+        self.stdout.write(
+            f"Last heartbeat: {_when(heartbeat.received_at)} ({heartbeat.source}, "
+            f"{heartbeat.client or 'unknown client'})"
+            if heartbeat
+            else "Last heartbeat: never"
+        )
+
+    def _write_table(self, rows: list[tuple[str, ...]]) -> None:
         widths = [max(len(str(row[i])) for row in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
         for row in (COLUMNS, *rows):
             self.stdout.write(
