@@ -330,3 +330,36 @@ def test_string_forms():
 
     assert str(data_flow) == "orders"
     assert str(run) == f"orders #{run.pk} (failed)"
+
+
+def test_a_refused_run_inside_a_transaction_is_recorded_not_raised_at_commit(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.DATAFLOWS = {"BACKEND": "tests.test_backends.RefusingBackend"}
+    data_flow = DataFlowFactory()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run = data_flow.trigger_run()
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.error_message.startswith("Could not enqueue the run")
+
+
+def test_a_refused_run_outside_a_transaction_raises(settings, transactional_db):
+    from django_dataflows.exceptions import EnqueueFailed
+
+    settings.DATAFLOWS = {"BACKEND": "tests.test_backends.RefusingBackend"}
+    data_flow = DataFlowFactory()
+
+    with pytest.raises(EnqueueFailed):
+        data_flow.trigger_run()
+
+    assert data_flow.runs.get().status == RunStatus.FAILED
+
+
+def test_trigger_run_outside_a_transaction_returns_the_finished_run(transactional_db):
+    run = DataFlowFactory().trigger_run()
+
+    assert run.status == RunStatus.SUCCESS
+    assert run.result == {"rows": 1}

@@ -11,13 +11,12 @@ import json
 import logging
 import traceback
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import DataFlowError, RunNotPending
 from django_dataflows.flows import Flow, FlowContext
@@ -192,24 +191,14 @@ class FlowExecutor:
 
     @classmethod
     def time_out_stuck_runs(cls, now: datetime | None = None) -> int:
-        """End runs that are past their timeout as ``timed_out``; return how many.
+        """End runs past their timeout (``DataFlowRun.objects.stuck()``) as ``timed_out``.
 
-        A run ``in_progress`` longer than its flow's ``timeout`` (else ``RUN_TIMEOUT``) has
-        lost its worker; a run still ``pending`` after that long was never picked up (a
-        lost queue message). Either would otherwise block its flow forever.
+        Either kind of stuck run would otherwise block its flow forever. Returns how many.
         """
         now = now or timezone.now()
-        default_timeout = app_settings.RUN_TIMEOUT
-        # At most one active run per flow, so this is bounded by the number of flows.
-        active = DataFlowRun.objects.active().values_list(
-            "pk", "status", "started_at", "created_at", "data_flow__timeout"
-        )
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for pk, status, started_at, created_at, timeout in active:
-            timeout = timeout or default_timeout
-            since = started_at if status == RunStatus.IN_PROGRESS else created_at
-            if since is not None and since + timedelta(seconds=timeout) <= now:
-                groups[(status, timeout)].append(pk)
+        for stuck in DataFlowRun.objects.stuck(now):
+            groups[(stuck.status, stuck.timeout)].append(stuck.pk)
         count = 0
         for (status, timeout), pks in groups.items():
             message = (

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -16,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import RunAlreadyActive
+from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.validators import (
     validate_json_object,
@@ -258,15 +260,28 @@ class DataFlow(models.Model):
 
         This is the one way a run starts. With the default in-process backend and no
         surrounding transaction the run has finished when this returns; the returned
-        object is refreshed to show it. Raises ``RunAlreadyActive`` if a run is active.
+        object is refreshed to show it. Raises ``RunAlreadyActive`` if a run is active, and
+        ``EnqueueFailed`` if the backend refused the run. Inside a transaction (for example
+        with ``ATOMIC_REQUESTS``) the run is handed over when it commits; a refusal then is
+        logged and recorded on the run, as nobody is left to catch it.
         """
         from django_dataflows.backends import dispatch
 
         run = self.create_pending_run(trigger=trigger, user=user)
-        transaction.on_commit(lambda: dispatch(run))
-        if not transaction.get_connection().in_atomic_block:
-            run.refresh_from_db()
+        if transaction.get_connection().in_atomic_block:
+            transaction.on_commit(partial(_dispatch_after_commit, run))
+            return run
+        dispatch(run)
+        run.refresh_from_db()
         return run
+
+
+def _dispatch_after_commit(run: DataFlowRun) -> None:
+    from django_dataflows.backends import dispatch
+
+    # A refusal is logged by dispatch() and recorded on the run.
+    with contextlib.suppress(EnqueueFailed):
+        dispatch(run)
 
 
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
@@ -275,6 +290,32 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
 
     def finished(self) -> DataFlowRunQuerySet:
         return self.filter(status__in=FINISHED_STATUSES)
+
+    def stuck(self, now: datetime | None = None) -> list[StuckRun]:
+        """Active runs past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
+
+        A run ``in_progress`` that long has lost its worker; one still ``pending`` was never
+        picked up (a lost queue message). At most one run per flow is active, so this reads
+        at most one row per flow.
+        """
+        now = now or timezone.now()
+        default_timeout = app_settings.RUN_TIMEOUT
+        stuck = []
+        rows = self.active().values_list(
+            "pk", "status", "started_at", "created_at", "data_flow__timeout"
+        )
+        for pk, status, started_at, created_at, timeout in rows:
+            timeout = timeout or default_timeout
+            since = started_at if status == RunStatus.IN_PROGRESS else created_at
+            if since is not None and since + timedelta(seconds=timeout) <= now:
+                stuck.append(StuckRun(pk, status, timeout))
+        return stuck
+
+
+class StuckRun(NamedTuple):
+    pk: int
+    status: str
+    timeout: int
 
 
 class DataFlowRun(models.Model):

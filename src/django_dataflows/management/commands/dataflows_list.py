@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +51,7 @@ class Command(BaseCommand):
             else "Last heartbeat: never"
         )
 
-    def _write_table(self, rows: list[tuple[str, ...]]) -> None:
+    def _write_table(self, rows: Sequence[tuple[str, ...]]) -> None:
         widths = [max(len(str(row[i])) for row in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
         for row in (COLUMNS, *rows):
             self.stdout.write(
