@@ -450,6 +450,25 @@ def test_inside_a_transaction_run_now_reports_queued_and_runs_on_commit(
     assert DataFlowRun.objects.get().status == RunStatus.SUCCESS
 
 
+def test_inside_a_transaction_a_refused_run_is_recorded_not_a_crash(
+    admin_client, settings, django_capture_on_commit_callbacks
+):
+    # As with ATOMIC_REQUESTS: the backend refuses only when the transaction commits,
+    # after the action has answered, so the refusal must end up on the run.
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.RefusingBackend"}
+    data_flow = DataFlowFactory(name="orders")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_action(admin_client, "run_now", data_flow)
+
+    assert response.status_code == 200
+    [(level, text)] = shown_messages(response)
+    assert (level, text.endswith("queued.")) == (message_levels.INFO, True)
+    run = DataFlowRun.objects.get()
+    assert run.status == RunStatus.FAILED
+    assert run.error_message.startswith("Could not enqueue the run: broker unreachable")
+
+
 def test_run_now_with_an_asynchronous_backend_reports_queued(admin_client, dummy_backend):
     data_flow = DataFlowFactory(name="orders")
 
