@@ -1,0 +1,3 @@
+"""Weather observations imported from a CSV file, and their daily summaries."""
+
+from __future__ import annotations

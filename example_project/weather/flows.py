@@ -1,0 +1,237 @@
+"""The example's data flows: import observations, summarise them, check their quality.
+
+django-dataflows imports this module at start-up (it is the ``flows`` module of an installed
+app), which registers every ``Flow`` subclass in it. The ``seed`` command creates the
+``DataFlow`` rows that schedule them.
+
+Each flow is written so that running it twice, or again after a crash, does no harm:
+
+- the import finds where it stopped from the data it already holds (the last imported
+  date), writes each chunk in one transaction, and a unique constraint forbids duplicates;
+- the summary recomputes only the days whose observations changed since they were last
+  summarised, with an upsert;
+- the quality check only reads.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Avg, Count, Exists, F, Max, Min, OuterRef, Q, Sum
+from django.utils import timezone
+
+from django_dataflows import Flow, PermanentFlowError
+from example_project.weather.models import DailySummary, Observation, Station
+
+#: The flows read only files in this directory; a configuration names a file, not a path.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+class BadDataFile(PermanentFlowError):
+    """The CSV file is missing or malformed: retrying will not help until someone fixes it."""
+
+
+class ImplausibleObservations(PermanentFlowError):
+    """Imported observations that cannot be right (a broken sensor, a typo)."""
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    station_code: str
+    station_name: str
+    date: date
+    temp_min_c: float
+    temp_max_c: float
+    precipitation_mm: float
+    wind_speed_kmh: float
+
+
+def data_file(name: str) -> Path:
+    """The file ``name`` in :data:`DATA_DIR`; anything that points elsewhere is refused."""
+    path = (DATA_DIR / name).resolve()
+    if path.parent != DATA_DIR or not path.is_file():
+        available = ", ".join(sorted(p.name for p in DATA_DIR.glob("*.csv")))
+        raise BadDataFile(f"No data file {name!r} in the weather data directory ({available}).")
+    return path
+
+
+def read_rows(path: Path) -> list[CsvRow]:
+    """Parse the CSV file; a bad line is an error naming its line number."""
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line_number, record in enumerate(csv.DictReader(handle), start=2):
+            try:
+                rows.append(
+                    CsvRow(
+                        station_code=record["station_id"],
+                        station_name=record["station_name"],
+                        date=date.fromisoformat(record["date"]),
+                        temp_min_c=float(record["temp_min_c"]),
+                        temp_max_c=float(record["temp_max_c"]),
+                        precipitation_mm=float(record["precipitation_mm"]),
+                        wind_speed_kmh=float(record["wind_speed_kmh"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BadDataFile(f"{path.name}, line {line_number}: {exc!r}") from exc
+    return rows
+
+
+class ImportObservations(Flow):
+    """Import the next days of weather observations from a CSV file.
+
+    Configuration: ``csv_file`` (a file in ``weather/data/``) and ``days_per_run``. Each
+    run imports the ``days_per_run`` days that follow the last imported date, so every run
+    brings new rows until the file is used up (the file stands in for a feed that grows).
+    """
+
+    verbose_name = "Import weather observations"
+
+    def run(self) -> dict[str, Any]:
+        path = data_file(self.configuration.get("csv_file", "observations.csv"))
+        days_per_run = int(self.configuration.get("days_per_run", 5))
+        last_imported = Observation.objects.aggregate(last=Max("date"))["last"]
+        new_rows = [
+            row for row in read_rows(path) if last_imported is None or row.date > last_imported
+        ]
+        new_days = sorted({row.date for row in new_rows})
+        days = set(new_days[:days_per_run])
+        batch = [row for row in new_rows if row.date in days]
+        # All of a chunk or nothing: a crash half-way leaves the last imported date where it
+        # was, so the next run imports the same chunk again instead of skipping part of it.
+        with transaction.atomic():
+            stations = self._stations(batch)
+            Observation.objects.bulk_create(
+                Observation(
+                    station=stations[row.station_code],
+                    date=row.date,
+                    temp_min_c=row.temp_min_c,
+                    temp_max_c=row.temp_max_c,
+                    precipitation_mm=row.precipitation_mm,
+                    wind_speed_kmh=row.wind_speed_kmh,
+                )
+                for row in batch
+            )
+        return {
+            "imported": len(batch),
+            "first_day": min(days).isoformat() if days else None,
+            "last_day": max(days).isoformat() if days else None,
+            "days_left": len(new_days) - len(days),
+        }
+
+    @staticmethod
+    def _stations(rows: list[CsvRow]) -> dict[str, Station]:
+        names = {row.station_code: row.station_name for row in rows}
+        Station.objects.bulk_create(
+            [Station(code=code, name=name) for code, name in names.items()],
+            ignore_conflicts=True,
+        )
+        return {station.code: station for station in Station.objects.filter(code__in=names)}
+
+
+class SummariseDailyWeather(Flow):
+    """Summarise each day's observations across stations into the daily summary table.
+
+    Only days without a summary, or with an observation changed since their summary was
+    made (a late row, a correction in the admin), are recomputed.
+    """
+
+    verbose_name = "Summarise daily weather"
+
+    def run(self) -> dict[str, Any]:
+        now = timezone.now()
+        up_to_date = DailySummary.objects.filter(
+            date=OuterRef("date"), summarised_at__gte=OuterRef("updated_at")
+        )
+        stale_days = Observation.objects.filter(~Exists(up_to_date)).values("date")
+        per_day = (
+            Observation.objects.filter(date__in=stale_days)
+            .values("date")
+            .annotate(
+                stations=Count("station"),
+                mean=Avg((F("temp_min_c") + F("temp_max_c")) / 2),
+                lowest=Min("temp_min_c"),
+                highest=Max("temp_max_c"),
+                precipitation=Sum("precipitation_mm"),
+                wind=Max("wind_speed_kmh"),
+            )
+            .order_by("date")
+        )
+        summaries = [
+            DailySummary(
+                date=day["date"],
+                stations_reporting=day["stations"],
+                mean_temp_c=round(day["mean"], 1),
+                min_temp_c=day["lowest"],
+                max_temp_c=day["highest"],
+                total_precipitation_mm=round(day["precipitation"], 1),
+                max_wind_speed_kmh=day["wind"],
+                summarised_at=now,
+            )
+            for day in per_day
+        ]
+        DailySummary.objects.bulk_create(
+            summaries,
+            update_conflicts=True,
+            unique_fields=["date"],
+            update_fields=[
+                "stations_reporting",
+                "mean_temp_c",
+                "min_temp_c",
+                "max_temp_c",
+                "total_precipitation_mm",
+                "max_wind_speed_kmh",
+                "summarised_at",
+            ],
+        )
+        return {
+            "days_summarised": len(summaries),
+            "first_day": summaries[0].date.isoformat() if summaries else None,
+            "last_day": summaries[-1].date.isoformat() if summaries else None,
+            "days_in_table": DailySummary.objects.count(),
+        }
+
+
+class CheckObservationQuality(Flow):
+    """Fail when an imported observation is physically implausible.
+
+    In the example it fails on purpose: the shipped CSV file has one broken reading
+    (DE-BER on 2024-01-03, a maximum of 99.9 °C). Correct or delete that observation in
+    the admin and the next run succeeds.
+    """
+
+    verbose_name = "Check observation quality"
+
+    def run(self) -> dict[str, Any]:
+        min_temp = float(self.configuration.get("min_temp_c", -60))
+        max_temp = float(self.configuration.get("max_temp_c", 50))
+        max_precipitation = float(self.configuration.get("max_precipitation_mm", 300))
+        implausible = (
+            Observation.objects.filter(
+                Q(temp_min_c__lt=min_temp)
+                | Q(temp_max_c__gt=max_temp)
+                | Q(temp_min_c__gt=F("temp_max_c"))
+                | Q(precipitation_mm__lt=0)
+                | Q(precipitation_mm__gt=max_precipitation)
+            )
+            .select_related("station")
+            .order_by("date", "station__code")
+        )
+        problems = [
+            f"{obs.station.code} on {obs.date:%Y-%m-%d}: min {obs.temp_min_c} °C, "
+            f"max {obs.temp_max_c} °C, precipitation {obs.precipitation_mm} mm"
+            for obs in implausible[:10]
+        ]
+        if problems:
+            count = implausible.count()
+            raise ImplausibleObservations(
+                f"{count} implausible observation(s) (allowed: {min_temp:g} to {max_temp:g} °C, "
+                f"0 to {max_precipitation:g} mm): {'; '.join(problems)}. Correct or delete them "
+                "in the admin (Weather > Observations); the next run will check again."
+            )
+        return {"observations_checked": Observation.objects.count(), "implausible": 0}
