@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint typecheck migrations-check test-sqlite test-postgres coverage docs tox bench clean
+.PHONY: help install demo demo-celery test lint typecheck migrations-check test-sqlite test-postgres coverage docs tox bench clean
 
 help:  ## List the commands.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -36,8 +36,17 @@ install: $(STAMP)  ## Create .venv with the package, its extras and the test too
 demo: $(STAMP)  ## Run the example project (SQLite, in-process backend).
 	@$(BIN)/python -m example_project.demo
 
-test: $(STAMP)  ## Run every check and the whole test suite (SQLite, then PostgreSQL).
-	@$(MAKE) --no-print-directory lint typecheck migrations-check
+demo-celery: $(STAMP)  ## The example project on Celery with Redis ($$REDIS_URL): starts a worker too.
+	@$(BIN)/python -c "import redis, sys; redis.Redis.from_url(sys.argv[1]).ping()" "$(REDIS_URL)" \
+		2>/dev/null || { echo "Redis does not answer at $(REDIS_URL): start redis-server or set REDIS_URL=redis://HOST:PORT/DB."; exit 1; }
+	@echo "==> Starting a Celery worker (queue 'default') and the demo; Ctrl+C stops both"
+	@export CELERY_BROKER_URL="$(REDIS_URL)"; \
+		$(BIN)/celery -A example_project worker -Q default --concurrency=2 --loglevel=INFO & \
+		worker=$$!; trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null || true' EXIT; \
+		$(BIN)/python -m example_project.demo
+
+test: $(STAMP)  ## Run every check, build the docs, and run the whole suite (SQLite, then PostgreSQL).
+	@$(MAKE) --no-print-directory lint typecheck migrations-check docs
 	@rm -f .coverage .coverage.*
 	@$(MAKE) --no-print-directory test-sqlite test-postgres
 	@$(MAKE) --no-print-directory coverage
@@ -75,8 +84,12 @@ tox: $(STAMP)  ## The Django 5.2 / 6.0 / 6.1 matrix (SQLite, plus 5.2 on Postgre
 	@$(BIN)/python -m pip install --quiet tox
 	@PATH="$(PYENV_PATHS)$$PATH" $(BIN)/tox run $(TOX_ARGS)
 
+docs: $(STAMP)  ## Build the documentation into docs/_build/html (a warning fails the build).
+	@echo "==> sphinx-build"
+	@$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis).
 	@DATABASE_URL=$(POSTGRES_URL) $(BIN)/python bench/heartbeat.py
 
 clean:  ## Remove the virtualenv and build leftovers.
-	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist docs/_build
+	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist docs/_build example_project/var test-artifacts

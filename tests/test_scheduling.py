@@ -268,3 +268,19 @@ def test_runs_within_their_timeout_are_left_alone():
     DataFlowRunFactory(status=RunStatus.PENDING)
 
     assert FlowExecutor.time_out_stuck_runs() == 0
+
+
+def test_a_failing_heartbeat_receiver_is_logged_not_raised(caplog):
+    due_flow()
+
+    def broken(sender, **kwargs):
+        raise RuntimeError("dashboard is down")
+
+    signals.heartbeat_finished.connect(broken)
+    try:
+        result = run_heartbeat()
+    finally:
+        signals.heartbeat_finished.disconnect(broken)
+
+    assert result.flows_triggered == 1
+    assert "dashboard is down" in caplog.text

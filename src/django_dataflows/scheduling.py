@@ -208,5 +208,15 @@ def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
             pk__in=result.run_ids, status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)
         ).count()
     Heartbeat.record(received_at=now, source=source, client=client, result=result.as_dict())
-    signals.heartbeat_finished.send(sender=DataFlow, result=result)
+    # The runs are committed and dispatched by now: a receiver's error is logged, never
+    # turned into a failed heartbeat (which cron would report, and retry for nothing).
+    for receiver, response in signals.heartbeat_finished.send_robust(
+        sender=DataFlow, result=result
+    ):
+        if isinstance(response, Exception):
+            logger.error(
+                "Receiver %r of heartbeat_finished failed",
+                receiver,
+                exc_info=(type(response), response, response.__traceback__),
+            )
     return result
