@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
 
 from django_dataflows.backends import dispatch, get_backend, load_backend
 from django_dataflows.backends.base import BaseBackend
@@ -11,6 +14,7 @@ from django_dataflows.backends.dummy import DummyBackend
 from django_dataflows.backends.sync import SyncBackend
 from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
+from django_dataflows.scheduling import run_heartbeat
 from tests.factories import DataFlowFactory
 from tests.testapp.models import Record
 
@@ -87,10 +91,11 @@ def test_clear_forgets_recorded_runs(dummy_backend):
     assert dummy_backend.enqueued == []
 
 
-def test_a_refused_run_is_failed_and_the_flow_stays_due(settings):
+def test_a_refused_manual_run_is_failed_and_leaves_the_schedule(settings):
     settings.DATAFLOWS = {"BACKEND": f"{__name__}.RefusingBackend"}
     data_flow = DataFlowFactory(run_interval=3600)
     run = data_flow.create_pending_run()
+    next_run_at = DataFlow.objects.get(pk=data_flow.pk).next_run_at
 
     with pytest.raises(EnqueueFailed, match="broker unreachable"):
         dispatch(run)
@@ -100,4 +105,35 @@ def test_a_refused_run_is_failed_and_the_flow_stays_due(settings):
     assert run.status == RunStatus.FAILED
     assert run.error_message == "Could not enqueue the run: broker unreachable at 127.0.0.1:1"
     assert data_flow.last_run_status == RunStatus.FAILED
-    assert list(DataFlow.objects.due_to_run()) == [data_flow]
+    assert data_flow.next_run_at == next_run_at
+
+
+def test_a_refused_scheduled_run_gives_its_slot_back(settings):
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.RefusingBackend"}
+    slot = timezone.now() - datetime.timedelta(seconds=5)
+    data_flow = DataFlowFactory(run_interval=3600)
+    DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=slot)
+
+    assert run_heartbeat().enqueue_failures == 1
+
+    failed = data_flow.runs.get()
+    assert failed.status == RunStatus.FAILED
+    assert failed.scheduled_for is None
+    assert slot.isoformat() in failed.error_message
+    assert DataFlow.objects.get(pk=data_flow.pk).next_run_at == slot
+
+    settings.DATAFLOWS = {}  # the broker is back
+    assert run_heartbeat().flows_triggered == 1
+    retried = data_flow.runs.get(status=RunStatus.SUCCESS)
+    assert retried.scheduled_for == slot
+
+
+def test_a_backend_that_cannot_be_loaded_fails_the_run_at_once(settings):
+    settings.DATAFLOWS = {"BACKEND": "myproject.backends.Missing"}
+    run = DataFlowFactory().create_pending_run()
+
+    with pytest.raises(EnqueueFailed, match="Could not import"):
+        dispatch(run)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from django.db.models.signals import post_save
 from django.utils import timezone
 
 from django_dataflows import signals
@@ -60,20 +61,30 @@ def test_the_flow_sees_its_configuration_and_context():
     }
 
 
-def test_the_run_is_pending_then_in_progress_while_the_flow_runs():
+def test_the_run_is_recorded_pending_then_in_progress_while_the_flow_runs():
     seen = []
     data_flow = DataFlowFactory()
 
-    def on_started(run, **kwargs):
-        seen.append(DataFlowRun.objects.get(pk=run.pk).status)
+    def on_created(sender, instance, created, **kwargs):
+        if created:
+            seen.append(("created", instance.status, instance.started_at))
 
+    def on_started(run, **kwargs):
+        seen.append(("started", DataFlowRun.objects.get(pk=run.pk).status, None))
+
+    post_save.connect(on_created, sender=DataFlowRun)
     signals.run_started.connect(on_started)
     try:
         FlowExecutor.execute(data_flow)
     finally:
+        post_save.disconnect(on_created, sender=DataFlowRun)
         signals.run_started.disconnect(on_started)
 
-    assert seen == [RunStatus.IN_PROGRESS]
+    assert seen == [
+        ("created", RunStatus.PENDING, None),
+        ("started", RunStatus.IN_PROGRESS, None),
+    ]
+    assert DataFlowRun.objects.get().started_at is not None
 
 
 def test_success_updates_the_data_flow():
@@ -318,3 +329,17 @@ def test_a_failing_signal_receiver_does_not_break_the_run(caplog):
 
     assert DataFlowRun.objects.get().status == RunStatus.SUCCESS
     assert "receiver bug" in caplog.text
+
+
+def test_a_finished_run_does_not_overwrite_the_state_of_a_newer_active_run():
+    data_flow = DataFlowFactory()
+    old = data_flow.create_pending_run()
+    FlowExecutor._mark_in_progress(old)
+    FlowExecutor.cancel(old, reason="operator stop")  # frees the flow; the body may go on
+    newer = data_flow.create_pending_run()
+
+    FlowExecutor._record_success(old, {"late": True})  # the old body returns late
+
+    data_flow.refresh_from_db()
+    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    assert newer.status == RunStatus.PENDING

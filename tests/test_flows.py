@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from django_dataflows import Flow, FlowContext, PermanentFlowError
+from django_dataflows import flows as flow_registry
 from django_dataflows.exceptions import DataFlowError, FlowNotRegistered
 from django_dataflows.flows import autodiscover, get_flow_class, register, registered_flows
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry():
+    # Classes defined inside these tests register themselves; keep the registry as it was.
+    saved = dict(flow_registry._registry)
+    yield
+    flow_registry._registry.clear()
+    flow_registry._registry.update(saved)
 
 
 def test_flows_of_installed_apps_are_discovered():

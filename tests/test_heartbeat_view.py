@@ -218,8 +218,23 @@ def test_malformed_forwarded_for_from_a_trusted_proxy_is_a_400(client, due, sett
     assert_refused(post(client, remote="172.16.0.1", HTTP_X_FORWARDED_FOR=forwarded), 400)
 
 
-def test_malformed_forwarded_for_from_an_untrusted_peer_is_ignored(client, due):
+def test_malformed_forwarded_for_from_an_untrusted_peer_is_ignored(client, due, settings):
+    settings.DATAFLOWS = {"HEARTBEAT_ALLOWED_IPS": ["127.0.0.0/8"]}
+
     assert post(client, HTTP_X_FORWARDED_FOR="garbage").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"HTTP_X_FORWARDED_FOR": "203.0.113.5"},
+        {"HTTP_FORWARDED": "for=203.0.113.5"},
+        {"HTTP_X_REAL_IP": "203.0.113.5"},
+    ],
+)
+def test_by_default_a_request_through_a_local_proxy_is_refused(client, due, header):
+    # nginx on the same host connects from 127.0.0.1: loopback is not "this machine" then.
+    assert_refused(post(client, **header), 403)
 
 
 # -- body, logging ------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, next_slot_after
 from django_dataflows.scheduling import run_heartbeat
 from tests.factories import DataFlowFactory
 from tests.testapp.models import Record
@@ -31,6 +31,38 @@ def database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def race(modes: list[str]) -> Counter[str]:
+    """Run one worker process per mode at once; return their summed outcome counts."""
+    env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.race_worker", mode, str(SECONDS)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in modes
+    ]
+    outcomes: Counter[str] = Counter()
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        outcomes.update(json.loads(out))
+        assert "error" not in outcomes, err
+        assert set(outcomes) <= {"200", "started", "already_active"}, (outcomes, err)
+    return outcomes
+
+
+def assert_each_run_ran_its_body_once() -> None:
+    runs = DataFlowRun.objects.all()
+    assert set(runs.values_list("status", flat=True)) == {RunStatus.SUCCESS}
+    per_run = Counter(Record.objects.values_list("run_id", flat=True))
+    assert set(per_run.values()) == {1}
+    assert set(per_run) == set(runs.values_list("pk", flat=True))
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
@@ -38,56 +70,58 @@ def test_many_processes_run_each_due_slot_exactly_once():
     start = timezone.now().replace(microsecond=0) + datetime.timedelta(seconds=2)
     flows = [DataFlowFactory(run_interval=1) for _ in range(FLOWS)]
     DataFlow.objects.update(next_run_at=start)
-    env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT)}
 
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.race_worker", str(SECONDS)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(PROCESSES)
-    ]
-    statuses: Counter[str] = Counter()
-    errors = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=120)
-        assert worker.returncode == 0, err
-        statuses.update(json.loads(out))
-        errors.append(err)
+    outcomes = race(["heartbeat"] * PROCESSES)
     end = timezone.now()
 
     # Every call answered 200: no deadlock, no unique violation, no 500.
-    assert set(statuses) == {"200"}, (statuses, errors)
-    assert statuses["200"] >= PROCESSES * 10
-
-    runs = DataFlowRun.objects.order_by("data_flow_id", "scheduled_for")
-    assert runs.count() > FLOWS
-    # Each flow body ran exactly once per run, and every run succeeded.
-    assert set(runs.values_list("status", flat=True)) == {RunStatus.SUCCESS}
-    per_run = Counter(Record.objects.values_list("run_id", flat=True))
-    assert set(per_run.values()) == {1}
-    assert set(per_run) == set(runs.values_list("pk", flat=True))
-
-    # No slot ran twice and none was lost: each flow's slots are consecutive seconds from
-    # the first slot up to the last one that was due before the workers stopped.
+    assert outcomes["200"] >= PROCESSES * 10
+    assert_each_run_ran_its_body_once()
+    # No slot ran twice and none was lost: each flow's first run took the first slot, and
+    # each next run took exactly the slot its predecessor's claim scheduled: the next one,
+    # or, only if that claim came later than a whole interval, the first one after it.
+    on_time = late = 0
     for data_flow in flows:
-        slots = list(runs.filter(data_flow=data_flow).values_list("scheduled_for", flat=True))
-        assert slots[0] == start
-        gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(slots)}
-        assert gaps == {1.0}, (data_flow.name, slots)
-        assert slots[-1] >= end - datetime.timedelta(seconds=3)
+        runs = list(data_flow.runs.order_by("scheduled_for"))
+        assert runs[0].scheduled_for == start
+        for previous, run in itertools.pairwise(runs):
+            expected = next_slot_after(previous.scheduled_for, 1, previous.created_at)
+            assert run.scheduled_for == expected, (data_flow.name, previous, run)
+            on_time += expected == previous.scheduled_for + datetime.timedelta(seconds=1)
+            late += expected != previous.scheduled_for + datetime.timedelta(seconds=1)
+        assert runs[-1].scheduled_for >= end - datetime.timedelta(seconds=3)
+    assert on_time > late
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_manual_runs_racing_heartbeats_neither_deadlock_nor_run_twice():
+    for _ in range(FLOWS):
+        DataFlowFactory(run_interval=1)
+
+    outcomes = race(["heartbeat"] * (PROCESSES // 2) + ["manual"] * (PROCESSES // 2))
+
+    assert outcomes["200"] > 0
+    assert outcomes["started"] > 0
+    assert_each_run_ran_its_body_once()
+    slots = DataFlowRun.objects.exclude(scheduled_for=None).values_list(
+        "data_flow_id", "scheduled_for"
+    )
+    assert len(set(slots)) == len(slots)
 
 
 @pytest.mark.django_db
-def test_sequential_heartbeats_on_any_database_keep_one_run_per_slot():
-    data_flow = DataFlowFactory(run_interval=3600)
+def test_sequential_heartbeats_on_any_database_run_each_slot_once():
+    data_flow = DataFlowFactory(run_interval=1)
+    slot = timezone.now() - datetime.timedelta(seconds=3, microseconds=500_000)
+    DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=slot)
 
     for _ in range(5):
         run_heartbeat()
+    # Put the flow back on a slot it already ran: the unique (flow, slot) still holds.
+    DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=slot)
+    run_heartbeat()
 
-    assert data_flow.runs.count() == 1
-    assert data_flow.runs.get().scheduled_for is not None
+    assert list(data_flow.runs.values_list("scheduled_for", flat=True)) == [slot]
+    assert data_flow.runs.get().status == RunStatus.SUCCESS

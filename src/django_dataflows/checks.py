@@ -156,7 +156,14 @@ def _check_token(config: Mapping[str, Any]) -> list[CheckMessage]:
 def _check_callbacks(config: Mapping[str, Any]) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     callbacks = _get(config, "CALLBACKS")
-    for path in callbacks if isinstance(callbacks, list | tuple) else [callbacks]:
+    if not isinstance(callbacks, list | tuple):
+        return [
+            Error(
+                f"DATAFLOWS['CALLBACKS'] must be a list of dotted paths, not {callbacks!r}.",
+                id="dataflows.E009",
+            )
+        ]
+    for path in callbacks:
         try:
             target = import_string(path)
         except (ImportError, TypeError) as exc:

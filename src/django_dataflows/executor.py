@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from django_dataflows.events import emit
@@ -42,6 +43,16 @@ _timeout_exceptions: list[type[BaseException]] = [FlowTimeout]
 def register_timeout_exception(exc_class: type[BaseException]) -> None:
     if exc_class not in _timeout_exceptions:
         _timeout_exceptions.append(exc_class)
+
+
+def _flows_without_active_run(pks: list[int]) -> QuerySet[DataFlow]:
+    """The flows among ``pks`` with no active run.
+
+    A finished run's outcome is written to its flow only if no newer run has started
+    meanwhile (on another server), whose state the flow shows instead.
+    """
+    active = DataFlowRun.objects.active().filter(data_flow=OuterRef("pk"))
+    return DataFlow.objects.filter(pk__in=pks).exclude(Exists(active))
 
 
 class FlowExecutor:
@@ -126,6 +137,7 @@ class FlowExecutor:
             cls._update_flow(run)
             emit("run_finished", run)
         else:
+            run.refresh_from_db(fields=["status"])
             logger.warning("Run %s finished after it was marked %s; kept.", run.pk, run.status)
 
     @classmethod
@@ -151,19 +163,32 @@ class FlowExecutor:
 
     @classmethod
     def record_enqueue_failure(cls, run: DataFlowRun, exc: BaseException) -> bool:
-        """Mark a pending run the backend refused as ``failed``; the flow stays due."""
+        """Mark a pending run the backend refused as ``failed``; its slot stays due.
+
+        Nothing ran, so a scheduled run gives its slot back: the flow's ``next_run_at``
+        returns to the slot and the failed run lets go of it (``scheduled_for`` is cleared,
+        its error message says which slot), so the next heartbeat claims it again. A
+        manual run leaves the schedule as it was.
+        """
+        slot = run.scheduled_for
+        message = f"Could not enqueue the run: {exc}"
+        if slot is not None:
+            message += f" (schedule slot {slot.isoformat()} stays due)"
         done = cls._transition(
             run,
             (RunStatus.PENDING,),
             RunStatus.FAILED,
             ended_at=timezone.now(),
-            error_message=f"Could not enqueue the run: {exc}",
+            error_message=message,
             error_backtrace="".join(traceback.format_exception(exc)),
+            scheduled_for=None,
         )
         if done:
             cls._update_flow(run, last_run_at=False)
-            # Nothing ran, so the slot is not spent: the flow is due at the next heartbeat.
-            DataFlow.objects.filter(pk=run.data_flow_id).update(next_run_at=run.created_at)
+            if slot is not None:
+                DataFlow.objects.filter(pk=run.data_flow_id, next_run_at__gt=slot).update(
+                    next_run_at=slot
+                )
             emit("run_finished", run)
         return done
 
@@ -242,14 +267,14 @@ class FlowExecutor:
         fields: dict[str, Any] = {"last_run_status": run.status}
         if last_run_at and run.started_at is not None:
             fields["last_run_at"] = run.started_at
-        DataFlow.objects.filter(pk=run.data_flow_id).update(**fields)
+        _flows_without_active_run([run.data_flow_id]).update(**fields)
         for name, value in fields.items():
             setattr(run.data_flow, name, value)
 
     @staticmethod
     def _after_bulk_finish(runs: Iterable[DataFlowRun]) -> None:
         runs = list(runs)
-        DataFlow.objects.filter(pk__in=[run.data_flow_id for run in runs]).update(
+        _flows_without_active_run([run.data_flow_id for run in runs]).update(
             last_run_status=RunStatus.TIMED_OUT
         )
         for run in runs:

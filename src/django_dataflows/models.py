@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -77,6 +77,21 @@ class DataFlowQuerySet(models.QuerySet["DataFlow"]):
     def due_to_run(self, now: datetime | None = None) -> DataFlowQuerySet:
         """Enabled flows whose ``next_run_at`` has come (uses the due index)."""
         return self.filter(enabled=True, next_run_at__lte=now or timezone.now())
+
+
+#: DataFlow fields written by the scheduler and the executor, never by a plain save().
+SCHEDULER_FIELDS = frozenset({"next_run_at", "last_run_at", "last_run_status"})
+
+
+def row_lock(queryset: models.QuerySet[Any]) -> models.QuerySet[Any]:
+    """Lock the selected rows for the rest of the transaction (a no-op on SQLite).
+
+    ``FOR NO KEY UPDATE`` where the database has it: it still excludes other claims, but
+    not the ``FOR KEY SHARE`` lock a foreign-key check takes when a run is inserted, which
+    would otherwise let a manual trigger and a heartbeat deadlock.
+    """
+    features = connection.features
+    return queryset.select_for_update(no_key=features.has_select_for_no_key_update)
 
 
 class DataFlow(models.Model):
@@ -149,11 +164,28 @@ class DataFlow(models.Model):
         return self.name
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        if self._schedule_changed():
+        """Save, leaving the fields the scheduler owns to the scheduler.
+
+        ``next_run_at``, ``last_run_at`` and ``last_run_status`` change under a loaded
+        object whenever a heartbeat claims the flow; writing an old copy back would move a
+        claimed slot back into the past. So a save of an existing row writes them only when
+        ``update_fields`` names them, and ``next_run_at`` also when the interval or the
+        enabled flag changed.
+        """
+        schedule_changed = self._schedule_changed()
+        if schedule_changed:
             self.next_run_at = self.compute_next_run_at()
-            update_fields = kwargs.get("update_fields")
-            if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "next_run_at"}
+        update_fields = kwargs.get("update_fields")
+        if not self._state.adding and update_fields is None:
+            update_fields = {
+                field.name
+                for field in self._meta.concrete_fields
+                if not field.primary_key and field.name not in SCHEDULER_FIELDS
+            }
+        if update_fields is not None:
+            kwargs["update_fields"] = {*update_fields} | (
+                {"next_run_at"} if schedule_changed else set()
+            )
         super().save(*args, **kwargs)
 
     def clean_fields(self, exclude: Any = None) -> None:
@@ -225,7 +257,6 @@ class DataFlow(models.Model):
         later, as a scheduled one would (the heartbeat claims scheduled runs in bulk in
         :mod:`django_dataflows.scheduling`).
         """
-        now = now or timezone.now()
         run = DataFlowRun(
             data_flow=self,
             status=RunStatus.PENDING,
@@ -234,21 +265,31 @@ class DataFlow(models.Model):
             queue=self.effective_queue,
             attempt=attempt,
         )
-        try:
-            with transaction.atomic():
-                run.save(force_insert=True)
-        except IntegrityError:
+        with transaction.atomic():
+            # Lock the flow row first, as a heartbeat's claim does: the same lock order
+            # on both paths, and the next_run_at read here is the current one.
+            schedule = row_lock(DataFlow.objects.filter(pk=self.pk)).values_list(
+                "next_run_at", flat=True
+            )
+            next_run_at = schedule.get()
             if self.runs.active().exists():
-                raise RunAlreadyActive(self.name) from None
-            raise
-        self.last_run_at = now
-        self.last_run_status = RunStatus.IN_PROGRESS
-        self.next_run_at = max(self.next_run_at, now + timedelta(seconds=self.run_interval))
-        DataFlow.objects.filter(pk=self.pk).update(
-            last_run_at=self.last_run_at,
-            last_run_status=self.last_run_status,
-            next_run_at=self.next_run_at,
-        )
+                raise RunAlreadyActive(self.name)
+            try:
+                with transaction.atomic():
+                    run.save(force_insert=True)
+            except IntegrityError:  # a database without row locks raced us
+                if self.runs.active().exists():
+                    raise RunAlreadyActive(self.name) from None
+                raise
+            now = now or timezone.now()
+            self.last_run_at = now
+            self.last_run_status = RunStatus.IN_PROGRESS
+            self.next_run_at = max(next_run_at, now + timedelta(seconds=self.run_interval))
+            DataFlow.objects.filter(pk=self.pk).update(
+                last_run_at=self.last_run_at,
+                last_run_status=self.last_run_status,
+                next_run_at=self.next_run_at,
+            )
         return run
 
     def trigger_run(

@@ -72,9 +72,10 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     """
     now = now or timezone.now()
     batch_size = batch_size or app_settings.HEARTBEAT_BATCH_SIZE
+    features = connection.features
     due = list(
         DataFlow.objects.due_to_run(now)
-        .select_for_update(skip_locked=True, of=("self",))
+        .select_for_update(skip_locked=True, no_key=features.has_select_for_no_key_update)
         .order_by("next_run_at", "pk")[:batch_size]
     )
     busy = set(
@@ -95,13 +96,14 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
         for flow in claimed
     ]
     if runs:
-        _insert_runs(runs)
+        runs = _insert_runs(runs)
         for flow in claimed:
             flow.next_run_at = next_slot_after(flow.next_run_at, flow.run_interval, now)
             flow.last_run_at = now
             flow.last_run_status = RunStatus.IN_PROGRESS
         _advance_schedules(claimed, now)
-    return Claim(runs=runs, flows_due=len(due), flows_skipped=len(busy))
+    # A flow whose run could not be inserted got an active run from elsewhere meanwhile.
+    return Claim(runs=runs, flows_due=len(due), flows_skipped=len(due) - len(runs))
 
 
 _INSERT_SQL = """
@@ -110,6 +112,7 @@ _INSERT_SQL = """
     SELECT claimed.data_flow_id, %s, %s, claimed.scheduled_for, %s, '', '', 1, '', claimed.queue
     FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[])
         AS claimed(data_flow_id, scheduled_for, queue)
+    ON CONFLICT DO NOTHING
     RETURNING id, data_flow_id
 """
 
@@ -121,16 +124,24 @@ _ADVANCE_SQL = """
 """
 
 
-def _insert_runs(runs: list[DataFlowRun]) -> None:
-    """Insert the claimed runs (one per flow) in one statement and set their primary keys.
+def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
+    """Insert the claimed runs (one per flow) in one statement; return those inserted.
 
     Like :func:`_advance_schedules`, PostgreSQL takes columns as arrays, which spares
-    ``bulk_create``'s per-field preparation of every row; elsewhere ``bulk_create``.
+    ``bulk_create``'s per-field preparation of every row. A run that would break a unique
+    constraint (a manual run of the same flow committed between our check and our insert)
+    is left out rather than failing the whole claim.
     """
-    if connection.vendor != "postgresql":
-        DataFlowRun.objects.bulk_create(runs)
-        return
     first = runs[0]
+    if connection.vendor != "postgresql":
+        # ignore_conflicts returns no keys, so read back the rows this claim wrote.
+        DataFlowRun.objects.bulk_create(runs, ignore_conflicts=True)
+        written = DataFlowRun.objects.filter(
+            data_flow__in=[run.data_flow_id for run in runs],
+            trigger=RunTrigger.SCHEDULE,
+            created_at=first.created_at,
+        ).values_list("data_flow_id", "pk")
+        return _with_keys(runs, dict(written))
     table = connection.ops.quote_name(DataFlowRun._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -144,12 +155,18 @@ def _insert_runs(runs: list[DataFlowRun]) -> None:
                 [run.queue for run in runs],
             ],
         )
-        # One run per flow, so the flow id maps each returned id to its run.
         ids = {data_flow_id: pk for pk, data_flow_id in cursor.fetchall()}
-    for run in runs:
+    return _with_keys(runs, ids)
+
+
+def _with_keys(runs: list[DataFlowRun], ids: dict[int, int]) -> list[DataFlowRun]:
+    """The runs that were written, given their keys (one run per flow, so by flow id)."""
+    inserted = [run for run in runs if run.data_flow_id in ids]
+    for run in inserted:
         run.pk = ids[run.data_flow_id]
         run._state.adding = False
         run._state.db = connection.alias
+    return inserted
 
 
 def _advance_schedules(flows: list[DataFlow], now: datetime) -> None:

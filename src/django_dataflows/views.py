@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -16,6 +17,7 @@ from django_dataflows.security import (
     MalformedForwardedFor,
     client_ip,
     ip_in,
+    parse_ip,
     parse_networks,
     presented_token,
     token_matches,
@@ -49,6 +51,7 @@ def _identify(request: HttpRequest) -> IPAddress | None:
 
 @csrf_exempt
 @never_cache
+@transaction.non_atomic_requests
 def heartbeat(request: HttpRequest) -> JsonResponse:
     """Trigger every due flow; answer JSON counts (see the heartbeat reference page).
 
@@ -70,13 +73,24 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     if allowed_ips:
         if address is None or not ip_in(address, parse_networks(tuple(allowed_ips))):
             return _refuse(403, "This client is not allowed to call the heartbeat.", client)
-    elif token is None and (address is None or not address.is_loopback):
-        return _refuse(
-            403,
-            "Without DATAFLOWS['HEARTBEAT_TOKEN'] or ['HEARTBEAT_ALLOWED_IPS'] only loopback "
-            "clients may call the heartbeat.",
-            client,
-        )
+    elif token is None:
+        if address is None or not address.is_loopback:
+            return _refuse(
+                403,
+                "Without DATAFLOWS['HEARTBEAT_TOKEN'] or ['HEARTBEAT_ALLOWED_IPS'] only "
+                "loopback clients may call the heartbeat.",
+                client,
+            )
+        if address == _peer(request) and _proxied(request):
+            # A reverse proxy on this host makes every client look like loopback; a
+            # request it forwarded is not from this machine, whatever REMOTE_ADDR says.
+            return _refuse(
+                403,
+                "This request came through a proxy; set DATAFLOWS['HEARTBEAT_TOKEN'] (or "
+                "list the proxy in HEARTBEAT_TRUSTED_PROXIES and the client in "
+                "HEARTBEAT_ALLOWED_IPS).",
+                client,
+            )
     if token is not None and not token_matches(presented_token(request), token):
         return _refuse(
             401,
@@ -101,6 +115,20 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         result.runs_timed_out,
     )
     return JsonResponse(result.as_dict(), status=status)
+
+
+PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+def _proxied(request: HttpRequest) -> bool:
+    return any(request.META.get(header) for header in PROXY_HEADERS)
+
+
+def _peer(request: HttpRequest) -> IPAddress | None:
+    try:
+        return parse_ip(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return None
 
 
 def _body_too_large(request: HttpRequest) -> bool:

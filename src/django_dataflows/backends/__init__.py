@@ -54,11 +54,12 @@ def dispatch(run: DataFlowRun) -> None:
     """
     from django_dataflows.executor import FlowExecutor
 
-    backend = get_backend()
     emit("run_enqueued", run)
     try:
-        backend.enqueue(run)
+        # Inside the try: a backend that cannot even be loaded (checks don't run under a
+        # WSGI server) must fail the run now, not leave it pending until the reaper.
+        get_backend().enqueue(run)
     except Exception as exc:
-        logger.exception("Backend %s could not enqueue run %s", type(backend).__name__, run.pk)
+        logger.exception("Could not enqueue run %s with %s", run.pk, app_settings.BACKEND)
         FlowExecutor.record_enqueue_failure(run, exc)
         raise EnqueueFailed(f"Could not enqueue run {run.pk}: {exc}") from exc
