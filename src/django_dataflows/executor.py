@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
@@ -131,12 +132,9 @@ class FlowExecutor:
 
     @classmethod
     def _record_success(cls, run: DataFlowRun, result: Any) -> None:
-        if cls._transition(
+        if not cls._finish(
             run, (RunStatus.IN_PROGRESS,), RunStatus.SUCCESS, ended_at=timezone.now(), result=result
         ):
-            cls._update_flow(run)
-            emit("run_finished", run)
-        else:
             run.refresh_from_db(fields=["status"])
             logger.warning("Run %s finished after it was marked %s; kept.", run.pk, run.status)
 
@@ -145,7 +143,7 @@ class FlowExecutor:
         status = (
             RunStatus.TIMED_OUT if isinstance(exc, tuple(_timeout_exceptions)) else RunStatus.FAILED
         )
-        if cls._transition(
+        if cls._finish(
             run,
             (RunStatus.IN_PROGRESS,),
             status,
@@ -153,11 +151,9 @@ class FlowExecutor:
             error_message=str(exc) or type(exc).__name__,
             error_backtrace="".join(traceback.format_exception(exc)),
         ):
-            cls._update_flow(run)
             logger.error(
                 "Data flow %r run %s %s: %s", run.data_flow.name, run.pk, status.label, exc
             )
-            emit("run_finished", run)
 
     # -- transitions outside execute() ----------------------------------------------
 
@@ -174,22 +170,21 @@ class FlowExecutor:
         message = f"Could not enqueue the run: {exc}"
         if slot is not None:
             message += f" (schedule slot {slot.isoformat()} stays due)"
-        done = cls._transition(
-            run,
-            (RunStatus.PENDING,),
-            RunStatus.FAILED,
-            ended_at=timezone.now(),
-            error_message=message,
-            error_backtrace="".join(traceback.format_exception(exc)),
-            scheduled_for=None,
-        )
-        if done:
-            cls._update_flow(run, last_run_at=False)
-            if slot is not None:
+        with transaction.atomic():
+            done = cls._finish(
+                run,
+                (RunStatus.PENDING,),
+                RunStatus.FAILED,
+                last_run_at=False,
+                ended_at=timezone.now(),
+                error_message=message,
+                error_backtrace="".join(traceback.format_exception(exc)),
+                scheduled_for=None,
+            )
+            if done and slot is not None:
                 DataFlow.objects.filter(pk=run.data_flow_id, next_run_at__gt=slot).update(
                     next_run_at=slot
                 )
-            emit("run_finished", run)
         return done
 
     @classmethod
@@ -202,17 +197,14 @@ class FlowExecutor:
     @classmethod
     def cancel(cls, run: DataFlowRun, reason: str = "Cancelled.") -> bool:
         """Cancel a pending or in-progress run; ``False`` if it had already finished."""
-        done = cls._transition(
+        return cls._finish(
             run,
             (RunStatus.PENDING, RunStatus.IN_PROGRESS),
             RunStatus.CANCELLED,
+            last_run_at=False,
             ended_at=timezone.now(),
             error_message=reason,
         )
-        if done:
-            cls._update_flow(run, last_run_at=False)
-            emit("run_finished", run)
-        return done
 
     @classmethod
     def time_out_stuck_runs(cls, now: datetime | None = None) -> int:
@@ -247,6 +239,29 @@ class FlowExecutor:
         return count
 
     # -- helpers --------------------------------------------------------------------
+
+    @classmethod
+    def _finish(
+        cls,
+        run: DataFlowRun,
+        expected: tuple[str, ...],
+        status: str,
+        *,
+        last_run_at: bool = True,
+        **fields: Any,
+    ) -> bool:
+        """End ``run`` as ``status`` if it is still in ``expected``; tell its flow; signal.
+
+        The run and its flow change in one transaction (one commit, never one without the
+        other); ``run_finished`` is sent after it. ``False`` if the run had moved on.
+        """
+        with transaction.atomic():
+            done = cls._transition(run, expected, status, **fields)
+            if done:
+                cls._update_flow(run, last_run_at=last_run_at)
+        if done:
+            emit("run_finished", run)
+        return done
 
     @staticmethod
     def _transition(
