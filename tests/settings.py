@@ -69,3 +69,35 @@ LOGGING = {
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "loggers": {"django_dataflows": {"handlers": ["null"], "propagate": True}},
 }
+
+# --- Asynchronous backends (tests/test_celery.py, tests/test_django_tasks.py, bench/) ---------
+# Celery reads these through tests/celery_app.py (namespace "CELERY"), as a host project's
+# app would. Redis database 5 keeps the tests' queues apart; tests/celery_app.py also gives
+# every test session its own key prefix. Short connection timeouts make a dead broker fail
+# an enqueue at once.
+CELERY_BROKER_URL = os.environ.get("DATAFLOWS_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2}
+
+# The worker processes the tests start (tests/async_workers.py) read these from the environment.
+if os.environ.get("DATAFLOWS_TEST_RETRY_BACKOFF"):
+    DATAFLOWS["RETRY_BACKOFF"] = float(os.environ["DATAFLOWS_TEST_RETRY_BACKOFF"])
+if os.environ.get("DATAFLOWS_TEST_CELERY_DB_REUSE_MAX"):
+    # Celery's Django fix-up closes the database connection around every task unless told
+    # to reuse it for this many tasks (bench/celery_throughput.py).
+    CELERY_DB_REUSE_MAX = int(os.environ["DATAFLOWS_TEST_CELERY_DB_REUSE_MAX"])
+
+# Django's Tasks framework with the django-tasks-db database backend, when installed (the
+# "tasks" extra): django.tasks on Django 6+, the django-tasks backport on Django 5.2.
+from importlib.util import find_spec  # noqa: E402
+
+if find_spec("django_tasks_db") is not None:
+    if find_spec("django.tasks") is None:
+        INSTALLED_APPS.append("django_tasks")
+    INSTALLED_APPS.append("django_tasks_db")
+    TASKS = {
+        "default": {
+            "BACKEND": "django_tasks_db.DatabaseBackend",
+            "QUEUES": ["default", "reports", "parked"],
+        }
+    }

@@ -93,3 +93,48 @@ def not_a_flow() -> str:
     """A module-level callable that a DataFlow row must never be able to reach."""
     Record.objects.create(label="not_a_flow was called")
     return "called"
+
+
+# -- Flows of the asynchronous backends' tests (tests/test_celery.py, test_django_tasks.py) --
+
+
+class FailsUntilAttempt(Flow):
+    """Record each attempt; fail until attempt ``succeed_on`` (default 3), then succeed."""
+
+    def run(self) -> dict[str, int]:
+        assert self.context is not None
+        attempt = self.context.attempt
+        Record.objects.create(label="attempt", run_id=self.context.run.pk)
+        if attempt < self.configuration.get("succeed_on", 3):
+            raise ValueError(f"attempt {attempt} fails")
+        return {"attempt": attempt}
+
+
+class RecordsWorker(Flow):
+    """Record which test worker ran it (its DATAFLOWS_TEST_WORKER environment variable)."""
+
+    def run(self) -> dict[str, str]:
+        import os
+
+        assert self.context is not None
+        worker = os.environ.get("DATAFLOWS_TEST_WORKER", "")
+        Record.objects.create(label=f"worker:{worker}", run_id=self.context.run.pk)
+        return {"worker": worker}
+
+
+class Sleeps(Flow):
+    """Sleep ``seconds`` (default 30): long enough for a time limit to interrupt it."""
+
+    def run(self) -> dict[str, float]:
+        import time
+
+        seconds = float(self.configuration.get("seconds", 30))
+        time.sleep(seconds)
+        return {"slept": seconds}
+
+
+class NoOp(Flow):
+    """Do nothing (the throughput benchmark's flow)."""
+
+    def run(self) -> None:
+        return None

@@ -1,0 +1,250 @@
+"""The Celery backend: each run is a Celery task on the flow's queue, retried with backoff.
+
+This module imports without Celery installed (so that a missing Celery is reported by the
+``dataflows.E101`` system check rather than by an import error); Celery itself is imported
+only in :mod:`django_dataflows.tasks`, which holds the task, and inside the functions here.
+
+One message executes one run. A failed attempt that may be retried is followed by a new
+``pending`` run (trigger ``retry``, ``attempt + 1``) and a new message with a countdown, so
+every attempt has its own row, status, error and Celery task id in the run history.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from django.core.checks import CheckMessage, Error
+
+from django_dataflows.backends.base import BaseBackend
+from django_dataflows.conf import app_settings
+from django_dataflows.events import emit
+from django_dataflows.exceptions import (
+    DataFlowsImproperlyConfigured,
+    PermanentFlowError,
+    RunAlreadyActive,
+    RunNotPending,
+)
+from django_dataflows.executor import FlowExecutor
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+
+logger = logging.getLogger("django_dataflows.backends.celery")
+
+#: The task's registered name; stable, so queued messages survive a refactoring.
+TASK_NAME = "django_dataflows.run_data_flow"
+#: Seconds between the soft time limit (the flow's timeout) and the hard one that kills the
+#: worker process: time for the flow to clean up and for the run to be recorded ``timed_out``.
+HARD_TIME_LIMIT_GRACE = 30
+#: The longest wait before a retry, whatever the attempt (seconds).
+MAX_RETRY_DELAY = 600.0
+#: How ``apply_async`` retries a broker connection: once, at once (Celery's default tries
+#: four times). With the broker down, an enqueue fails after two connection attempts, each
+#: bounded by the transport's connect timeout, instead of holding up a heartbeat.
+ENQUEUE_RETRY_POLICY: dict[str, float] = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+#: The name of the app Celery makes up when a process has none.
+_CELERY_FALLBACK_APP_NAME = "default"
+
+
+def task_id_for(run: DataFlowRun) -> str:
+    """The Celery task id of ``run``: the ``task_id`` it was given when it was created.
+
+    Use it to look the task up or revoke it (``app.control.revoke(task_id_for(run))``). A
+    run created before task ids were assigned at creation falls back to one derived from
+    its primary key.
+    """
+    return run.task_id or f"dataflows-run-{run.pk}"
+
+
+def retry_delay(attempt: int, *, backoff: float, timeout: float) -> float:
+    """Seconds to wait before the attempt after ``attempt`` (counted from 1) failed.
+
+    Exponential from ``backoff`` seconds (``backoff``, ``2 * backoff``, ``4 * backoff`` …),
+    capped at ten minutes and at half the flow's timeout, with "equal jitter": a random
+    point in the upper half of that, so that flows which failed together do not all come
+    back at the same moment. The timeout cap keeps a waiting retry run from being reaped by
+    the heartbeat as one that no worker picked up.
+    """
+    ceiling = min(backoff * 2.0 ** (attempt - 1), MAX_RETRY_DELAY, timeout / 2)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
+
+
+def _current_celery_app() -> Any:
+    """The project's Celery app; ``ImproperlyConfigured`` if the process has none.
+
+    Without an app, Celery makes up an unconfigured one that sends to
+    ``amqp://guest@localhost``: refuse that with a message saying what to do. (An app made
+    with ``DJANGO_SETTINGS_MODULE`` set is the default of every thread: Celery's Django
+    fix-up calls ``app.set_default()``.)
+    """
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    if app.main == _CELERY_FALLBACK_APP_NAME and not app.fixups:
+        raise DataFlowsImproperlyConfigured(
+            "No Celery app is set up in this process, so Celery would use an unconfigured "
+            "one. Define your project's app in proj/celery.py and import it in "
+            "proj/__init__.py, as in Celery's 'First steps with Django'."
+        )
+    return app
+
+
+class CeleryBackend(BaseBackend):
+    """Send each run to a Celery worker as the task ``django_dataflows.run_data_flow``.
+
+    The message goes to the run's queue (the flow's ``queue``, else
+    ``DATAFLOWS["DEFAULT_QUEUE"]``), carries the flow's timeout as Celery's soft time limit,
+    and names the flow and run in its headers (``dataflows_flow``, ``dataflows_run_id``,
+    ``dataflows_attempt``). Its task id is the run's ``task_id``, assigned when the run was
+    created (:func:`task_id_for`), so enqueueing writes nothing more to the database.
+    """
+
+    supports_async = True
+    supports_queues = True
+    supports_retries = True
+
+    def enqueue(self, run: DataFlowRun, *, countdown: float | None = None) -> None:
+        """Publish the run's message (after ``countdown`` seconds); raise if the broker refuses."""
+        from django_dataflows.tasks import run_data_flow
+
+        _current_celery_app()
+        data_flow = run.data_flow
+        timeout = data_flow.effective_timeout
+        queue = run.queue or data_flow.effective_queue
+        task_id = task_id_for(run)
+        run_data_flow.apply_async(
+            args=(run.pk,),
+            task_id=task_id,
+            queue=queue,
+            countdown=countdown,
+            soft_time_limit=timeout,
+            time_limit=timeout + HARD_TIME_LIMIT_GRACE,
+            headers={
+                "dataflows_flow": data_flow.name,
+                "dataflows_run_id": run.pk,
+                "dataflows_attempt": run.attempt,
+            },
+            retry=True,
+            retry_policy=ENQUEUE_RETRY_POLICY,
+        )
+        if run.task_id != task_id or run.queue != queue:
+            # An UPDATE per run, skipped for a run created with its task id and queue.
+            FlowExecutor.record_enqueued(run, task_id=task_id, queue=queue)
+
+    def check(self, **kwargs: Any) -> list[CheckMessage]:
+        try:
+            import celery  # noqa: F401
+        except ImportError as exc:
+            return [
+                Error(
+                    f"DATAFLOWS['BACKEND'] is the Celery backend, but Celery cannot be "
+                    f"imported: {exc}",
+                    hint='Install it with: pip install "django-dataflows[celery]"',
+                    id="dataflows.E101",
+                )
+            ]
+        try:
+            _current_celery_app()
+        except DataFlowsImproperlyConfigured as exc:
+            return [
+                Error(
+                    str(exc),
+                    hint="See the Celery backend page of the django-dataflows documentation.",
+                    id="dataflows.E102",
+                )
+            ]
+        return []
+
+
+# -- in the worker: what the task does -------------------------------------------------
+
+
+def execute_run(run_id: int) -> None:
+    """Execute the pending run ``run_id``; the body of the Celery task.
+
+    A run that is no longer pending (a duplicated or late message) is logged and skipped. If
+    the flow fails and attempts remain, the next attempt is enqueued as a new run; the
+    flow's exception is then re-raised so that Celery records the task as failed too.
+    """
+    try:
+        run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
+    except DataFlowRun.DoesNotExist:
+        logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
+        return
+    try:
+        FlowExecutor.execute(run.data_flow, run=run)
+    except RunNotPending as exc:
+        if exc.run_id != run.pk:  # raised by the flow itself, about another run
+            schedule_retry(run, exc)
+            raise
+        logger.info(
+            "Run %s of %r is %s, not pending: a duplicate or late message; ignored.",
+            run.pk,
+            run.data_flow.name,
+            exc.status,
+        )
+    except Exception as exc:
+        schedule_retry(run, exc)
+        raise
+
+
+def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
+    """After ``run`` failed with ``exc``, enqueue the next attempt as a new run, if one is due.
+
+    No retry after a ``PermanentFlowError``, after the last attempt, when the run did not
+    end ``failed`` (it timed out, or was cancelled meanwhile), or when the flow has been
+    disabled. Returns the new run, if any.
+    """
+    data_flow = run.data_flow
+    max_retries = data_flow.effective_max_retries
+    if run.status != RunStatus.FAILED:
+        return None
+    if isinstance(exc, PermanentFlowError):
+        logger.info("Run %s of %r failed permanently; not retried.", run.pk, data_flow.name)
+        return None
+    if run.attempt > max_retries:
+        logger.warning(
+            "Run %s of %r failed on attempt %s, the last one (%s retries allowed).",
+            run.pk,
+            data_flow.name,
+            run.attempt,
+            max_retries,
+        )
+        return None
+    if not DataFlow.objects.filter(pk=data_flow.pk, enabled=True).exists():
+        logger.info("Run %s of %r not retried: the flow is disabled.", run.pk, data_flow.name)
+        return None
+    try:
+        retry = data_flow.create_pending_run(trigger=RunTrigger.RETRY, attempt=run.attempt + 1)
+    except RunAlreadyActive:
+        logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
+        return None
+    delay = retry_delay(
+        run.attempt, backoff=app_settings.RETRY_BACKOFF, timeout=data_flow.effective_timeout
+    )
+    _enqueue_retry(retry, data_flow, delay)
+    return retry
+
+
+def _enqueue_retry(retry: DataFlowRun, data_flow: DataFlow, delay: float) -> None:
+    # As django_dataflows.backends.dispatch() does, but always through Celery (the worker
+    # may be configured with another backend) and with a countdown.
+    emit("run_enqueued", retry)
+    try:
+        CeleryBackend().enqueue(retry, countdown=delay)
+    except Exception as exc:
+        logger.exception("Could not enqueue retry run %s of %r", retry.pk, data_flow.name)
+        FlowExecutor.record_enqueue_failure(retry, exc)
+        return
+    logger.info(
+        "Data flow %r: attempt %s will run as run %s in %.1f s.",
+        data_flow.name,
+        retry.attempt,
+        retry.pk,
+        delay,
+    )

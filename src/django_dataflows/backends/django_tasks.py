@@ -1,0 +1,139 @@
+"""The Django Tasks backend: each run is a task of Django's Tasks framework.
+
+The framework is ``django.tasks`` on Django 6 and later, and the ``django-tasks`` backport
+on Django 5.2. It is imported only here and in :mod:`django_dataflows.django_tasks` (the
+module that defines the task), so this module imports without it and a missing framework
+is reported by the ``dataflows.E111`` system check.
+
+The framework has no retries and no time limits: a failed run stays failed until the
+flow's next scheduled run, and a run that overruns its timeout is ended ``timed_out`` by
+the heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from django.core.checks import CheckMessage, Error
+
+from django_dataflows.backends.base import BaseBackend
+from django_dataflows.conf import app_settings
+from django_dataflows.exceptions import RunNotPending
+from django_dataflows.executor import FlowExecutor
+from django_dataflows.models import DataFlowRun
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+logger = logging.getLogger("django_dataflows.backends.django_tasks")
+
+#: The Tasks backend (an alias of ``settings.TASKS``) that stores and runs the runs.
+TASK_BACKEND_ALIAS = "default"
+
+
+def tasks_framework() -> ModuleType:
+    """``django.tasks`` (Django 6+), else the ``django_tasks`` backport; ``ImportError`` if neither.
+
+    The same preference as ``django-tasks-db``'s, so our task and its backend always come
+    from the same framework.
+    """
+    try:
+        return import_module("django.tasks")
+    except ImportError:
+        return import_module("django_tasks")
+
+
+class DjangoTasksBackend(BaseBackend):
+    """Enqueue each run as the task ``django_dataflows.django_tasks.run_data_flow``.
+
+    The task goes to the Tasks backend ``TASKS["default"]``, on the run's queue (the flow's
+    ``queue``, else ``DATAFLOWS["DEFAULT_QUEUE"]``); its result id is stored as the run's
+    ``task_id``. A worker of that backend (``manage.py db_worker`` for ``django-tasks-db``)
+    executes it.
+    """
+
+    supports_async = True
+    supports_queues = True
+    # The framework does not retry failed tasks.
+    supports_retries = False
+
+    def enqueue(self, run: DataFlowRun) -> None:
+        from django_dataflows.django_tasks import run_data_flow
+
+        queue = run.queue or run.data_flow.effective_queue
+        task = run_data_flow.using(queue_name=queue, backend=TASK_BACKEND_ALIAS)
+        result = task.enqueue(run.pk)
+        FlowExecutor.record_enqueued(run, task_id=str(result.id), queue=queue)
+
+    def check(self, **kwargs: Any) -> list[CheckMessage]:
+        try:
+            framework = tasks_framework()
+        except ImportError as exc:
+            return [
+                Error(
+                    "DATAFLOWS['BACKEND'] is the Django Tasks backend, but neither django.tasks "
+                    f"(Django 6+) nor the django-tasks backport can be imported: {exc}",
+                    hint='On Django 5.2, install it with: pip install "django-dataflows[tasks]"',
+                    id="dataflows.E111",
+                )
+            ]
+        try:
+            task_backend = framework.task_backends[TASK_BACKEND_ALIAS]
+        except Exception as exc:  # the framework raises its own ImproperlyConfigured subclass
+            return [
+                Error(
+                    f"The Tasks backend settings.TASKS[{TASK_BACKEND_ALIAS!r}] cannot be "
+                    f"loaded: {exc}",
+                    id="dataflows.E112",
+                )
+            ]
+        return _check_queues(task_backend.queues)
+
+
+def _check_queues(backend_queues: set[str]) -> list[CheckMessage]:
+    """Every queue a flow may use must be one the Tasks backend accepts (empty: any)."""
+    if not backend_queues:
+        return []
+    wanted = {app_settings.DEFAULT_QUEUE, *(app_settings.ALLOWED_QUEUES or [])}
+    missing = sorted(wanted - backend_queues)
+    if not missing:
+        return []
+    return [
+        Error(
+            f"Queues {', '.join(map(repr, missing))} of DATAFLOWS['DEFAULT_QUEUE'] / "
+            f"['ALLOWED_QUEUES'] are not in settings.TASKS[{TASK_BACKEND_ALIAS!r}]['QUEUES'] "
+            f"({', '.join(sorted(backend_queues))}).",
+            hint="Add them to the Tasks backend's QUEUES, or set QUEUES to [] to accept any.",
+            id="dataflows.E113",
+        )
+    ]
+
+
+# -- in the worker: what the task does -------------------------------------------------
+
+
+def execute_run(run_id: int) -> None:
+    """Execute the pending run ``run_id``; the body of the task.
+
+    A run that is no longer pending (the task was enqueued twice, or the run was cancelled
+    or timed out meanwhile) is logged and skipped. The flow's exception propagates, so the
+    framework records the task as failed as well.
+    """
+    try:
+        run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
+    except DataFlowRun.DoesNotExist:
+        logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
+        return
+    try:
+        FlowExecutor.execute(run.data_flow, run=run)
+    except RunNotPending as exc:
+        if exc.run_id != run.pk:  # raised by the flow itself, about another run
+            raise
+        logger.info(
+            "Run %s of %r is %s, not pending: a duplicate or late task; ignored.",
+            run.pk,
+            run.data_flow.name,
+            exc.status,
+        )
