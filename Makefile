@@ -88,8 +88,9 @@ docs: $(STAMP)  ## Build the documentation into docs/_build/html (a warning fail
 	@echo "==> sphinx-build"
 	@$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
-bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis).
-	@DATABASE_URL=$(POSTGRES_URL) $(BIN)/python bench/heartbeat.py
+bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis); figures are printed, never asserted.
+	@DATABASE_URL=$(POSTGRES_URL)_bench $(BIN)/python bench/heartbeat.py
+	@DATABASE_URL=$(POSTGRES_URL)_bench_celery $(BIN)/python bench/celery_throughput.py
 
 clean:  ## Remove the virtualenv and build leftovers.
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist docs/_build example_project/var test-artifacts

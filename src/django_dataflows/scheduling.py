@@ -109,9 +109,10 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
 _INSERT_SQL = """
     INSERT INTO {table} (data_flow_id, status, trigger, scheduled_for, created_at,
                          error_message, error_backtrace, attempt, task_id, queue)
-    SELECT claimed.data_flow_id, %s, %s, claimed.scheduled_for, %s, '', '', 1, '', claimed.queue
-    FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[])
-        AS claimed(data_flow_id, scheduled_for, queue)
+    SELECT claimed.data_flow_id, %s, %s, claimed.scheduled_for, %s, '', '', 1,
+           claimed.task_id, claimed.queue
+    FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
+        AS claimed(data_flow_id, scheduled_for, task_id, queue)
     ON CONFLICT DO NOTHING
     RETURNING id, data_flow_id
 """
@@ -152,6 +153,7 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
                 first.created_at,
                 [run.data_flow_id for run in runs],
                 [run.scheduled_for for run in runs],
+                [run.task_id for run in runs],
                 [run.queue for run in runs],
             ],
         )
