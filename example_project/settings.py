@@ -115,6 +115,9 @@ if CELERY_BROKER_URL:
     # Runs go to Celery workers; the task is django_dataflows.tasks, found by the
     # autodiscover_tasks() of example_project/celery.py. See docs/backends/celery.md.
     DATAFLOWS["BACKEND"] = "django_dataflows.backends.celery.CeleryBackend"
+    # Fail fast, rather than hold up a heartbeat, when the broker is down or hangs.
+    CELERY_BROKER_CONNECTION_TIMEOUT = 2
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 5}
 
 LOGGING = {
     "version": 1,

@@ -77,7 +77,7 @@ LOGGING = {
 # an enqueue at once.
 CELERY_BROKER_URL = os.environ.get("DATAFLOWS_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 5}
 
 # The worker processes the tests start (tests/async_workers.py) read these from the environment.
 if os.environ.get("DATAFLOWS_TEST_RETRY_BACKOFF"):

@@ -256,3 +256,14 @@ def test_a_run_enqueued_twice_runs_the_flow_once(db_worker):
         assert wait_for_task(result.id, db_worker).status == "SUCCESSFUL"
     assert DataFlowRun.objects.get().status == RunStatus.SUCCESS
     assert Record.objects.filter(label="tasks-twice").count() == 1
+
+
+def test_the_check_reports_queue_names_too_long_for_django_tasks_db(settings):
+    long_name = "reports-for-the-finance-department"  # 34 characters
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": []}}
+    settings.DATAFLOWS = {**settings.DATAFLOWS, "ALLOWED_QUEUES": ["default", long_name]}
+
+    [error] = DjangoTasksBackend().check()
+
+    assert error.id == "dataflows.E114"
+    assert repr(long_name) in error.msg

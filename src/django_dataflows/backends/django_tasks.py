@@ -89,7 +89,7 @@ class DjangoTasksBackend(BaseBackend):
                     id="dataflows.E112",
                 )
             ]
-        return _check_queues(task_backend.queues)
+        return _check_queues(task_backend.queues) + _check_queue_name_length(task_backend)
 
 
 def _check_queues(backend_queues: set[str]) -> list[CheckMessage]:
@@ -107,6 +107,29 @@ def _check_queues(backend_queues: set[str]) -> list[CheckMessage]:
             f"({', '.join(sorted(backend_queues))}).",
             hint="Add them to the Tasks backend's QUEUES, or set QUEUES to [] to accept any.",
             id="dataflows.E113",
+        )
+    ]
+
+
+#: django-tasks-db keeps the queue name in a varchar(32); our model allows 100 characters.
+DJANGO_TASKS_DB_QUEUE_LENGTH = 32
+
+
+def _check_queue_name_length(task_backend: Any) -> list[CheckMessage]:
+    """Names longer than django-tasks-db's column would fail every enqueue on PostgreSQL."""
+    if not type(task_backend).__module__.startswith("django_tasks_db"):
+        return []
+    wanted = {app_settings.DEFAULT_QUEUE, *(app_settings.ALLOWED_QUEUES or [])}
+    too_long = sorted(name for name in wanted if len(name) > DJANGO_TASKS_DB_QUEUE_LENGTH)
+    if not too_long:
+        return []
+    return [
+        Error(
+            f"Queues {', '.join(map(repr, too_long))} are longer than the "
+            f"{DJANGO_TASKS_DB_QUEUE_LENGTH} characters django-tasks-db can store.",
+            hint="Use shorter queue names, and set ALLOWED_QUEUES so the admin refuses "
+            "longer ones.",
+            id="dataflows.E114",
         )
     ]
 
