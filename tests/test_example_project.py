@@ -372,10 +372,19 @@ def test_heartbeat_command_runs_every_due_flow_and_prints_the_counts(env):
 
 
 def test_heartbeat_right_after_another_finds_nothing_due(env):
-    manage(env, "dataflows_heartbeat")
+    # Hourly slots, all due now: the demo's 20-second slots could come round between two
+    # manage.py calls on a slow machine, which is the schedule working, not a repeat.
+    query(
+        env,
+        "from django.utils import timezone\n"
+        "from django_dataflows.models import DataFlow\n"
+        "answer = DataFlow.objects.update(run_interval=3600, next_run_at=timezone.now())",
+    )
+    first = json.loads(manage(env, "dataflows_heartbeat").stdout)
 
     counts = json.loads(manage(env, "dataflows_heartbeat").stdout)
 
+    assert first["flows_triggered"] == 3
     assert (counts["flows_due"], counts["flows_triggered"]) == (0, 0)
 
 
