@@ -111,7 +111,7 @@ RAW_BUSY = f"""
 RAW_INSERT = f"""
     INSERT INTO {RUNS} (data_flow_id, status, trigger, scheduled_for, created_at, error_message,
                         error_backtrace, attempt, task_id, queue)
-    SELECT f, 'pending', 'schedule', s, %s, '', '', 1, '', q
+    SELECT f, 'pending', 'schedule', s, %s, '', '', 1, replace(gen_random_uuid()::text, '-', ''), q
     FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS t(f, s, q)
     RETURNING id"""
 RAW_UPDATE = f"""
