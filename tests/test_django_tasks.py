@@ -153,7 +153,7 @@ def test_a_second_execution_of_a_finished_run_does_not_run_the_flow_again(caplog
 
     assert Record.objects.filter(run_id=run.pk).count() == 1
     assert DataFlowRun.objects.get().status == RunStatus.SUCCESS
-    assert "not pending: a duplicate or late task; ignored" in caplog.text
+    assert "not pending: a duplicate or late message; ignored" in caplog.text
 
 
 @pytest.mark.django_db(transaction=True)

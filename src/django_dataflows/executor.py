@@ -25,7 +25,7 @@ from django_dataflows.flows import Flow, FlowContext
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
@@ -90,6 +90,43 @@ class FlowExecutor:
             raise
         cls._record_success(run, result)
         return result
+
+    @classmethod
+    def execute_queued(
+        cls,
+        run_id: int,
+        *,
+        on_failure: Callable[[DataFlowRun, Exception], object] | None = None,
+    ) -> None:
+        """Execute the pending run ``run_id``: what a worker does with a run's message.
+
+        A run that no longer exists (its flow was deleted) or is no longer pending (a
+        duplicated or late message, or a run cancelled or timed out meanwhile) is logged and
+        skipped. If the flow fails, ``on_failure(run, exc)`` is called (a backend schedules
+        its retry there) and the exception propagates, so the job system records it too.
+        """
+        try:
+            run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
+        except DataFlowRun.DoesNotExist:
+            logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
+            return
+        try:
+            cls.execute(run.data_flow, run=run)
+        except RunNotPending as exc:
+            if exc.run_id != run.pk:  # raised by the flow itself, about another run
+                if on_failure is not None:
+                    on_failure(run, exc)
+                raise
+            logger.info(
+                "Run %s of %r is %s, not pending: a duplicate or late message; ignored.",
+                run.pk,
+                run.data_flow.name,
+                exc.status,
+            )
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure(run, exc)
+            raise
 
     # -- steps of execute() ---------------------------------------------------------
 

@@ -24,7 +24,6 @@ from django_dataflows.exceptions import (
     DataFlowsImproperlyConfigured,
     PermanentFlowError,
     RunAlreadyActive,
-    RunNotPending,
 )
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
@@ -171,26 +170,7 @@ def execute_run(run_id: int) -> None:
     the flow fails and attempts remain, the next attempt is enqueued as a new run; the
     flow's exception is then re-raised so that Celery records the task as failed too.
     """
-    try:
-        run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
-    except DataFlowRun.DoesNotExist:
-        logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
-        return
-    try:
-        FlowExecutor.execute(run.data_flow, run=run)
-    except RunNotPending as exc:
-        if exc.run_id != run.pk:  # raised by the flow itself, about another run
-            schedule_retry(run, exc)
-            raise
-        logger.info(
-            "Run %s of %r is %s, not pending: a duplicate or late message; ignored.",
-            run.pk,
-            run.data_flow.name,
-            exc.status,
-        )
-    except Exception as exc:
-        schedule_retry(run, exc)
-        raise
+    FlowExecutor.execute_queued(run_id, on_failure=schedule_retry)
 
 
 def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:

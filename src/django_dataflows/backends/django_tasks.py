@@ -20,7 +20,6 @@ from django.core.checks import CheckMessage, Error
 
 from django_dataflows.backends.base import BaseBackend
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import RunNotPending
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlowRun
 
@@ -142,21 +141,6 @@ def execute_run(run_id: int) -> None:
 
     A run that is no longer pending (the task was enqueued twice, or the run was cancelled
     or timed out meanwhile) is logged and skipped. The flow's exception propagates, so the
-    framework records the task as failed as well.
+    framework records the task as failed as well. (The framework has no retries.)
     """
-    try:
-        run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
-    except DataFlowRun.DoesNotExist:
-        logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
-        return
-    try:
-        FlowExecutor.execute(run.data_flow, run=run)
-    except RunNotPending as exc:
-        if exc.run_id != run.pk:  # raised by the flow itself, about another run
-            raise
-        logger.info(
-            "Run %s of %r is %s, not pending: a duplicate or late task; ignored.",
-            run.pk,
-            run.data_flow.name,
-            exc.status,
-        )
+    FlowExecutor.execute_queued(run_id)
