@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -35,17 +34,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dataflows_bench_celery")
+from common import ensure_database, say, setup_django
+
 os.environ.setdefault("DATAFLOWS_TEST_BROKER_PREFIX", f"dataflows-bench-{uuid.uuid4().hex[:8]}:")
-
-import django
-
-django.setup()
+setup_django("postgres://postgres@127.0.0.1:5432/dataflows_bench_celery")
 
 from django.conf import settings  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from tests.async_tasks import mark, noop  # noqa: E402
@@ -58,20 +52,6 @@ from django_dataflows.models import DataFlow, DataFlowRun, RunStatus  # noqa: E4
 from django_dataflows.scheduling import claim_due_flows, run_heartbeat  # noqa: E402
 
 QUEUE = "bench"
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def ensure_database() -> None:
-    name = settings.DATABASES["default"]["NAME"]
-    with connection._nodb_cursor() as cursor:  # type: ignore[attr-defined]
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
-        if cursor.fetchone() is None:
-            say(f"Creating database {name}…")
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    call_command("migrate", verbosity=0)
 
 
 def redis_client():  # type: ignore[no-untyped-def]

@@ -17,23 +17,15 @@ It prints the median of ``--repeat`` rounds and the ratios; targets: ORM ≤ 2x 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dataflows_bench")
+from common import ensure_database, say, setup_django
 
-import django
-
-django.setup()
+setup_django("postgres://postgres@127.0.0.1:5432/dataflows_bench")
 
 from django.conf import settings  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
@@ -42,19 +34,6 @@ from django_dataflows.scheduling import claim_due_flows, dispatch_runs  # noqa: 
 
 FLOWS = "dataflows_dataflow"
 RUNS = "dataflows_dataflowrun"
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def ensure_database() -> None:
-    name = settings.DATABASES["default"]["NAME"]
-    with connection._nodb_cursor() as cursor:  # type: ignore[attr-defined]
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
-        if cursor.fetchone() is None:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    call_command("migrate", verbosity=0)
 
 
 def build_flows(count: int) -> None:
