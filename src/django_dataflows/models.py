@@ -15,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 class RunStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     IN_PROGRESS = "in_progress", _("In progress")
+    PAUSED = "paused", _("Paused")
     SUCCESS = "success", _("Success")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
@@ -41,7 +43,7 @@ class RunStatus(models.TextChoices):
 
 
 #: A flow has at most one run in these statuses at a time.
-ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.IN_PROGRESS)
+ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.IN_PROGRESS, RunStatus.PAUSED)
 FINISHED_STATUSES = (
     RunStatus.SUCCESS,
     RunStatus.FAILED,
@@ -81,7 +83,7 @@ class DataFlowQuerySet(models.QuerySet["DataFlow"]):
 
 
 #: DataFlow fields written by the scheduler and the executor, never by a plain save().
-SCHEDULER_FIELDS = frozenset({"next_run_at", "last_run_at", "last_run_status"})
+SCHEDULER_FIELDS = frozenset({"next_run_at", "last_run_at", "last_run_status", "state"})
 
 
 def row_lock(queryset: models.QuerySet[Any]) -> models.QuerySet[Any]:
@@ -145,6 +147,17 @@ class DataFlow(models.Model):
         _("last run status"), max_length=20, choices=RunStatus.choices, blank=True, editable=False
     )
     next_run_at = models.DateTimeField(_("next run at"), default=timezone.now, editable=False)
+    state = models.JSONField(
+        _("state"),
+        default=dict,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        editable=False,
+        help_text=_(
+            "A JSON object the flow keeps between runs (self.state); saved by the executor "
+            "with a successful run, never by a plain save()."
+        ),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -154,6 +167,7 @@ class DataFlow(models.Model):
         verbose_name = _("data flow")
         verbose_name_plural = _("data flows")
         ordering = ("name",)
+        permissions = (("run_dataflow", _("Can run data flows and control their runs")),)
         indexes = (models.Index(fields=("enabled", "next_run_at"), name="dataflows_due_idx"),)
         constraints = (
             models.CheckConstraint(
@@ -266,6 +280,7 @@ class DataFlow(models.Model):
             queue=self.effective_queue,
             attempt=attempt,
         )
+        run.activated_at = run.created_at
         with transaction.atomic():
             # Lock the flow row first, as a heartbeat's claim does: the same lock order
             # on both paths, and the next_run_at read here is the current one.
@@ -336,8 +351,21 @@ def new_task_id() -> str:
 
 
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
+    def update(self, **kwargs: Any) -> int:
+        """Update the rows, stamping ``updated_at`` from the database clock.
+
+        Live status follows runs through ``updated_at``; a write that forgot it would be an
+        event silently lost, so every queryset update of runs sets it.
+        """
+        kwargs.setdefault("updated_at", Now())
+        return super().update(**kwargs)
+
     def active(self) -> DataFlowRunQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
+
+    def not_deleted(self) -> DataFlowRunQuerySet:
+        """Runs that have not been soft-deleted (what lists and statistics show)."""
+        return self.filter(deleted_at__isnull=True)
 
     def finished(self) -> DataFlowRunQuerySet:
         return self.filter(status__in=FINISHED_STATUSES)
@@ -410,6 +438,46 @@ class DataFlowRun(models.Model):
         help_text=_("Assigned when the run is created; the id of its task on an async backend."),
     )
     queue = models.CharField(_("queue"), max_length=100, blank=True)
+    input = models.JSONField(
+        _("input"),
+        default=dict,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        validators=[validate_json_object],
+        help_text=_("The run's own parameters (self.input); empty for scheduled runs."),
+    )
+    progress = models.JSONField(
+        _("progress"),
+        default=dict,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("The latest self.progress(): done, total and message."),
+    )
+    duration_ms = models.PositiveBigIntegerField(
+        _("duration (ms)"), null=True, blank=True, editable=False
+    )
+    activated_at = models.DateTimeField(
+        _("activated at"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the run last moved into pending or in progress; timeouts count from it."),
+    )
+    redeliveries = models.PositiveSmallIntegerField(
+        _("redeliveries"),
+        default=0,
+        editable=False,
+        help_text=_("How often a run no worker picked up was handed to the backend again."),
+    )
+    cancel_requested_at = models.DateTimeField(_("cancel requested at"), null=True, blank=True)
+    pause_requested_at = models.DateTimeField(_("pause requested at"), null=True, blank=True)
+    deleted_at = models.DateTimeField(_("deleted at"), null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(
+        _("updated at"),
+        db_default=Now(),
+        editable=False,
+        help_text=_("Set from the database clock by every write to the run or its steps."),
+    )
 
     objects: ClassVar[DataFlowRunQuerySet] = DataFlowRunQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -421,6 +489,8 @@ class DataFlowRun(models.Model):
         indexes = (
             models.Index(fields=("data_flow", "created_at"), name="dataflows_run_flow_created_idx"),
             models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
+            models.Index(fields=("data_flow", "duration_ms"), name="dataflows_run_duration_idx"),
+            models.Index(fields=("updated_at",), name="dataflows_run_updated_idx"),
         )
         constraints = (
             models.UniqueConstraint(
@@ -439,6 +509,18 @@ class DataFlowRun(models.Model):
     def __str__(self) -> str:
         return f"{self.data_flow} #{self.pk} ({self.status})"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; an update of an existing row also stamps ``updated_at`` (database clock)."""
+        if self._state.adding:
+            super().save(*args, **kwargs)
+            return
+        self.updated_at = Now()  # type: ignore[assignment]
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, "updated_at"}
+        super().save(*args, **kwargs)
+        self.refresh_from_db(fields=["updated_at"])
+
     @property
     def duration(self) -> timedelta | None:
         """How long the run took; ``None`` until it has started and ended."""
@@ -449,6 +531,57 @@ class DataFlowRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    IN_PROGRESS = "in_progress", _("In progress")
+    SUCCESS = "success", _("Success")
+    FAILED = "failed", _("Failed")
+    SKIPPED = "skipped", _("Skipped")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class DataFlowRunStepQuerySet(models.QuerySet["DataFlowRunStep"]):
+    def update(self, **kwargs: Any) -> int:
+        """Update the rows, stamping ``updated_at`` from the database clock (live status)."""
+        kwargs.setdefault("updated_at", Now())
+        return super().update(**kwargs)
+
+
+class DataFlowRunStep(models.Model):
+    """One step of a run: a method named in ``Flow.steps`` or a ``with self.step()`` block."""
+
+    run = models.ForeignKey(
+        DataFlowRun, on_delete=models.CASCADE, related_name="steps", verbose_name=_("run")
+    )
+    position = models.PositiveSmallIntegerField(_("position"))
+    name = models.CharField(_("name"), max_length=200)
+    status = models.CharField(
+        _("status"), max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING
+    )
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(_("duration (ms)"), null=True, blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error_message = models.TextField(_("error message"), blank=True)
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now(), editable=False)
+
+    objects: ClassVar[DataFlowRunStepQuerySet] = DataFlowRunStepQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("run step")
+        verbose_name_plural = _("run steps")
+        ordering = ("run", "position")
+        constraints = (
+            models.UniqueConstraint(fields=("run", "position"), name="dataflows_step_position"),
+            models.CheckConstraint(
+                condition=Q(status__in=StepStatus.values), name="dataflows_step_status_valid"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.run_id} step {self.position}: {self.name} ({self.status})"
 
 
 class Heartbeat(models.Model):

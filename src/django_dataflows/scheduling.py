@@ -91,6 +91,7 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
             trigger=RunTrigger.SCHEDULE,
             scheduled_for=flow.next_run_at,
             created_at=now,
+            activated_at=now,
             queue=flow.effective_queue,
         )
         for flow in claimed
@@ -108,9 +109,10 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
 
 _INSERT_SQL = """
     INSERT INTO {table} (data_flow_id, status, trigger, scheduled_for, created_at,
-                         error_message, error_backtrace, attempt, task_id, queue)
-    SELECT claimed.data_flow_id, %s, %s, claimed.scheduled_for, %s, '', '', 1,
-           claimed.task_id, claimed.queue
+                         activated_at, error_message, error_backtrace, attempt, task_id,
+                         queue, input, progress, redeliveries)
+    SELECT claimed.data_flow_id, %s, %s, claimed.scheduled_for, %s, %s, '', '', 1,
+           claimed.task_id, claimed.queue, '{{}}', '{{}}', 0
     FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
         AS claimed(data_flow_id, scheduled_for, task_id, queue)
     ON CONFLICT DO NOTHING
@@ -150,6 +152,7 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
             [
                 first.status,
                 first.trigger,
+                first.created_at,
                 first.created_at,
                 [run.data_flow_id for run in runs],
                 [run.scheduled_for for run in runs],
