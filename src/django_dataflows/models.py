@@ -514,7 +514,7 @@ class DataFlowRun(models.Model):
         if self._state.adding:
             super().save(*args, **kwargs)
             return
-        self.updated_at = Now()  # type: ignore[assignment]
+        self.updated_at = Now()
         update_fields = kwargs.get("update_fields")
         if update_fields is not None:
             kwargs["update_fields"] = {*update_fields, "updated_at"}
