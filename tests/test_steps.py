@@ -324,3 +324,25 @@ def test_step_status_choices_cover_the_documented_statuses():
         "skipped",
         "cancelled",
     ]
+
+
+# -- live status: every write to a step stamps its run ----------------------------------------
+
+
+def test_every_write_to_a_step_stamps_its_runs_updated_at():
+    import datetime
+
+    from django_dataflows.models import DataFlowRunStep
+
+    run = DataFlowFactory().create_pending_run()
+    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    DataFlowRun.objects.filter(pk=run.pk).update(updated_at=long_ago)
+
+    DataFlowRunStep.objects.create(run=run, position=1, name="extract")
+    inserted = DataFlowRun.objects.values_list("updated_at", flat=True).get(pk=run.pk)
+    DataFlowRun.objects.filter(pk=run.pk).update(updated_at=long_ago)
+    DataFlowRunStep.objects.filter(run=run).update(status=StepStatus.IN_PROGRESS)
+    updated = DataFlowRun.objects.values_list("updated_at", flat=True).get(pk=run.pk)
+
+    assert inserted > long_ago
+    assert updated > long_ago

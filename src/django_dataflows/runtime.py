@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
 from django.utils import timezone
 
 from django_dataflows.events import emit
@@ -28,6 +29,15 @@ logger = logging.getLogger("django_dataflows.runtime")
 
 #: Seconds between two progress writes of one run; the latest value is written at the end.
 PROGRESS_INTERVAL = 1.0
+#: Databases on which a trigger (migration 0003) stamps the run's ``updated_at`` whenever
+#: one of its steps is written; elsewhere :func:`touch_runs` does it with a second UPDATE.
+STEP_TRIGGER_VENDORS = frozenset({"postgresql", "sqlite"})
+
+
+def touch_runs(run_ids: Iterable[int]) -> None:
+    """Stamp the runs' ``updated_at`` after a write to their steps, where no trigger does."""
+    if connection.vendor not in STEP_TRIGGER_VENDORS:
+        DataFlowRun.objects.filter(pk__in=list(run_ids)).update()
 
 
 def json_value(value: Any, what: str) -> Any:
@@ -80,6 +90,7 @@ class RunSession:
             for position, name in enumerate(missing, start=first)
         ]
         DataFlowRunStep.objects.bulk_create(rows)
+        touch_runs([self.run.pk])
         for row in rows:
             self._rows[row.position] = (row.name, StepStatus.PENDING)
 
@@ -149,6 +160,7 @@ class RunSession:
             DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
                 status=StepStatus.IN_PROGRESS, started_at=now, ended_at=None, error_message=""
             )
+        touch_runs([self.run.pk])
         self._rows[position] = (name, StepStatus.IN_PROGRESS)
         step = Step(name, position)
         step.started_at = now
@@ -168,6 +180,7 @@ class RunSession:
             DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position).update(
                 status=StepStatus.PENDING, started_at=None
             )
+            touch_runs([self.run.pk])
             self._rows[step.position] = (step.name, StepStatus.PENDING)
         elif isinstance(error, RunInterrupted):
             self._write_step_end(step, StepStatus.CANCELLED)
@@ -200,6 +213,7 @@ class RunSession:
         DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position).update(
             status=status, ended_at=ended_at, duration_ms=duration_ms, **fields
         )
+        touch_runs([self.run.pk])
         self._rows[step.position] = (step.name, status)
         row = DataFlowRunStep(
             run_id=self.run.pk,
@@ -225,3 +239,4 @@ def close_steps(run_ids: Iterable[int], status: str, message: str = "") -> None:
     DataFlowRunStep.objects.filter(run_id__in=ids, status=StepStatus.PENDING).update(
         status=StepStatus.SKIPPED
     )
+    touch_runs(ids)
