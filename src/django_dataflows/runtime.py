@@ -42,11 +42,16 @@ def touch_runs(run_ids: Iterable[int]) -> None:
 
 def json_value(value: Any, what: str) -> Any:
     """``value`` if it can be stored as JSON, else a ``TypeError`` naming ``what`` it is."""
+    stored_json(value, what)
+    return value
+
+
+def stored_json(value: Any, what: str) -> Any:
+    """``value`` as it reads back once stored (dates become ISO strings), or ``TypeError``."""
     try:
-        json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+        return json.loads(json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} cannot be stored as JSON: {exc}") from exc
-    return value
 
 
 def milliseconds(start: datetime | None, end: datetime | None) -> int | None:
@@ -169,7 +174,8 @@ class RunSession:
     def end_step(self, step: Step, error: BaseException | None) -> None:
         if error is None:
             try:
-                result = json_value(step.result, f"The result of step {step.name!r}")
+                # As it reads back: the same in this run and in a resumed one.
+                result = stored_json(step.result, f"The result of step {step.name!r}")
             except TypeError as exc:
                 self._write_step_end(step, StepStatus.FAILED, error_message=str(exc))
                 raise
