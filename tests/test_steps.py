@@ -42,7 +42,7 @@ def test_declared_steps_run_in_order_and_each_is_recorded():
     ]
 
 
-def test_step_rows_are_created_pending_when_the_run_starts():
+def test_step_rows_are_created_when_the_run_starts_the_first_already_in_progress():
     seen = []
 
     def on_started(run, **kwargs):
@@ -55,7 +55,21 @@ def test_step_rows_are_created_pending_when_the_run_starts():
     finally:
         signals.run_started.disconnect(on_started)
 
-    assert seen == [("one", "pending"), ("two", "pending"), ("three", "pending")]
+    # The default run() starts the first step at once: its row is created in progress.
+    assert seen == [("one", "in_progress"), ("two", "pending"), ("three", "pending")]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_every_step_skipped():
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.ThreeSteps")
+    run = data_flow.create_pending_run()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ThreeSteps, "configuration_schema", {"required": ["batch_size"]})
+        with pytest.raises(PermanentFlowError, match="'batch_size' is a required property"):
+            FlowExecutor.execute(data_flow, run=run)
+
+    assert steps_of(run) == [("one", "skipped"), ("two", "skipped"), ("three", "skipped")]
+    assert not Record.objects.exists()
 
 
 def test_a_failing_step_records_its_error_and_the_later_steps_are_skipped():

@@ -106,9 +106,11 @@ class FlowExecutor:
             result = cls._serialisable(flow.run())
             state = cls._changed_state(flow, data_flow)
         except RunInterrupted as interruption:
+            session.release_unstarted()
             cls._record_interruption(run, interruption, session)
             return None
         except BaseException as exc:
+            session.release_unstarted()
             cls._record_failure(run, exc, session)
             raise
         cls._record_success(run, result, state=state, session=session)
@@ -175,7 +177,8 @@ class FlowExecutor:
         fields: dict[str, Any] = {"activated_at": now}
         if not resumed:
             fields["started_at"] = now  # started_at keeps the first start
-        session = RunSession(run, cls._declared_steps(run.data_flow))
+        flow_class = cls._flow_class(run.data_flow)
+        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
         # One commit for the run and its step rows; a run without steps writes one row.
         with transaction.atomic() if session.declared and not resumed else nullcontext():
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
@@ -183,7 +186,10 @@ class FlowExecutor:
                 raise RunNotPending(run.pk, run.status)
             if resumed:
                 session.load()
-            session.create_declared_steps()
+            # The default run() starts the first declared step at once.
+            session.create_declared_steps(
+                start_first=flow_class is not None and flow_class.run is Flow.run
+            )
         # The flow starts from the state the previous successful run left.
         run.data_flow.state = (
             DataFlow.objects.filter(pk=run.data_flow_id).values_list("state", flat=True).get()
@@ -192,11 +198,11 @@ class FlowExecutor:
         return session
 
     @staticmethod
-    def _declared_steps(data_flow: DataFlow) -> tuple[str, ...]:
+    def _flow_class(data_flow: DataFlow) -> type[Flow] | None:
         try:
-            return tuple(data_flow.flow_class.steps)
+            return data_flow.flow_class
         except FlowNotRegistered:
-            return ()  # the run fails in _instantiate(), with that error
+            return None  # the run fails in _instantiate(), with that error
 
     @staticmethod
     def _instantiate(data_flow: DataFlow, run: DataFlowRun, session: RunSession) -> Flow:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -23,7 +24,6 @@ from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, Ste
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from datetime import datetime
 
 logger = logging.getLogger("django_dataflows.runtime")
 
@@ -80,11 +80,20 @@ class RunSession:
         self._progress: dict[str, Any] | None = None
         self._progress_stored = True
         self._progress_written_at = float("-inf")
+        #: The first declared step, created already in progress: (position, started_at).
+        self._started_early: tuple[int, datetime] | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
-    def create_declared_steps(self) -> None:
-        """Create a ``pending`` row for each declared step not stored yet (one INSERT)."""
+    def create_declared_steps(self, *, start_first: bool = False) -> None:
+        """Create a ``pending`` row for each declared step not stored yet (one INSERT).
+
+        With ``start_first`` (a first start of a flow whose default ``run()`` begins with
+        the first declared step at once) that step's row is created ``in_progress``: the
+        run only just moved to ``in_progress`` in this transaction, so no cancel or pause
+        can be waiting for the checkpoint before it, and the step's start costs no write
+        of its own.
+        """
         stored = {name for name, _status in self._rows.values()}
         missing = [name for name in self.declared if name not in stored]
         if not missing:
@@ -94,10 +103,13 @@ class RunSession:
             DataFlowRunStep(run_id=self.run.pk, position=position, name=name)
             for position, name in enumerate(missing, start=first)
         ]
+        if start_first and not self._rows:
+            rows[0].status, rows[0].started_at = StepStatus.IN_PROGRESS, timezone.now()
+            self._started_early = (rows[0].position, rows[0].started_at)
         DataFlowRunStep.objects.bulk_create(rows)
         touch_runs([self.run.pk])
         for row in rows:
-            self._rows[row.position] = (row.name, StepStatus.PENDING)
+            self._rows[row.position] = (row.name, row.status)
 
     def load(self) -> None:
         """Read the run's stored steps (a resumed run): what is done, and its results."""
@@ -152,6 +164,13 @@ class RunSession:
     def begin_step(self, name: str) -> Step:
         now = timezone.now()
         position = self._reusable_row(name)
+        early, self._started_early = self._started_early, None
+        if early is not None and early[0] == position:
+            step = Step(name, position)
+            step.started_at = early[1]  # created in progress with the run's start
+            return step
+        if early is not None:  # the flow began with another step: the first waits again
+            self._reset_to_pending(early[0])
         if position is None:
             position = max(self._rows, default=0) + 1
             DataFlowRunStep.objects.create(
@@ -183,11 +202,7 @@ class RunSession:
             self._results[step.name] = result
         elif isinstance(error, RunInterrupted) and error.action == "pause":
             # Paused inside the step: it starts again from its beginning on resume.
-            DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position).update(
-                status=StepStatus.PENDING, started_at=None
-            )
-            touch_runs([self.run.pk])
-            self._rows[step.position] = (step.name, StepStatus.PENDING)
+            self._reset_to_pending(step.position)
         elif isinstance(error, RunInterrupted):
             self._write_step_end(step, StepStatus.CANCELLED)
         else:
@@ -196,6 +211,12 @@ class RunSession:
             )
 
     # -- at the end of the run ----------------------------------------------------------
+
+    def release_unstarted(self) -> None:
+        """The run ends before its first step began: that step was never really started."""
+        early, self._started_early = self._started_early, None
+        if early is not None:
+            self._reset_to_pending(early[0])
 
     def final_fields(self) -> dict[str, Any]:
         """Fields the run's last write carries: the latest progress, if not stored yet."""
@@ -212,6 +233,13 @@ class RunSession:
             if row_name == name and status in (StepStatus.PENDING, StepStatus.IN_PROGRESS):
                 return position
         return None
+
+    def _reset_to_pending(self, position: int) -> None:
+        DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
+            status=StepStatus.PENDING, started_at=None
+        )
+        touch_runs([self.run.pk])
+        self._rows[position] = (self._rows[position][0], StepStatus.PENDING)
 
     def _write_step_end(self, step: Step, status: str, **fields: Any) -> None:
         ended_at = timezone.now()
