@@ -214,6 +214,19 @@ def test_a_step_paused_inside_runs_again_from_its_start_on_resume(resume):
     assert labels() == ["loop started", "loop started"]
 
 
+def test_the_heartbeat_starts_no_new_run_of_a_flow_whose_run_is_paused():
+    from django_dataflows.scheduling import run_heartbeat
+
+    data_flow = three_steps(request="pause", request_in="one")
+    FlowExecutor.execute(data_flow)
+    type(data_flow).objects.filter(pk=data_flow.pk).update(next_run_at=timezone.now())
+
+    result = run_heartbeat()
+
+    assert (result.flows_due, result.flows_skipped, result.flows_triggered) == (1, 1, 0)
+    assert DataFlowRun.objects.get().status == RunStatus.PAUSED
+
+
 def test_a_paused_run_never_times_out():
     data_flow = three_steps(request="pause", request_in="one")
     FlowExecutor.execute(data_flow)

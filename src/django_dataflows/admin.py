@@ -51,6 +51,7 @@ from django_dataflows.admin_control import (
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.models import (
+    ACTIVE_STATUSES,
     DataFlow,
     DataFlowRun,
     Heartbeat,
@@ -578,7 +579,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
                 "active": _admin_url(
                     "dataflowrun_changelist",
                     site=self.admin_site,
-                    query={"status__in": ",".join((RunStatus.PENDING, RunStatus.IN_PROGRESS))},
+                    query={"status__in": ",".join(ACTIVE_STATUSES)},
                 ),
                 "failures": _admin_url(
                     "dataflowrun_changelist",
