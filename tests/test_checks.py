@@ -137,6 +137,19 @@ def test_an_invalid_configuration_schema_is_an_error_naming_the_flow(restore_reg
     assert "properties/n/type" in error.msg
 
 
+def test_a_configuration_schema_that_is_not_a_dict_is_an_error(restore_registry):
+    class ListSchema(Flow):
+        configuration_schema = ["batch_size"]  # type: ignore[assignment]
+
+        def run(self) -> None:
+            return None
+
+    [error] = check_flows()
+
+    assert error.id == "dataflows.E020"
+    assert "must be a JSON Schema (a dict), not list" in error.msg
+
+
 @pytest.mark.parametrize(
     ("steps", "message"),
     [

@@ -165,12 +165,11 @@ class RunSession:
         now = timezone.now()
         position = self._reusable_row(name)
         early, self._started_early = self._started_early, None
+        # The default run() begins with the first declared step, created in progress.
         if early is not None and early[0] == position:
             step = Step(name, position)
-            step.started_at = early[1]  # created in progress with the run's start
+            step.started_at = early[1]
             return step
-        if early is not None:  # the flow began with another step: the first waits again
-            self._reset_to_pending(early[0])
         if position is None:
             position = max(self._rows, default=0) + 1
             DataFlowRunStep.objects.create(
