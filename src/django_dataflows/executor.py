@@ -184,7 +184,7 @@ class FlowExecutor:
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
-            if resumed:
+            if resumed or session.declared:  # a stale run object must not recreate rows
                 session.load()
             # The default run() starts the first declared step at once.
             session.create_declared_steps(

@@ -212,10 +212,18 @@ class RunSession:
     # -- at the end of the run ----------------------------------------------------------
 
     def release_unstarted(self) -> None:
-        """The run ends before its first step began: that step was never really started."""
+        """The run ends before its first step began: that step was never really started.
+
+        Called while the run's end is being recorded: a failure here is logged, never
+        raised, so it cannot hide the outcome.
+        """
         early, self._started_early = self._started_early, None
-        if early is not None:
+        if early is None:
+            return
+        try:
             self._reset_to_pending(early[0])
+        except Exception:
+            logger.exception("Could not reset the first step of run %s", self.run.pk)
 
     def final_fields(self) -> dict[str, Any]:
         """Fields the run's last write carries: the latest progress, if not stored yet."""
