@@ -368,6 +368,7 @@ class FlowExecutor:
         keeps its flow's active slot until then, so two bodies of one flow never overlap.
         ``InvalidRunState`` if the run has finished or a cancel was already requested.
         """
+        run.refresh_from_db()  # its started_at, for the duration of a paused run
         for _attempt in range(3):  # the run may move on between the two conditional updates
             now = timezone.now()
             if cls._finish(
