@@ -42,16 +42,16 @@ def touch_runs(run_ids: Iterable[int]) -> None:
 
 def json_value(value: Any, what: str) -> Any:
     """``value`` if it can be stored as JSON, else a ``TypeError`` naming ``what`` it is."""
-    stored_json(value, what)
+    try:
+        json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} cannot be stored as JSON: {exc}") from exc
     return value
 
 
 def stored_json(value: Any, what: str) -> Any:
     """``value`` as it reads back once stored (dates become ISO strings), or ``TypeError``."""
-    try:
-        return json.loads(json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} cannot be stored as JSON: {exc}") from exc
+    return json.loads(json.dumps(json_value(value, what), cls=DjangoJSONEncoder))
 
 
 def milliseconds(start: datetime | None, end: datetime | None) -> int | None:
