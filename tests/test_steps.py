@@ -360,3 +360,48 @@ def test_every_write_to_a_step_stamps_its_runs_updated_at():
 
     assert inserted > long_ago
     assert updated > long_ago
+
+
+# -- progress is throttled -----------------------------------------------------------------------
+
+
+def test_progress_is_written_at_most_about_once_a_second(monkeypatch):
+    from django_dataflows.runtime import RunSession
+
+    clock = [100.0]
+    monkeypatch.setattr("django_dataflows.runtime.time.monotonic", lambda: clock[0])
+    run = DataFlowFactory().create_pending_run()
+    session = RunSession(run)
+
+    def stored():
+        return DataFlowRun.objects.values_list("progress", flat=True).get(pk=run.pk)
+
+    session.progress(1, 10, "first")
+    after_first = stored()
+    clock[0] += 0.5
+    session.progress(2, 10, "half a second later")
+    after_second = stored()
+    clock[0] += 0.6
+    session.progress(3, 10, "over a second after the first write")
+
+    assert after_first == {"done": 1, "total": 10, "message": "first"}
+    assert after_second == after_first
+    assert stored() == {"done": 3, "total": 10, "message": "over a second after the first write"}
+    assert session.final_fields() == {}
+
+
+# -- the reaper closes the steps of the runs it ends ---------------------------------------------
+
+
+def test_a_reaped_run_fails_its_running_step_and_skips_the_rest():
+    import datetime
+
+    from django.utils import timezone
+
+    run = DataFlowFactory(flow="tests.testapp.flows.ThreeSteps").create_pending_run()
+    FlowExecutor._mark_in_progress(run)  # step one is created in progress; the worker dies
+
+    FlowExecutor.time_out_stuck_runs(timezone.now() + datetime.timedelta(days=1))
+
+    assert steps_of(run) == [("one", "failed"), ("two", "skipped"), ("three", "skipped")]
+    assert run.steps.get(name="one").error_message == "The run ended timed_out."
