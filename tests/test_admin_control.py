@@ -291,6 +291,12 @@ def test_a_control_the_state_forbids_is_an_error_message_not_a_crash(operator):
     assert shown_messages(response) == [f"Cannot resume run {run.pk}: it is success, not paused."]
 
 
+def test_a_control_or_input_form_for_a_missing_object_is_404(operator):
+    assert operator.post("/admin/dataflows/dataflowrun/abc/control/cancel/").status_code == 404
+    assert operator.post("/admin/dataflows/dataflowrun/999/control/cancel/").status_code == 404
+    assert operator.get("/admin/dataflows/dataflow/abc/run/").status_code == 404
+
+
 def test_controls_answer_only_post_and_known_actions(operator):
     run = DataFlowFactory().create_pending_run()
 
