@@ -119,6 +119,9 @@ def test_run_step_finished_is_sent_for_each_step_and_callbacks_get_it(settings):
 
     def on_step(sender, run, step, **kwargs):
         received.append((step.name, step.status, step.result))
+        keys.append(step.pk)
+
+    keys: list[int] = []
 
     signals.run_step_finished.connect(on_step)
     try:
@@ -131,6 +134,8 @@ def test_run_step_finished_is_sent_for_each_step_and_callbacks_get_it(settings):
         ("two", "success", 43),
         ("three", "success", "done"),
     ]
+    run = DataFlowRun.objects.get()
+    assert keys == list(run.steps.order_by("position").values_list("pk", flat=True))
     assert events == [
         "run_started",
         "run_step_finished:one",

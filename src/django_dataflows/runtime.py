@@ -77,6 +77,8 @@ class RunSession:
         self._done: set[str] = set()
         #: position -> (name, status) of this run's step rows, as last written.
         self._rows: dict[int, tuple[str, str]] = {}
+        #: position -> primary key of the row, where known (for the signal's step).
+        self._pks: dict[int, int] = {}
         self._progress: dict[str, Any] | None = None
         self._progress_stored = True
         self._progress_written_at = float("-inf")
@@ -110,13 +112,16 @@ class RunSession:
         touch_runs([self.run.pk])
         for row in rows:
             self._rows[row.position] = (row.name, row.status)
+            if row.pk is not None:  # where the database returns the new keys
+                self._pks[row.position] = row.pk
 
     def load(self) -> None:
         """Read the run's stored steps (a resumed run): what is done, and its results."""
-        for position, name, status, result in DataFlowRunStep.objects.filter(
+        for pk, position, name, status, result in DataFlowRunStep.objects.filter(
             run_id=self.run.pk
-        ).values_list("position", "name", "status", "result"):
+        ).values_list("pk", "position", "name", "status", "result"):
             self._rows[position] = (name, status)
+            self._pks[position] = pk
             if status == StepStatus.SUCCESS:
                 self._results[name] = result
                 if name in self.declared:
@@ -172,13 +177,13 @@ class RunSession:
             return step
         if position is None:
             position = max(self._rows, default=0) + 1
-            DataFlowRunStep.objects.create(
+            self._pks[position] = DataFlowRunStep.objects.create(
                 run_id=self.run.pk,
                 position=position,
                 name=name,
                 status=StepStatus.IN_PROGRESS,
                 started_at=now,
-            )
+            ).pk
         else:
             DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
                 status=StepStatus.IN_PROGRESS, started_at=now, ended_at=None, error_message=""
@@ -257,6 +262,7 @@ class RunSession:
         touch_runs([self.run.pk])
         self._rows[step.position] = (step.name, status)
         row = DataFlowRunStep(
+            pk=self._pks.get(step.position),
             run_id=self.run.pk,
             position=step.position,
             name=step.name,
@@ -267,6 +273,7 @@ class RunSession:
             result=fields.get("result"),
             error_message=fields.get("error_message", ""),
         )
+        row._state.adding = row.pk is None  # the row as stored, without reading it back
         emit("run_step_finished", self.run, step=row)
 
 
