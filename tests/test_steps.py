@@ -310,6 +310,18 @@ def test_full_clean_reports_a_missing_required_property():
     assert caught.value.message_dict == {"configuration": ["'batch_size' is a required property"]}
 
 
+def test_an_invalid_schema_is_a_validation_error_not_a_crash(monkeypatch):
+    from tests.testapp.flows import WithSchema
+
+    monkeypatch.setattr(WithSchema, "configuration_schema", {"type": "integer-ish"})
+    data_flow = DataFlowFactory.build(
+        flow="tests.testapp.flows.WithSchema", configuration={"batch_size": 10}
+    )
+
+    with pytest.raises(ValidationError, match="configuration_schema is not a valid JSON Schema"):
+        data_flow.full_clean()
+
+
 def test_a_configuration_matching_the_schema_is_accepted():
     data_flow = DataFlowFactory.build(
         flow="tests.testapp.flows.WithSchema", configuration={"batch_size": 10}
