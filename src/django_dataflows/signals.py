@@ -10,6 +10,10 @@ class and these keyword arguments:
 ``heartbeat_finished``
     ``result`` (the :class:`~django_dataflows.scheduling.HeartbeatResult`).
 
+``flow_overdue``
+    ``data_flow`` and ``since`` (the instant it became overdue): sent by the heartbeat once
+    per overdue episode, which the flow's next successful run ends.
+
 Receivers run inside the worker that executes the flow. An exception in a receiver is
 logged and never changes the run's outcome.
 """
@@ -22,3 +26,4 @@ run_enqueued = Signal()
 run_started = Signal()
 run_finished = Signal()
 heartbeat_finished = Signal()
+flow_overdue = Signal()
