@@ -316,3 +316,27 @@ def test_upcoming_runs_of_an_interval_flow_start_at_next_run_at_or_now():
         at(2026, 6, 1, 7),
         at(2026, 6, 1, 7, 10),
     ]
+
+
+def test_a_flow_saved_with_an_invalid_cron_is_due_now_and_says_why():
+    # objects.create() skips full_clean(): the flow is due at once, so the heartbeat logs
+    # the problem instead of the flow silently never running.
+    data_flow = DataFlowFactory(run_interval=None, cron="61 * * * *")
+
+    assert data_flow.next_run_at <= data_flow.created_at + datetime.timedelta(seconds=1)
+    assert "bad minute" in data_flow.schedule_error
+    assert data_flow.upcoming_runs(3) == []
+
+
+def test_an_interval_flow_has_no_schedule_error():
+    assert DataFlowFactory(run_interval=60).schedule_error is None
+
+
+def test_a_project_wide_alert_address_may_be_a_single_string(settings):
+    settings.DATAFLOWS = {"ALERT_EMAILS": "ops@example.com"}
+
+    assert DataFlowFactory().alert_recipients == ["ops@example.com"]
+    assert DataFlowFactory(alert_emails="a@example.com; b@example.com").alert_recipients == [
+        "a@example.com",
+        "b@example.com",
+    ]

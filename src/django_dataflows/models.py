@@ -328,7 +328,15 @@ class DataFlow(models.Model):
         verbose_name_plural = _("data flows")
         ordering = ("name",)
         permissions = (("run_dataflow", _("Can run data flows and control their runs")),)
-        indexes = (models.Index(fields=("enabled", "next_run_at"), name="dataflows_due_idx"),)
+        indexes = (
+            models.Index(fields=("enabled", "next_run_at"), name="dataflows_due_idx"),
+            # Every heartbeat looks for overdue flows: only watched flows are read.
+            models.Index(
+                fields=("alert_after",),
+                condition=Q(enabled=True, alert_after__isnull=False),
+                name="dataflows_watched_idx",
+            ),
+        )
         constraints = (
             models.CheckConstraint(
                 condition=Q(run_interval__gte=1), name="dataflows_run_interval_positive"

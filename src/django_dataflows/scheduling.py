@@ -230,21 +230,22 @@ def dispatch_runs(runs: list[DataFlowRun]) -> int:
 def announce_overdue_flows(now: datetime) -> int:
     """Send ``flow_overdue`` once per overdue episode; return how many flows are overdue.
 
-    An episode is known by the instant it began (``overdue_since``); storing it with a
-    conditional update means one heartbeat announces it, however many run at once, and
-    the next success (which clears it) ends it.
+    Announcing stores the instant the episode began in ``overdue_episode_since`` with a
+    conditional update, so one heartbeat announces it however many run at once; the next
+    success clears it (``django_dataflows.alerts``), which ends the episode.
     """
-    overdue = list(DataFlow.objects.overdue(now))
-    for data_flow in overdue:
-        since = data_flow.overdue_since  # type: ignore[attr-defined]
-        if data_flow.overdue_episode_since is not None:
+    # Names in a tuple, not literals: django-stubs cannot see the annotation.
+    columns = ("pk", "overdue_since", "overdue_episode_since")
+    overdue = list(DataFlow.objects.overdue(now).values_list(*columns))
+    # One query whatever the number of overdue flows; one more per flow just become overdue.
+    starting = {pk: since for pk, since, announced in overdue if announced is None}
+    for pk, since in starting.items():
+        announced = DataFlow.objects.filter(pk=pk, overdue_episode_since__isnull=True).update(
+            overdue_episode_since=since
+        )
+        data_flow = DataFlow.objects.filter(pk=pk).first() if announced else None
+        if data_flow is None:  # another heartbeat announced it, or it was deleted
             continue
-        announced = DataFlow.objects.filter(
-            pk=data_flow.pk, overdue_episode_since__isnull=True
-        ).update(overdue_episode_since=since)
-        if not announced:
-            continue
-        data_flow.overdue_episode_since = since
         logger.warning("Data flow %r is overdue since %s", data_flow.name, since.isoformat())
         for receiver, response in signals.flow_overdue.send_robust(
             sender=DataFlow, data_flow=data_flow, since=since
