@@ -251,3 +251,23 @@ def test_a_mail_server_that_is_down_is_logged_not_raised(
     fail(data_flow, django_capture_on_commit_callbacks)
 
     assert "Could not send the alert '[dataflows] orders: run" in caplog.text
+
+
+def test_a_failing_overdue_receiver_is_logged_and_the_heartbeat_goes_on(caplog):
+    def broken(sender, **kwargs):
+        raise RuntimeError("pager down")
+
+    data_flow = DataFlowFactory(name="late", alert_after=60)
+    created_ago(data_flow, minutes=5)
+    not_due(data_flow)
+    signals.flow_overdue.connect(broken)
+    try:
+        result = run_heartbeat(source="test")
+    finally:
+        signals.flow_overdue.disconnect(broken)
+
+    assert result.flows_overdue == 1
+    assert "Receiver" in caplog.text
+    assert "of flow_overdue failed" in caplog.text
+    data_flow.refresh_from_db()
+    assert data_flow.overdue_episode_since is not None  # announced: not sent again

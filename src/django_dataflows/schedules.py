@@ -127,12 +127,18 @@ def zone_name(name: str) -> str:
 
 
 def get_zone(name: str) -> tzinfo:
-    """The ``tzinfo`` for a flow's ``timezone`` field; ``InvalidSchedule`` if unknown."""
+    """The ``tzinfo`` for a flow's ``timezone`` field; ``InvalidSchedule`` if unknown.
+
+    Validation (``timezone_error``) lists the whole time zone database once per process
+    (~70 ms); the heartbeat only loads the one zone it needs, as ``ZoneInfo`` caches it.
+    """
     resolved = zone_name(name)
-    error = timezone_error(resolved)
-    if error:
-        raise InvalidSchedule(error)
-    return UTC if resolved == "UTC" else zoneinfo.ZoneInfo(resolved)
+    if resolved == "UTC":
+        return UTC
+    try:
+        return zoneinfo.ZoneInfo(resolved)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InvalidSchedule(timezone_error(resolved) or str(exc)) from exc
 
 
 def _has_fixed_hours(fields: tuple[str, ...]) -> bool:
