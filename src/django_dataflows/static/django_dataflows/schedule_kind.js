@@ -10,10 +10,10 @@
         const cron = checked.value === "cron";
         for (const name of ["cron", "timezone"]) {
             const row = form.querySelector(".field-" + name);
-            if (row) { row.hidden = !cron; }
+            if (row) { row.style.display = cron ? "" : "none"; }
         }
         const interval = form.querySelector(".field-run_interval");
-        if (interval) { interval.hidden = cron; }
+        if (interval) { interval.style.display = cron ? "none" : ""; }
     }
     document.addEventListener("DOMContentLoaded", function () {
         const form = document.querySelector("#dataflow_form");
