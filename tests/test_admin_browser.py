@@ -82,6 +82,14 @@ def drive_the_admin(page, base_url):
     expect(page.locator("#dataflows-heartbeat")).to_contain_text("never")
 
     page.click(".object-tools a.addlink")
+    # The schedule-kind switch shows one kind's fields at a time.
+    expect(page.locator(".field-cron")).to_be_hidden()
+    page.check("input[name=schedule_kind][value=cron]")
+    expect(page.locator(".field-cron")).to_be_visible()
+    expect(page.locator(".field-timezone")).to_be_visible()
+    expect(page.locator(".field-run_interval")).to_be_hidden()
+    page.check("input[name=schedule_kind][value=interval]")
+    expect(page.locator(".field-run_interval")).to_be_visible()
     page.fill("#id_name", "browser-orders")
     page.select_option("#id_flow", "tests.testapp.flows.CountRows")
     page.fill("#id_run_interval", "300")
