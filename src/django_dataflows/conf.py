@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RETRIES": 3,
     "RETRY_BACKOFF": 2,
     "RUN_TIMEOUT": 3600,
+    "PICKUP_TIMEOUT": 300,
+    "MAX_REDELIVERIES": 3,
     "CALLBACKS": [],
     "FLOW_MODULES": [],
 }
@@ -85,6 +87,14 @@ class DataFlowsSettings:
     @property
     def RUN_TIMEOUT(self) -> int:
         return int(self._get("RUN_TIMEOUT"))
+
+    @property
+    def PICKUP_TIMEOUT(self) -> float:
+        return float(self._get("PICKUP_TIMEOUT"))
+
+    @property
+    def MAX_REDELIVERIES(self) -> int:
+        return int(self._get("MAX_REDELIVERIES"))
 
     @property
     def CALLBACKS(self) -> list[str]:
