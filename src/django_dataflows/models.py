@@ -322,14 +322,15 @@ class DataFlow(models.Model):
         with ``ATOMIC_REQUESTS``) the run is handed over when it commits; a refusal then is
         logged and recorded on the run, as nobody is left to catch it.
         """
-        from django_dataflows.backends import dispatch
+        from django_dataflows.backends import dispatch, get_backend
 
         run = self.create_pending_run(trigger=trigger, user=user)
         if transaction.get_connection().in_atomic_block:
             transaction.on_commit(partial(_dispatch_after_commit, run))
             return run
         dispatch(run)
-        run.refresh_from_db()
+        if not get_backend().supports_async:
+            run.refresh_from_db()
         return run
 
 
