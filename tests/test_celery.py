@@ -32,10 +32,10 @@ from django_dataflows.backends.celery import (
     CeleryBackend,
     execute_run,
     retry_delay,
-    task_id_for,
 )
 from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.scheduling import run_heartbeat
 from tests.async_tasks import mark
 from tests.async_workers import (
     ROOT,
@@ -298,7 +298,6 @@ def test_right_after_enqueueing_the_flow_shows_the_run_in_progress(celery_backen
     run = data_flow.trigger_run()
 
     assert (run.status, run.queue) == (RunStatus.PENDING, "parked")
-    assert run.task_id == task_id_for(run)
     assert len(run.task_id) == 32
     data_flow.refresh_from_db()
     assert data_flow.last_run_status == RunStatus.IN_PROGRESS
@@ -326,6 +325,27 @@ def test_the_message_names_the_flow_and_run_and_carries_the_time_limits(celery_b
     assert message["properties"]["delivery_info"]["routing_key"] == "parked"
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_publishes_its_batch_on_one_producer(celery_backend, broker, monkeypatch):
+    flows = [DataFlowFactory(name=f"batch-{i}", queue="parked") for i in range(3)]
+    acquired = []
+    acquire = celery_app.producer_pool.acquire
+
+    def counting_acquire(*args: Any, **kwargs: Any) -> Any:
+        acquired.append(1)
+        return acquire(*args, **kwargs)
+
+    monkeypatch.setattr(celery_app.producer_pool, "acquire", counting_acquire)
+
+    result = run_heartbeat()
+
+    assert (result.flows_triggered, result.enqueue_failures) == (3, 0)
+    assert len(acquired) == 1
+    sent = {message["headers"]["dataflows_flow"] for message in parked_messages(broker)}
+    assert sent == {data_flow.name for data_flow in flows}
+
+
 # -- the task's code, run in this process (no worker) -----------------------------------
 
 
@@ -346,7 +366,7 @@ def test_a_failed_attempt_is_followed_by_a_retry_run_sent_with_a_countdown(setti
         "attempt 1 fails",
     )
     assert (retry.status, retry.attempt, retry.trigger) == (RunStatus.PENDING, 2, RunTrigger.RETRY)
-    assert retry.task_id == task_id_for(retry)
+    assert len(retry.task_id) == 32
     [message] = parked_messages(broker)
     assert message["headers"]["id"] == retry.task_id
     assert message["headers"]["dataflows_attempt"] == 2

@@ -284,3 +284,33 @@ def test_a_failing_heartbeat_receiver_is_logged_not_raised(caplog):
 
     assert result.flows_triggered == 1
     assert "dashboard is down" in caplog.text
+
+
+def test_stuck_is_one_query_that_reads_only_the_runs_past_their_own_timeout(
+    settings, django_assert_num_queries
+):
+    settings.DATAFLOWS = {"RUN_TIMEOUT": 600}
+    now = timezone.now()
+
+    def run(status: str, seconds_ago: int, timeout: int | None = None) -> DataFlowRun:
+        since = now - datetime.timedelta(seconds=seconds_ago)
+        started = since if status == RunStatus.IN_PROGRESS else None
+        return DataFlowRunFactory(
+            data_flow=DataFlowFactory(timeout=timeout),
+            status=status,
+            created_at=since,
+            started_at=started,
+        )
+
+    past_default = run(RunStatus.IN_PROGRESS, 600)  # exactly at the deadline
+    run(RunStatus.IN_PROGRESS, 599)
+    past_own = run(RunStatus.IN_PROGRESS, 31, timeout=30)
+    run(RunStatus.IN_PROGRESS, 601, timeout=3600)
+    never_picked_up = run(RunStatus.PENDING, 700)
+    run(RunStatus.SUCCESS, 7200)
+
+    with django_assert_num_queries(1):
+        stuck = sorted(DataFlowRun.objects.stuck(now).values_list("pk", "effective_timeout"))
+
+    assert stuck == sorted([(past_default.pk, 600), (past_own.pk, 30), (never_picked_up.pk, 600)])
+    assert DataFlowRun.objects.stuck(now).count() == 3

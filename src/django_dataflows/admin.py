@@ -206,7 +206,7 @@ def collect_health(now: datetime | None = None) -> Health:
         last_heartbeat=Heartbeat.last(),
         stale_after=stale_after,
         has_enabled_flows=shortest is not None,
-        stuck_runs=len(DataFlowRun.objects.stuck(now)),
+        stuck_runs=DataFlowRun.objects.stuck(now).count(),
         recent_failures=DataFlowRun.objects.filter(
             status__in=FAILURE_STATUSES, ended_at__gte=now - FAILURE_WINDOW
         ).count(),

@@ -39,10 +39,6 @@ class DataFlowsSettings:
         return self._user.get(key, DEFAULTS[key])
 
     @property
-    def user_keys(self) -> list[str]:
-        return list(self._user)
-
-    @property
     def BACKEND(self) -> str:
         return str(self._get("BACKEND"))
 

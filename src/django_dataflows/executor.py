@@ -251,8 +251,10 @@ class FlowExecutor:
         """
         now = now or timezone.now()
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for stuck in DataFlowRun.objects.stuck(now):
-            groups[(stuck.status, stuck.timeout)].append(stuck.pk)
+        # effective_timeout is stuck()'s annotation, which the type checker cannot see.
+        stuck = DataFlowRun.objects.stuck(now).values_list("pk", "status", "effective_timeout")  # type: ignore[misc]
+        for pk, status, timeout in stuck:
+            groups[(status, timeout)].append(pk)
         count = 0
         for (status, timeout), pks in groups.items():
             message = (

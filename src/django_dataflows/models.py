@@ -7,15 +7,15 @@ import math
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Q
-from django.db.models.functions import Now
+from django.db.models import ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -322,14 +322,15 @@ class DataFlow(models.Model):
         with ``ATOMIC_REQUESTS``) the run is handed over when it commits; a refusal then is
         logged and recorded on the run, as nobody is left to catch it.
         """
-        from django_dataflows.backends import dispatch
+        from django_dataflows.backends import dispatch, get_backend
 
         run = self.create_pending_run(trigger=trigger, user=user)
         if transaction.get_connection().in_atomic_block:
             transaction.on_commit(partial(_dispatch_after_commit, run))
             return run
         dispatch(run)
-        run.refresh_from_db()
+        if not get_backend().supports_async:
+            run.refresh_from_db()
         return run
 
 
@@ -367,34 +368,31 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         """Runs that have not been soft-deleted (what lists and statistics show)."""
         return self.filter(deleted_at__isnull=True)
 
-    def finished(self) -> DataFlowRunQuerySet:
-        return self.filter(status__in=FINISHED_STATUSES)
-
-    def stuck(self, now: datetime | None = None) -> list[StuckRun]:
+    def stuck(self, now: datetime | None = None) -> DataFlowRunQuerySet:
         """Active runs past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
 
         A run ``in_progress`` that long has lost its worker; one still ``pending`` was never
-        picked up (a lost queue message). At most one run per flow is active, so this reads
-        at most one row per flow.
+        picked up (a lost queue message). Computed in the database: only the stuck rows
+        are read, each annotated with its ``effective_timeout`` in seconds.
         """
         now = now or timezone.now()
-        default_timeout = app_settings.RUN_TIMEOUT
-        stuck = []
-        rows = self.active().values_list(
-            "pk", "status", "started_at", "created_at", "data_flow__timeout"
+        timeout = Coalesce(
+            F("data_flow__timeout"),
+            Value(app_settings.RUN_TIMEOUT),
+            output_field=models.IntegerField(),
         )
-        for pk, status, started_at, created_at, timeout in rows:
-            timeout = timeout or default_timeout
-            since = started_at if status == RunStatus.IN_PROGRESS else created_at
-            if since is not None and since + timedelta(seconds=timeout) <= now:
-                stuck.append(StuckRun(pk, status, timeout))
-        return stuck
-
-
-class StuckRun(NamedTuple):
-    pk: int
-    status: str
-    timeout: int
+        timeout_span = ExpressionWrapper(
+            timeout * Value(timedelta(seconds=1)), output_field=models.DurationField()
+        )
+        deadline = ExpressionWrapper(Value(now) - timeout_span, output_field=models.DateTimeField())
+        return (
+            self.annotate(effective_timeout=timeout)
+            .filter(
+                Q(status=RunStatus.IN_PROGRESS, started_at__lte=deadline)
+                | Q(status=RunStatus.PENDING, created_at__lte=deadline)
+            )
+            .order_by()
+        )
 
 
 class DataFlowRun(models.Model):

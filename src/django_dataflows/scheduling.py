@@ -18,9 +18,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from django_dataflows import signals
-from django_dataflows.backends import dispatch
+from django_dataflows.backends import dispatch_many
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import (
     DataFlow,
@@ -197,21 +196,6 @@ def _advance_schedules(flows: list[DataFlow], now: datetime) -> None:
         )
 
 
-def dispatch_runs(runs: list[DataFlowRun]) -> int:
-    """Hand each run to the backend; one failure never stops the others. Return refusals."""
-    refused = 0
-    for run in runs:
-        try:
-            dispatch(run)
-        except EnqueueFailed:
-            refused += 1
-        except Exception:
-            # A backend bug must not cost the other flows their runs.
-            logger.exception("Dispatching run %s failed", run.pk)
-            refused += 1
-    return refused
-
-
 def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
     """One heartbeat: reap stuck runs, claim due flows, dispatch, record, signal."""
     now = timezone.now()
@@ -224,7 +208,7 @@ def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
     result.flows_skipped = claim.flows_skipped
     result.flows_triggered = len(claim.runs)
     result.run_ids = [run.pk for run in claim.runs]
-    result.enqueue_failures = dispatch_runs(claim.runs)
+    result.enqueue_failures = dispatch_many(claim.runs)
     if claim.runs:
         result.flows_failed = DataFlowRun.objects.filter(
             pk__in=result.run_ids, status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)

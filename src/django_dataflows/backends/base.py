@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,18 +18,33 @@ class BaseBackend(ABC):
     ``enqueue()`` is called after the transaction that created the run has committed. It
     must raise if it could not accept the run (the run is then marked failed and the flow
     stays due); it must not raise because the *flow* failed - that is recorded on the run.
+    ``enqueue_many()`` takes a heartbeat's batch; override it where the backend can do
+    once per batch what ``enqueue()`` does per run (a broker connection, say).
     """
 
-    #: Runs execute outside the calling process.
+    #: Runs execute outside the calling process: a run handed over is still pending when
+    #: ``trigger_run()`` returns (``False``: it has finished, and is reloaded to show it).
     supports_async: bool = False
-    #: Honours ``DataFlow.queue``.
-    supports_queues: bool = False
-    #: Retries failed runs up to ``max_retries``.
-    supports_retries: bool = False
+    #: ``enqueue()`` takes ``delay=`` (seconds before the run may start); ``dispatch()``
+    #: refuses a delay for a backend without it. Retries with backoff need it.
+    supports_defer: bool = False
 
     @abstractmethod
-    def enqueue(self, run: DataFlowRun) -> None:
-        """Accept ``run`` for execution."""
+    def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
+        """Accept ``run`` for execution (not before ``delay`` seconds, if given)."""
+
+    def enqueue_many(self, runs: Sequence[DataFlowRun]) -> list[tuple[DataFlowRun, Exception]]:
+        """Accept each of ``runs``; return the runs refused, each with the reason.
+
+        One refusal does not stop the others. The default calls :meth:`enqueue` per run.
+        """
+        refused: list[tuple[DataFlowRun, Exception]] = []
+        for run in runs:
+            try:
+                self.enqueue(run)
+            except Exception as exc:
+                refused.append((run, exc))
+        return refused
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         """System-check messages about this backend's configuration."""

@@ -21,7 +21,7 @@ class SyncBackend(BaseBackend):
     not raised to the caller, so one failing flow never stops a heartbeat's others.
     """
 
-    def enqueue(self, run: DataFlowRun) -> None:
+    def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
         try:
             FlowExecutor.execute(run.data_flow, run=run)
         except Exception:
