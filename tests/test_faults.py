@@ -297,6 +297,7 @@ def test_runs_waiting_their_turn_in_a_live_batch_are_never_reaped(serve, workers
     server = serve({"PICKUP_TIMEOUT": 3}, workers=workers)
 
     first = in_background(server.heartbeat)
+    wait_for(lambda: DataFlowRun.objects.count() == 4, what="the first heartbeat's claim")
     others = beat_until(
         server,
         lambda: not DataFlowRun.objects.active().exists(),

@@ -49,5 +49,20 @@ class EnqueueFailed(DataFlowError):
     """The backend could not accept the run (for example, the broker is down)."""
 
 
+class EnqueueNotTried(EnqueueFailed):
+    """The run was not handed over: the backend refused another run of its batch before it.
+
+    Once a broker has failed (down, or frozen until a timeout), trying each remaining run
+    would only multiply the wait; their slots are given back at once instead.
+    """
+
+    def __init__(self, refused_run_id: int, reason: BaseException) -> None:
+        self.refused_run_id = refused_run_id
+        super().__init__(
+            f"not tried, because the backend refused run {refused_run_id} of the same batch "
+            f"just before: {reason}"
+        )
+
+
 class PermanentFlowError(DataFlowError):
     """Raise from ``Flow.run()`` for an error that retrying cannot fix: the run is not retried."""

@@ -11,14 +11,17 @@ import json
 import logging
 import traceback
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
+from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import DataFlowError, RunNotPending
 from django_dataflows.flows import Flow, FlowContext
@@ -277,6 +280,72 @@ class FlowExecutor:
             )
         return count
 
+    @classmethod
+    def take_back_unclaimed_runs(cls, now: datetime | None = None) -> Redelivery:
+        """Take back pending runs no worker started within ``PICKUP_TIMEOUT``.
+
+        The database is the source of truth and the broker only a transport: a run whose
+        message was lost (a broker restarted empty), or whose in-process batch died, is
+        still ``pending`` here. Each is returned to be handed to the backend again, the same
+        run, so its conditional start still lets one body run, with ``redeliveries`` + 1 and
+        its pickup deadline restarted. A run already redelivered ``MAX_REDELIVERIES`` times
+        ends ``failed`` ("never picked up") instead. Row locks (skipping locked rows) keep
+        two heartbeats from taking back the same run.
+        """
+        now = now or timezone.now()
+        limit = app_settings.MAX_REDELIVERIES
+        features = connection.features
+        with transaction.atomic():
+            unclaimed = list(
+                DataFlowRun.objects.unclaimed(now)
+                .select_related("data_flow")
+                .select_for_update(
+                    skip_locked=True, no_key=features.has_select_for_no_key_update, of=("self",)
+                )
+            )
+            again = [run for run in unclaimed if run.redeliveries < limit]
+            given_up = [run for run in unclaimed if run.redeliveries >= limit]
+            if again:
+                DataFlowRun.objects.filter(
+                    pk__in=[run.pk for run in again], status=RunStatus.PENDING
+                ).update(redeliveries=F("redeliveries") + 1, activated_at=now)
+                for run in again:
+                    run.redeliveries += 1
+                    run.activated_at = now
+            for run in given_up:
+                DataFlowRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+                    status=RunStatus.FAILED, ended_at=now, error_message=_never_picked_up(run)
+                )
+        if given_up:
+            for run in given_up:
+                run.status, run.ended_at = RunStatus.FAILED, now
+                run.error_message = _never_picked_up(run)
+                logger.error("Run %s of %r: %s", run.pk, run.data_flow.name, run.error_message)
+            cls._after_bulk_finish(given_up, RunStatus.FAILED)
+        for run in again:
+            logger.warning(
+                "Run %s of %r was not started within %s seconds; handing it to the backend "
+                "again (redelivery %s of %s).",
+                run.pk,
+                run.data_flow.name,
+                f"{app_settings.PICKUP_TIMEOUT:g}",
+                run.redeliveries,
+                limit,
+            )
+        return Redelivery(runs=again, never_picked_up=len(given_up))
+
+    @staticmethod
+    def renew_pending(runs: Iterable[DataFlowRun]) -> None:
+        """Show that ``runs`` still wait their turn in a live process (an in-process batch).
+
+        Restarts their pickup deadline, so that a heartbeat never takes back a run that a
+        living batch will still run; a batch whose process died stops renewing, and its
+        waiting runs are taken back ``PICKUP_TIMEOUT`` later.
+        """
+        DataFlowRun.objects.filter(
+            pk__in=[run.pk for run in runs], status=RunStatus.PENDING
+        ).update(activated_at=Now())
+
     # -- helpers --------------------------------------------------------------------
 
     @classmethod
@@ -326,11 +395,27 @@ class FlowExecutor:
             setattr(run.data_flow, name, value)
 
     @staticmethod
-    def _after_bulk_finish(runs: Iterable[DataFlowRun]) -> None:
+    def _after_bulk_finish(runs: Iterable[DataFlowRun], status: str = RunStatus.TIMED_OUT) -> None:
         runs = list(runs)
-        _flows_without_active_run([run.data_flow_id for run in runs]).update(
-            last_run_status=RunStatus.TIMED_OUT
-        )
+        _flows_without_active_run([run.data_flow_id for run in runs]).update(last_run_status=status)
         for run in runs:
-            run.data_flow.last_run_status = RunStatus.TIMED_OUT
+            run.data_flow.last_run_status = status
             emit("run_finished", run)
+
+
+@dataclass
+class Redelivery:
+    """What :meth:`FlowExecutor.take_back_unclaimed_runs` found."""
+
+    #: Pending runs to hand to the backend again.
+    runs: list[DataFlowRun]
+    #: Runs ended ``failed`` because they were redelivered ``MAX_REDELIVERIES`` times.
+    never_picked_up: int
+
+
+def _never_picked_up(run: DataFlowRun) -> str:
+    return (
+        f"Never picked up: no worker started the run within "
+        f"{app_settings.PICKUP_TIMEOUT:g} seconds of its hand-over, "
+        f"{run.redeliveries + 1} times ({run.redeliveries} redeliveries)."
+    )

@@ -369,11 +369,12 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         return self.filter(deleted_at__isnull=True)
 
     def stuck(self, now: datetime | None = None) -> DataFlowRunQuerySet:
-        """Active runs past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
+        """Runs in progress past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
 
-        A run ``in_progress`` that long has lost its worker; one still ``pending`` was never
-        picked up (a lost queue message). Computed in the database: only the stuck rows
-        are read, each annotated with its ``effective_timeout`` in seconds.
+        A run ``in_progress`` that long has lost its worker. The timeout counts from the
+        run's latest move into ``in_progress`` (``activated_at``). A run still ``pending``
+        is not stuck but unclaimed (:meth:`unclaimed`). Computed in the database: only the
+        stuck rows are read, each annotated with its ``effective_timeout`` in seconds.
         """
         now = now or timezone.now()
         timeout = Coalesce(
@@ -388,11 +389,32 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         return (
             self.annotate(effective_timeout=timeout)
             .filter(
-                Q(status=RunStatus.IN_PROGRESS, started_at__lte=deadline)
-                | Q(status=RunStatus.PENDING, created_at__lte=deadline)
+                Q(status=RunStatus.IN_PROGRESS)
+                & (
+                    Q(activated_at__lte=deadline)
+                    | Q(activated_at__isnull=True, started_at__lte=deadline)
+                )
             )
             .order_by()
         )
+
+    def unclaimed(self, now: datetime | None = None) -> DataFlowRunQuerySet:
+        """Pending runs that no worker has started within ``PICKUP_TIMEOUT`` seconds.
+
+        Counted from the run's latest move into ``pending`` (``activated_at``: its creation,
+        its latest redelivery, or the latest sign of life of the in-process batch it waits
+        in). Their message was probably lost with the broker, or the process that was to
+        run them died.
+        """
+        now = now or timezone.now()
+        deadline = now - timedelta(seconds=app_settings.PICKUP_TIMEOUT)
+        return self.filter(
+            Q(status=RunStatus.PENDING)
+            & (
+                Q(activated_at__lte=deadline)
+                | Q(activated_at__isnull=True, created_at__lte=deadline)
+            )
+        ).order_by()
 
 
 class DataFlowRun(models.Model):

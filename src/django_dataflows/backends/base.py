@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from django_dataflows.exceptions import EnqueueNotTried
+
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
 
@@ -36,16 +38,33 @@ class BaseBackend(ABC):
     def enqueue_many(self, runs: Sequence[DataFlowRun]) -> list[tuple[DataFlowRun, Exception]]:
         """Accept each of ``runs``; return the runs refused, each with the reason.
 
-        One refusal does not stop the others. The default calls :meth:`enqueue` per run.
+        The default calls :meth:`enqueue` per run. The first refusal ends the batch (see
+        :func:`refused_from`): a backend that has just refused a run (its broker down, or
+        frozen until a timeout) is not asked again for each of the others.
         """
-        refused: list[tuple[DataFlowRun, Exception]] = []
-        for run in runs:
+        for index, run in enumerate(runs):
             try:
                 self.enqueue(run)
             except Exception as exc:
-                refused.append((run, exc))
-        return refused
+                return refused_from(runs, index, exc)
+        return []
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         """System-check messages about this backend's configuration."""
         return []
+
+
+def refused_from(
+    runs: Sequence[DataFlowRun], index: int, exc: Exception
+) -> list[tuple[DataFlowRun, Exception]]:
+    """``runs[index]`` refused with ``exc``, and every run after it not tried.
+
+    Trying each remaining run against a broker that is down or frozen would multiply the
+    wait by the batch's size, past any web server's timeout; their slots are given back
+    at once instead (:class:`~django_dataflows.exceptions.EnqueueNotTried`).
+    """
+    refused = runs[index]
+    not_tried: list[tuple[DataFlowRun, Exception]] = [
+        (run, EnqueueNotTried(refused.pk, exc)) for run in runs[index + 1 :]
+    ]
+    return [(refused, exc), *not_tried]

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 
 from django_dataflows.backends import dispatch, load_backend
-from django_dataflows.backends.base import BaseBackend
+from django_dataflows.backends.base import BaseBackend, refused_from
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
     DataFlowsImproperlyConfigured,
@@ -113,14 +113,17 @@ class CeleryBackend(BaseBackend):
         except DataFlowsImproperlyConfigured as exc:
             return [(run, exc) for run in runs]
         default_timeout = app_settings.RUN_TIMEOUT
-        refused: list[tuple[DataFlowRun, Exception]] = []
-        with app.producer_or_acquire() as producer:
-            for run in runs:
-                try:
+        published = 0
+        try:
+            with app.producer_or_acquire() as producer:
+                for run in runs:
                     self._publish(app, run, default_timeout, producer=producer)
-                except Exception as exc:
-                    refused.append((run, exc))
-        return refused
+                    published += 1
+        except Exception as exc:
+            # The first failure or timeout ends the batch (each retry of a frozen broker
+            # costs a socket timeout): the rest are given back, not tried.
+            return refused_from(runs, min(published, len(runs) - 1), exc)
+        return []
 
     @staticmethod
     def _publish(
@@ -221,8 +224,12 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
     except RunAlreadyActive:
         logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
         return None
+    # A retry waits at most half its pickup timeout, else the heartbeat would take it back
+    # as never picked up and hand it over again without its countdown.
     delay = retry_delay(
-        run.attempt, backoff=app_settings.RETRY_BACKOFF, timeout=data_flow.effective_timeout
+        run.attempt,
+        backoff=app_settings.RETRY_BACKOFF,
+        timeout=min(data_flow.effective_timeout, app_settings.PICKUP_TIMEOUT),
     )
     try:
         # The same hand-over as any run's, through Celery whatever the worker's settings
