@@ -177,19 +177,27 @@ def test_the_heartbeat_hands_its_whole_batch_to_enqueue_many_in_one_call(setting
     assert refused.error_message.startswith("Could not enqueue the run: queue full")
 
 
-def test_the_default_enqueue_many_enqueues_each_run_and_goes_on_after_a_refusal(settings):
-    runs = [DataFlowFactory().create_pending_run() for _ in range(2)]
+def test_the_default_enqueue_many_stops_at_the_first_refusal(settings):
+    runs = [DataFlowFactory().create_pending_run() for _ in range(3)]
+    tried = []
 
-    class HalfRefusing(SyncBackend):
+    class RefusesTheSecond(DummyBackend):
         def enqueue(self, run, *, delay=None):
-            if run.pk == runs[0].pk:
+            tried.append(run.pk)
+            if run.pk == runs[1].pk:
                 raise ConnectionError("broker unreachable")
-            super().enqueue(run)
 
-    refused = HalfRefusing().enqueue_many(runs)
+    refused = RefusesTheSecond().enqueue_many(runs)
 
-    assert [(run.pk, str(exc)) for run, exc in refused] == [(runs[0].pk, "broker unreachable")]
-    assert DataFlowRun.objects.get(pk=runs[1].pk).status == RunStatus.SUCCESS
+    assert tried == [runs[0].pk, runs[1].pk]  # the third is not tried
+    assert [(run.pk, str(exc)) for run, exc in refused] == [
+        (runs[1].pk, "broker unreachable"),
+        (
+            runs[2].pk,
+            f"not tried, because the backend refused run {runs[1].pk} of the same batch just "
+            "before: broker unreachable",
+        ),
+    ]
 
 
 def test_dispatch_many_fails_every_run_when_the_backend_cannot_be_loaded(settings):

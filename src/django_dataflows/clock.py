@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 from django.db import connection
 from django.utils import timezone
 
-#: The current time, as each database tells it; a timestamp with time zone where it has one.
+#: The current time, as each database server tells it.
 _NOW_SQL = {
     "postgresql": "SELECT statement_timestamp()",
-    # SQLite's clock is the process's own (it is a library), in UTC, to the millisecond.
-    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
     "mysql": "SELECT UTC_TIMESTAMP(6)",
 }
 
@@ -24,7 +22,9 @@ _NOW_SQL = {
 def database_now() -> datetime:
     """The database server's current time (an aware UTC datetime): one query.
 
-    On a database this module does not know, the app server's clock is used instead.
+    SQLite is a library inside this process: its clock is this process's, read without a
+    query (and to the microsecond, where SQLite's own ``now`` stops at the millisecond).
+    On a database this module does not know, the app server's clock is used too.
     """
     sql = _NOW_SQL.get(connection.vendor)
     if sql is None:

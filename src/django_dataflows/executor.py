@@ -111,10 +111,22 @@ class FlowExecutor:
         except RunInterrupted as interruption:
             cls._record_interruption(run, interruption, session)
             return None
-        except BaseException as exc:
-            cls._record_failure(run, exc, session)
+        except SystemExit as exc:
+            # sys.exit() in a flow (or a server's signal handler exiting the worker) ends
+            # this run, not the heartbeat or worker running a batch of them.
+            exited = FlowExited(exc)
+            cls._record_failure_surely(run, exited, session)
+            raise exited from exc
+        except BaseException as exc:  # KeyboardInterrupt too: recorded, then re-raised
+            cls._record_failure_surely(run, exc, session)
             raise
-        cls._record_success(run, result, state=state, session=session)
+        try:
+            cls._record_success(run, result, state=state, session=session)
+        except Exception as exc:
+            # The database refused the outcome (or the flow broke the connection): the run
+            # must not stay in progress until its timeout with the real error lost.
+            cls._record_failure_surely(run, OutcomeNotStored(exc), session)
+            raise
         return result
 
     @classmethod
@@ -122,7 +134,7 @@ class FlowExecutor:
         cls,
         run_id: int,
         *,
-        on_failure: Callable[[DataFlowRun, Exception], object] | None = None,
+        on_failure: Callable[[DataFlowRun, BaseException], object] | None = None,
     ) -> None:
         """Execute the pending run ``run_id``: what a worker does with a run's message.
 
@@ -149,7 +161,8 @@ class FlowExecutor:
                 run.data_flow.name,
                 exc.status,
             )
-        except Exception as exc:
+        except (Exception, KeyboardInterrupt) as exc:
+            # KeyboardInterrupt too: it was recorded, and the retry policy still applies.
             if on_failure is not None:
                 on_failure(run, exc)
             raise
@@ -253,8 +266,34 @@ class FlowExecutor:
             logger.warning("Run %s finished after it was marked %s; kept.", run.pk, run.status)
 
     @classmethod
-    def _record_failure(
+    def _record_failure_surely(
         cls, run: DataFlowRun, exc: BaseException, session: RunSession | None = None
+    ) -> None:
+        """Record ``exc`` as the run's failure, whatever writing it first runs into.
+
+        If the write fails (the flow terminated its own database connection, or left it
+        unusable), the failure is recorded again on a fresh connection, saying both errors.
+        """
+        try:
+            cls._record_failure(run, exc, session)
+        except Exception as write_error:
+            logger.exception("Could not record the failure of run %s; retrying", run.pk)
+            if not connection.in_atomic_block:
+                connection.close()  # the next query opens a new connection
+            message = (
+                f"{_error_message(exc)} (recorded on a new database connection; the first "
+                f"attempt failed with: {_error_message(write_error)})"
+            )
+            cls._record_failure(run, exc, message=message)
+
+    @classmethod
+    def _record_failure(
+        cls,
+        run: DataFlowRun,
+        exc: BaseException,
+        session: RunSession | None = None,
+        *,
+        message: str = "",
     ) -> None:
         status = (
             RunStatus.TIMED_OUT if isinstance(exc, tuple(_timeout_exceptions)) else RunStatus.FAILED
@@ -265,8 +304,8 @@ class FlowExecutor:
             status,
             close_steps=session is not None and session.has_steps,
             ended_at=timezone.now(),
-            error_message=str(exc) or type(exc).__name__,
-            error_backtrace="".join(traceback.format_exception(exc)),
+            error_message=without_nul(message) or _error_message(exc),
+            error_backtrace=without_nul("".join(traceback.format_exception(exc))),
             **(session.final_fields() if session else {}),
         ):
             logger.error(
@@ -316,6 +355,29 @@ class FlowExecutor:
         return bool(paused)
 
     # -- transitions outside execute() ----------------------------------------------
+
+    @classmethod
+    def record_lost_process(cls, run: DataFlowRun, exc: BaseException, *, timed_out: bool) -> bool:
+        """End a run whose process died under it (a Celery pool process was killed).
+
+        Called by the process that saw it die (the worker's parent). ``timed_out`` when a
+        hard time limit killed it: the run ends ``timed_out``, else ``failed``. ``False`` if
+        the run had already ended (its outcome was recorded before the process went).
+        """
+        status = RunStatus.TIMED_OUT if timed_out else RunStatus.FAILED
+        reason = "was killed at its hard time limit" if timed_out else "was lost"
+        message = f"The worker process running the flow {reason}: {_error_message(exc)}"
+        done = cls._finish(
+            run,
+            (RunStatus.IN_PROGRESS,),
+            status,
+            close_steps=True,
+            ended_at=timezone.now(),
+            error_message=message,
+        )
+        if done:
+            logger.error("Data flow %r run %s: %s", run.data_flow.name, run.pk, message)
+        return done
 
     @classmethod
     def record_enqueue_failure(cls, run: DataFlowRun, exc: BaseException) -> bool:
@@ -545,6 +607,8 @@ class FlowExecutor:
         now = now or timezone.now()
         limit = app_settings.MAX_REDELIVERIES
         features = connection.features
+        if not DataFlowRun.objects.unclaimed(now).exists():  # the usual case: one query
+            return Redelivery(runs=[], never_picked_up=0)
         with transaction.atomic():
             unclaimed = list(
                 DataFlowRun.objects.unclaimed(now)
@@ -688,6 +752,33 @@ def _close_unfinished_steps(run_ids: list[int], run_status: str) -> None:
     step_status = _STEP_STATUS_FOR_RUN.get(run_status, StepStatus.FAILED)
     message = "" if step_status == StepStatus.CANCELLED else f"The run ended {run_status}."
     close_steps(run_ids, step_status, message)
+
+
+class FlowExited(DataFlowError):
+    """The flow raised ``SystemExit``: its run failed; the process running it goes on."""
+
+    def __init__(self, exit: SystemExit) -> None:
+        self.code = exit.code
+        super().__init__(
+            f"SystemExit({exit.code!r}): the flow called sys.exit(), or its process was "
+            "told to exit while the flow ran."
+        )
+
+
+class OutcomeNotStored(DataFlowError):
+    """The flow finished, but the database refused to store its outcome."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"The run's outcome could not be stored: {_error_message(error)}")
+
+
+def without_nul(text: str) -> str:
+    """``text`` with each NUL character written as ``\\x00`` (PostgreSQL refuses NUL)."""
+    return text.replace("\x00", "\\x00")
+
+
+def _error_message(exc: BaseException) -> str:
+    return without_nul(str(exc).strip()) or type(exc).__name__
 
 
 @dataclass

@@ -193,6 +193,19 @@ def execute_run(run_id: int) -> None:
     FlowExecutor.execute_queued(run_id, on_failure=schedule_retry)
 
 
+def record_lost_process(run_id: int, exc: BaseException, *, timed_out: bool) -> None:
+    """The pool process running run ``run_id`` died (``kill -9``, out of memory, hard limit).
+
+    Called in the worker's main process, which saw it die: the run, still ``in_progress``,
+    ends ``failed`` (or ``timed_out`` at the hard time limit) with the reason, and the
+    flow's retry policy applies as to any failure. Without this the run would wait for
+    the heartbeat to time it out, and never be retried.
+    """
+    run = DataFlowRun.objects.select_related("data_flow").filter(pk=run_id).first()
+    if run is not None and FlowExecutor.record_lost_process(run, exc, timed_out=timed_out):
+        schedule_retry(run, exc)
+
+
 def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
     """After ``run`` failed with ``exc``, enqueue the next attempt as a new run, if one is due.
 
