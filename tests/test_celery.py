@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
@@ -271,6 +272,23 @@ def test_with_the_broker_down_the_heartbeat_answers_503_and_the_flow_stays_due(d
 
 
 @pytest.mark.django_db(transaction=True)
+def test_with_the_broker_down_a_batch_stops_at_the_first_refusal(dead_broker, client):
+    flows = [DataFlowFactory() for _ in range(3)]
+
+    body = client.post("/dataflows/heartbeat/", REMOTE_ADDR="127.0.0.1").json()
+
+    assert (body["flows_triggered"], body["enqueue_failures"]) == (3, 3)
+    first, *rest = DataFlowRun.objects.order_by("pk")
+    assert "not tried" not in first.error_message
+    for run in rest:
+        assert run.error_message.startswith(
+            f"Could not enqueue the run: not tried, because the backend refused run {first.pk} "
+            "of the same batch just before: "
+        )
+    assert set(DataFlow.objects.due_to_run()) == set(flows)  # every slot given back
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_retry_the_broker_refuses_is_recorded_failed(dead_broker):
     data_flow = DataFlowFactory(flow="tests.testapp.flows.Explode", max_retries=3)
     run = data_flow.create_pending_run()
@@ -402,6 +420,51 @@ def test_no_retry_after_the_last_attempt_a_permanent_error_a_timeout_or_disablin
     data_flow.refresh_from_db()
     assert data_flow.last_run_status == status
     assert parked_messages(broker) == []
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_pool_process_fails_its_run_and_the_retry_policy_applies(broker):
+    from django_dataflows.tasks import _record_lost_process, run_data_flow
+
+    data_flow = DataFlowFactory(queue="parked", max_retries=1)
+    run = data_flow.create_pending_run()
+    DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.IN_PROGRESS)
+
+    # What Celery's main process sends when the pool process running the task died.
+    _record_lost_process(
+        sender=run_data_flow,
+        exception=WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."),
+        args=(run.pk,),
+    )
+
+    lost, retry = DataFlowRun.objects.order_by("pk")
+    assert lost.status == RunStatus.FAILED
+    assert lost.error_message == (
+        "The worker process running the flow was lost: Worker exited prematurely: "
+        "signal 9 (SIGKILL)."
+    )
+    assert (retry.attempt, retry.trigger, retry.status) == (2, RunTrigger.RETRY, RunStatus.PENDING)
+    assert [m["headers"]["id"] for m in parked_messages(broker)] == [retry.task_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_process_killed_at_the_hard_time_limit_times_its_run_out(celery_backend):
+    from django_dataflows.tasks import _record_lost_process, run_data_flow
+
+    run = DataFlowFactory(max_retries=3).create_pending_run()
+    DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.IN_PROGRESS)
+
+    _record_lost_process(sender=run_data_flow, exception=TimeLimitExceeded(90), args=(run.pk,))
+    # Other failures, and other tasks, are the task's own business.
+    _record_lost_process(sender=run_data_flow, exception=ValueError("x"), args=(run.pk,))
+    _record_lost_process(sender=mark, exception=WorkerLostError("x"), args=(run.pk,))
+
+    timed_out = DataFlowRun.objects.get()  # a timed-out run is not retried
+    assert timed_out.status == RunStatus.TIMED_OUT
+    assert timed_out.error_message.startswith(
+        "The worker process running the flow was killed at its hard time limit: "
+    )
 
 
 @pytest.mark.django_db(transaction=True)

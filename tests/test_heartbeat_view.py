@@ -289,3 +289,19 @@ def test_a_backend_that_refuses_runs_makes_a_503_with_the_counts(client, due, se
     assert response.json()["flows_failed"] == 1
     assert response.json()["enqueue_failures"] == 1
     assert due.runs.get().status == RunStatus.FAILED
+
+
+# -- misconfiguration the checks would report: JSON 503 naming the setting ---------------
+
+
+@pytest.mark.parametrize(
+    ("key", "entries"),
+    [("HEARTBEAT_ALLOWED_IPS", ["10.0.0.1/8"]), ("HEARTBEAT_TRUSTED_PROXIES", ["nope"])],
+)
+def test_a_malformed_network_setting_is_a_json_503_naming_it(client, due, settings, key, entries):
+    settings.DATAFLOWS = {key: entries}
+
+    response = post(client)
+
+    assert_refused(response, 503)
+    assert f"DATAFLOWS[{key!r}] has an entry that is not an IP address" in response.json()["error"]

@@ -366,3 +366,26 @@ def test_stuck_is_one_query_that_reads_only_the_runs_past_their_own_timeout(
 
     assert stuck == sorted([(past_default.pk, 600), (past_own.pk, 30)])
     assert DataFlowRun.objects.stuck(now).count() == 2
+
+
+def test_an_in_process_batch_renews_the_runs_still_waiting_their_turn(settings):
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 0.2}  # renewed at most every 0.05 s
+    for _ in range(3):
+        DataFlowFactory(flow="tests.testapp.flows.Sleeps", configuration={"seconds": 0.1})
+    seen = {}
+
+    def look_at_the_last_run(sender, run, **kwargs):
+        last = DataFlowRun.objects.order_by("pk").last()
+        seen.setdefault(run.pk, last.status == RunStatus.PENDING and last.activated_at)
+
+    signals.run_started.connect(look_at_the_last_run)
+    try:
+        run_heartbeat()
+    finally:
+        signals.run_started.disconnect(look_at_the_last_run)
+
+    first, second, third = DataFlowRun.objects.order_by("pk")
+    # While the first run slept, the third's pickup deadline was renewed before the second.
+    assert seen[first.pk] == third.created_at
+    assert seen[second.pk] > third.created_at
+    assert {first.status, second.status, third.status} == {RunStatus.SUCCESS}

@@ -115,6 +115,7 @@ class FlowExecutor:
             # sys.exit() in a flow (or a server's signal handler exiting the worker) ends
             # this run, not the heartbeat or worker running a batch of them.
             exited = FlowExited(exc)
+            exited.__cause__ = exc  # the backtrace stored shows where the flow exited
             cls._record_failure_surely(run, exited, session)
             raise exited from exc
         except BaseException as exc:  # KeyboardInterrupt too: recorded, then re-raised

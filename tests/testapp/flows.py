@@ -185,13 +185,21 @@ class FailsWithNul(Flow):
 
 
 class EndsOwnConnection(Flow):
-    """Terminate its own database connection (as a failover or an admin would)."""
+    """Terminate its own database connection (as a failover or an admin would).
 
-    def run(self) -> None:
-        from django.db import connection
+    With ``quietly``, it swallows the error and returns: only writing the outcome fails.
+    """
 
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    def run(self) -> dict[str, bool]:
+        from django.db import DatabaseError, connection
+
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        except DatabaseError:
+            if not self.configuration.get("quietly"):
+                raise
+        return {"ok": True}
 
 
 class ReportsPidThenSleeps(Flow):
