@@ -39,6 +39,7 @@ from django_dataflows.models import (
     RunTrigger,
     StepStatus,
     hand_to_backend,
+    row_lock,
 )
 from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
 from django_dataflows.validators import validate_configuration
@@ -409,6 +410,39 @@ class FlowExecutor:
                     next_run_at=slot
                 )
         return done
+
+    @classmethod
+    def record_not_tried(cls, runs: list[DataFlowRun], exc: BaseException) -> int:
+        """Give back, in a few statements whatever their number, runs a batch never tried.
+
+        As :meth:`record_enqueue_failure` does for one run: each ends ``failed`` with
+        ``exc`` as its reason, lets go of its slot, and its flow is due again at that slot.
+        Returns how many were still pending.
+        """
+        now = timezone.now()
+        message = f"Could not enqueue the run: {exc} (its schedule slot stays due)"
+        with transaction.atomic():
+            pending = set(
+                row_lock(
+                    DataFlowRun.objects.filter(
+                        pk__in=[run.pk for run in runs], status=RunStatus.PENDING
+                    )
+                ).values_list("pk", flat=True)
+            )
+            given_back = [run for run in runs if run.pk in pending]
+            DataFlowRun.objects.filter(pk__in=pending).update(
+                status=RunStatus.FAILED, ended_at=now, error_message=message, scheduled_for=None
+            )
+            flows = []
+            for run in given_back:
+                if run.scheduled_for is not None:
+                    run.data_flow.next_run_at = run.scheduled_for
+                    flows.append(run.data_flow)
+                run.status, run.ended_at, run.error_message = RunStatus.FAILED, now, message
+                run.scheduled_for = None
+            DataFlow.objects.bulk_update(flows, ["next_run_at"])
+        cls._after_bulk_finish(given_back)
+        return len(given_back)
 
     @classmethod
     def record_enqueued(cls, run: DataFlowRun, *, task_id: str = "", queue: str = "") -> None:

@@ -14,7 +14,11 @@ from django.utils.module_loading import import_string
 
 from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
-from django_dataflows.exceptions import DataFlowsImproperlyConfigured, EnqueueFailed
+from django_dataflows.exceptions import (
+    DataFlowsImproperlyConfigured,
+    EnqueueFailed,
+    EnqueueNotTried,
+)
 
 if TYPE_CHECKING:
     from django_dataflows.backends.base import BaseBackend
@@ -89,9 +93,24 @@ def dispatch_many(runs: Sequence[DataFlowRun]) -> int:
     except Exception as error:
         # The backend cannot be loaded, or broke outside its per-run handling.
         refused = [(run, error) for run in runs]
+    not_tried: list[tuple[DataFlowRun, Exception]] = [
+        (run, exc) for run, exc in refused if isinstance(exc, EnqueueNotTried)
+    ]
     for run, exc in refused:
-        _refused(run, exc)
+        if not isinstance(exc, EnqueueNotTried):
+            _refused(run, exc)
+    if not_tried:
+        _not_tried(not_tried)
     return len(refused)
+
+
+def _not_tried(refused: list[tuple[DataFlowRun, Exception]]) -> None:
+    """The rest of a batch after a refusal: given back together, in a few statements."""
+    from django_dataflows.executor import FlowExecutor
+
+    reason = refused[0][1]
+    logger.error("%s runs of this batch were not handed over: %s", len(refused), reason)
+    FlowExecutor.record_not_tried([run for run, _ in refused], reason)
 
 
 def _refused(run: DataFlowRun, exc: Exception) -> None:
