@@ -357,6 +357,8 @@ def test_heartbeat_command_runs_every_due_flow_and_prints_the_counts(env):
         "flows_skipped": 0,
         "flows_failed": 1,
         "runs_timed_out": 0,
+        "runs_redelivered": 0,
+        "runs_never_picked_up": 0,
         "enqueue_failures": 0,
     }
     runs = query(

@@ -190,7 +190,9 @@ class FlowExecutor:
         """Take the pending run; create its declared steps' rows, or read them on resume."""
         now = timezone.now()
         resumed = run.started_at is not None  # a paused run that was resumed
-        fields: dict[str, Any] = {"activated_at": now}
+        # The timeout counts from the database's clock, as the reaper's deadlines do: a
+        # worker whose clock is slow cannot have its run reaped early.
+        fields: dict[str, Any] = {"activated_at": Now()}
         if not resumed:
             fields["started_at"] = now  # started_at keeps the first start
         session = RunSession(run, cls._declared_steps(run.data_flow))
@@ -199,6 +201,7 @@ class FlowExecutor:
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
+            run.activated_at = now  # this process's reading of the moment just stored
             if resumed:
                 session.load()
             session.create_declared_steps()
