@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from django_dataflows.executor import FlowExecutor, FlowExited
+from django_dataflows.exceptions import FlowExited
+from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlowRun, RunStatus
 from django_dataflows.scheduling import run_heartbeat
 from tests.factories import DataFlowFactory

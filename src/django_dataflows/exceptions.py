@@ -95,3 +95,27 @@ class RunInterrupted(BaseException):
         self.run_id = run_id
         self.action = action
         super().__init__(f"Run {run_id} was interrupted: {action} requested.")
+
+
+class FlowExited(DataFlowError):
+    """The flow raised ``SystemExit``: its run failed, and the process running it goes on.
+
+    ``FlowExecutor.execute()`` raises it (from the ``SystemExit``) after recording the run
+    *failed*, so that a ``sys.exit()`` in one flow never ends a heartbeat or a worker.
+    """
+
+    def __init__(self, exit: SystemExit) -> None:
+        self.code = exit.code
+        super().__init__(
+            f"SystemExit({exit.code!r}): the flow called sys.exit(), or its process was "
+            "told to exit while the flow ran."
+        )
+
+
+class OutcomeNotStored(DataFlowError):
+    """The flow finished, but the database refused to store its outcome."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(
+            f"The run's outcome could not be stored: {str(error).strip() or type(error).__name__}"
+        )

@@ -25,8 +25,10 @@ from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
     DataFlowError,
+    FlowExited,
     FlowNotRegistered,
     InvalidRunState,
+    OutcomeNotStored,
     PermanentFlowError,
     RunInterrupted,
     RunNotPending,
@@ -790,24 +792,6 @@ def _close_unfinished_steps(run_ids: list[int], run_status: str) -> None:
     step_status = _STEP_STATUS_FOR_RUN.get(run_status, StepStatus.FAILED)
     message = "" if step_status == StepStatus.CANCELLED else f"The run ended {run_status}."
     close_steps(run_ids, step_status, message)
-
-
-class FlowExited(DataFlowError):
-    """The flow raised ``SystemExit``: its run failed; the process running it goes on."""
-
-    def __init__(self, exit: SystemExit) -> None:
-        self.code = exit.code
-        super().__init__(
-            f"SystemExit({exit.code!r}): the flow called sys.exit(), or its process was "
-            "told to exit while the flow ran."
-        )
-
-
-class OutcomeNotStored(DataFlowError):
-    """The flow finished, but the database refused to store its outcome."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(f"The run's outcome could not be stored: {_error_message(error)}")
 
 
 def without_nul(text: str) -> str:
