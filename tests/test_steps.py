@@ -42,7 +42,7 @@ def test_declared_steps_run_in_order_and_each_is_recorded():
     ]
 
 
-def test_step_rows_are_created_pending_when_the_run_starts():
+def test_step_rows_are_created_when_the_run_starts_the_first_already_in_progress():
     seen = []
 
     def on_started(run, **kwargs):
@@ -55,7 +55,21 @@ def test_step_rows_are_created_pending_when_the_run_starts():
     finally:
         signals.run_started.disconnect(on_started)
 
-    assert seen == [("one", "pending"), ("two", "pending"), ("three", "pending")]
+    # The default run() starts the first step at once: its row is created in progress.
+    assert seen == [("one", "in_progress"), ("two", "pending"), ("three", "pending")]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_every_step_skipped():
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.ThreeSteps")
+    run = data_flow.create_pending_run()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ThreeSteps, "configuration_schema", {"required": ["batch_size"]})
+        with pytest.raises(PermanentFlowError, match="'batch_size' is a required property"):
+            FlowExecutor.execute(data_flow, run=run)
+
+    assert steps_of(run) == [("one", "skipped"), ("two", "skipped"), ("three", "skipped")]
+    assert not Record.objects.exists()
 
 
 def test_a_failing_step_records_its_error_and_the_later_steps_are_skipped():
@@ -324,3 +338,70 @@ def test_step_status_choices_cover_the_documented_statuses():
         "skipped",
         "cancelled",
     ]
+
+
+# -- live status: every write to a step stamps its run ----------------------------------------
+
+
+def test_every_write_to_a_step_stamps_its_runs_updated_at():
+    import datetime
+
+    from django_dataflows.models import DataFlowRunStep
+
+    run = DataFlowFactory().create_pending_run()
+    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    DataFlowRun.objects.filter(pk=run.pk).update(updated_at=long_ago)
+
+    DataFlowRunStep.objects.create(run=run, position=1, name="extract")
+    inserted = DataFlowRun.objects.values_list("updated_at", flat=True).get(pk=run.pk)
+    DataFlowRun.objects.filter(pk=run.pk).update(updated_at=long_ago)
+    DataFlowRunStep.objects.filter(run=run).update(status=StepStatus.IN_PROGRESS)
+    updated = DataFlowRun.objects.values_list("updated_at", flat=True).get(pk=run.pk)
+
+    assert inserted > long_ago
+    assert updated > long_ago
+
+
+# -- progress is throttled -----------------------------------------------------------------------
+
+
+def test_progress_is_written_at_most_about_once_a_second(monkeypatch):
+    from django_dataflows.runtime import RunSession
+
+    clock = [100.0]
+    monkeypatch.setattr("django_dataflows.runtime.time.monotonic", lambda: clock[0])
+    run = DataFlowFactory().create_pending_run()
+    session = RunSession(run)
+
+    def stored():
+        return DataFlowRun.objects.values_list("progress", flat=True).get(pk=run.pk)
+
+    session.progress(1, 10, "first")
+    after_first = stored()
+    clock[0] += 0.5
+    session.progress(2, 10, "half a second later")
+    after_second = stored()
+    clock[0] += 0.6
+    session.progress(3, 10, "over a second after the first write")
+
+    assert after_first == {"done": 1, "total": 10, "message": "first"}
+    assert after_second == after_first
+    assert stored() == {"done": 3, "total": 10, "message": "over a second after the first write"}
+    assert session.final_fields() == {}
+
+
+# -- the reaper closes the steps of the runs it ends ---------------------------------------------
+
+
+def test_a_reaped_run_fails_its_running_step_and_skips_the_rest():
+    import datetime
+
+    from django.utils import timezone
+
+    run = DataFlowFactory(flow="tests.testapp.flows.ThreeSteps").create_pending_run()
+    FlowExecutor._mark_in_progress(run)  # step one is created in progress; the worker dies
+
+    FlowExecutor.time_out_stuck_runs(timezone.now() + datetime.timedelta(days=1))
+
+    assert steps_of(run) == [("one", "failed"), ("two", "skipped"), ("three", "skipped")]
+    assert run.steps.get(name="one").error_message == "The run ended timed_out."

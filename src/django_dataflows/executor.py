@@ -112,16 +112,19 @@ class FlowExecutor:
             result = cls._serialisable(flow.run())
             state = cls._changed_state(flow, data_flow)
         except RunInterrupted as interruption:
+            session.release_unstarted()
             cls._record_interruption(run, interruption, session)
             return None
         except SystemExit as exc:
             # sys.exit() in a flow (or a server's signal handler exiting the worker) ends
             # this run, not the heartbeat or worker running a batch of them.
+            session.release_unstarted()
             exited = FlowExited(exc)
             exited.__cause__ = exc  # the backtrace stored shows where the flow exited
             cls._record_failure_surely(run, exited, session)
             raise exited from exc
         except BaseException as exc:  # KeyboardInterrupt too: recorded, then re-raised
+            session.release_unstarted()
             cls._record_failure_surely(run, exc, session)
             raise
         try:
@@ -197,16 +200,20 @@ class FlowExecutor:
         fields: dict[str, Any] = {"activated_at": Now()}
         if not resumed:
             fields["started_at"] = now  # started_at keeps the first start
-        session = RunSession(run, cls._declared_steps(run.data_flow))
+        flow_class = cls._flow_class(run.data_flow)
+        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
         # One commit for the run and its step rows; a run without steps writes one row.
         with transaction.atomic() if session.declared and not resumed else nullcontext():
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
             run.activated_at = now  # this process's reading of the moment just stored
-            if resumed:
+            if resumed or session.declared:  # a stale run object must not recreate rows
                 session.load()
-            session.create_declared_steps()
+            # The default run() starts the first declared step at once.
+            session.create_declared_steps(
+                start_first=flow_class is not None and flow_class.run is Flow.run
+            )
         # The flow starts from the state the previous successful run left.
         run.data_flow.state = (
             DataFlow.objects.filter(pk=run.data_flow_id).values_list("state", flat=True).get()
@@ -215,11 +222,11 @@ class FlowExecutor:
         return session
 
     @staticmethod
-    def _declared_steps(data_flow: DataFlow) -> tuple[str, ...]:
+    def _flow_class(data_flow: DataFlow) -> type[Flow] | None:
         try:
-            return tuple(data_flow.flow_class.steps)
+            return data_flow.flow_class
         except FlowNotRegistered:
-            return ()  # the run fails in _instantiate(), with that error
+            return None  # the run fails in _instantiate(), with that error
 
     @staticmethod
     def _instantiate(data_flow: DataFlow, run: DataFlowRun, session: RunSession) -> Flow:
@@ -467,6 +474,7 @@ class FlowExecutor:
         keeps its flow's active slot until then, so two bodies of one flow never overlap.
         ``InvalidRunState`` if the run has finished or a cancel was already requested.
         """
+        run.refresh_from_db()  # its started_at, for the duration of a paused run
         for _attempt in range(3):  # the run may move on between the two conditional updates
             now = timezone.now()
             if cls._finish(

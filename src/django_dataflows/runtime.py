@@ -11,9 +11,11 @@ import json
 import logging
 import re
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
 from django.utils import timezone
 
 from django_dataflows.events import emit
@@ -23,12 +25,20 @@ from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, Ste
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from datetime import datetime
 
 logger = logging.getLogger("django_dataflows.runtime")
 
 #: Seconds between two progress writes of one run; the latest value is written at the end.
 PROGRESS_INTERVAL = 1.0
+#: Databases on which a trigger (migration 0003) stamps the run's ``updated_at`` whenever
+#: one of its steps is written; elsewhere :func:`touch_runs` does it with a second UPDATE.
+STEP_TRIGGER_VENDORS = frozenset({"postgresql", "sqlite"})
+
+
+def touch_runs(run_ids: Iterable[int]) -> None:
+    """Stamp the runs' ``updated_at`` after a write to their steps, where no trigger does."""
+    if connection.vendor not in STEP_TRIGGER_VENDORS:
+        DataFlowRun.objects.filter(pk__in=list(run_ids)).update()
 
 
 #: ``\u0000`` as ``json.dumps`` writes a NUL character (not an escaped backslash before it).
@@ -54,6 +64,11 @@ def json_value(value: Any, what: str) -> Any:
             f"{what} cannot be stored as JSON: a string in it holds a NUL character (\\x00)"
         )
     return value
+
+
+def stored_json(value: Any, what: str) -> Any:
+    """``value`` as it reads back once stored (dates become ISO strings), or ``TypeError``."""
+    return json.loads(json.dumps(json_value(value, what), cls=DjangoJSONEncoder))
 
 
 def milliseconds(start: datetime | None, end: datetime | None) -> int | None:
@@ -82,11 +97,20 @@ class RunSession:
         self._progress: dict[str, Any] | None = None
         self._progress_stored = True
         self._progress_written_at = float("-inf")
+        #: The first declared step, created already in progress: (position, started_at).
+        self._started_early: tuple[int, datetime] | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
-    def create_declared_steps(self) -> None:
-        """Create a ``pending`` row for each declared step not stored yet (one INSERT)."""
+    def create_declared_steps(self, *, start_first: bool = False) -> None:
+        """Create a ``pending`` row for each declared step not stored yet (one INSERT).
+
+        With ``start_first`` (a first start of a flow whose default ``run()`` begins with
+        the first declared step at once) that step's row is created ``in_progress``: the
+        run only just moved to ``in_progress`` in this transaction, so no cancel or pause
+        can be waiting for the checkpoint before it, and the step's start costs no write
+        of its own.
+        """
         stored = {name for name, _status in self._rows.values()}
         missing = [name for name in self.declared if name not in stored]
         if not missing:
@@ -96,9 +120,13 @@ class RunSession:
             DataFlowRunStep(run_id=self.run.pk, position=position, name=name)
             for position, name in enumerate(missing, start=first)
         ]
+        if start_first and not self._rows:
+            rows[0].status, rows[0].started_at = StepStatus.IN_PROGRESS, timezone.now()
+            self._started_early = (rows[0].position, rows[0].started_at)
         DataFlowRunStep.objects.bulk_create(rows)
+        touch_runs([self.run.pk])
         for row in rows:
-            self._rows[row.position] = (row.name, StepStatus.PENDING)
+            self._rows[row.position] = (row.name, row.status)
 
     def load(self) -> None:
         """Read the run's stored steps (a resumed run): what is done, and its results."""
@@ -153,6 +181,12 @@ class RunSession:
     def begin_step(self, name: str) -> Step:
         now = timezone.now()
         position = self._reusable_row(name)
+        early, self._started_early = self._started_early, None
+        # The default run() begins with the first declared step, created in progress.
+        if early is not None and early[0] == position:
+            step = Step(name, position)
+            step.started_at = early[1]
+            return step
         if position is None:
             position = max(self._rows, default=0) + 1
             DataFlowRunStep.objects.create(
@@ -166,6 +200,7 @@ class RunSession:
             DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
                 status=StepStatus.IN_PROGRESS, started_at=now, ended_at=None, error_message=""
             )
+        touch_runs([self.run.pk])
         self._rows[position] = (name, StepStatus.IN_PROGRESS)
         step = Step(name, position)
         step.started_at = now
@@ -174,7 +209,8 @@ class RunSession:
     def end_step(self, step: Step, error: BaseException | None) -> None:
         if error is None:
             try:
-                result = json_value(step.result, f"The result of step {step.name!r}")
+                # As it reads back: the same in this run and in a resumed one.
+                result = stored_json(step.result, f"The result of step {step.name!r}")
             except TypeError as exc:
                 self._write_step_end(step, StepStatus.FAILED, error_message=str(exc))
                 raise
@@ -182,10 +218,7 @@ class RunSession:
             self._results[step.name] = result
         elif isinstance(error, RunInterrupted) and error.action == "pause":
             # Paused inside the step: it starts again from its beginning on resume.
-            DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position).update(
-                status=StepStatus.PENDING, started_at=None
-            )
-            self._rows[step.position] = (step.name, StepStatus.PENDING)
+            self._reset_to_pending(step.position)
         elif isinstance(error, RunInterrupted):
             self._write_step_end(step, StepStatus.CANCELLED)
         else:
@@ -194,6 +227,20 @@ class RunSession:
             )
 
     # -- at the end of the run ----------------------------------------------------------
+
+    def release_unstarted(self) -> None:
+        """The run ends before its first step began: that step was never really started.
+
+        Called while the run's end is being recorded: a failure here is logged, never
+        raised, so it cannot hide the outcome.
+        """
+        early, self._started_early = self._started_early, None
+        if early is None:
+            return
+        try:
+            self._reset_to_pending(early[0])
+        except Exception:
+            logger.exception("Could not reset the first step of run %s", self.run.pk)
 
     def final_fields(self) -> dict[str, Any]:
         """Fields the run's last write carries: the latest progress, if not stored yet."""
@@ -211,12 +258,20 @@ class RunSession:
                 return position
         return None
 
+    def _reset_to_pending(self, position: int) -> None:
+        DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
+            status=StepStatus.PENDING, started_at=None
+        )
+        touch_runs([self.run.pk])
+        self._rows[position] = (self._rows[position][0], StepStatus.PENDING)
+
     def _write_step_end(self, step: Step, status: str, **fields: Any) -> None:
         ended_at = timezone.now()
         duration_ms = milliseconds(step.started_at, ended_at)
         DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position).update(
             status=status, ended_at=ended_at, duration_ms=duration_ms, **fields
         )
+        touch_runs([self.run.pk])
         self._rows[step.position] = (step.name, status)
         row = DataFlowRunStep(
             run_id=self.run.pk,
@@ -242,3 +297,4 @@ def close_steps(run_ids: Iterable[int], status: str, message: str = "") -> None:
     DataFlowRunStep.objects.filter(run_id__in=ids, status=StepStatus.PENDING).update(
         status=StepStatus.SKIPPED
     )
+    touch_runs(ids)
