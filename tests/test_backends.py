@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -13,6 +14,7 @@ from django_dataflows.backends.base import BaseBackend
 from django_dataflows.backends.dummy import DummyBackend
 from django_dataflows.backends.sync import SyncBackend
 from django_dataflows.exceptions import EnqueueFailed
+from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
 from django_dataflows.scheduling import run_heartbeat
 from tests.factories import DataFlowFactory
@@ -226,3 +228,14 @@ def test_the_dummy_backend_records_the_delay_it_was_given(dummy_backend):
 
     assert dummy_backend.enqueued == [run]
     assert dummy_backend.delays == {run.pk: 7.5}
+
+
+def test_the_in_process_backend_skips_a_run_taken_meanwhile(caplog):
+    caplog.set_level(logging.INFO, logger="django_dataflows.backends.sync")
+    run = DataFlowFactory().create_pending_run()
+    FlowExecutor.cancel(run)  # or run by another heartbeat while this batch was busy
+
+    assert SyncBackend().enqueue_many([run]) == []
+
+    assert f"Run {run.pk} of {run.data_flow.name!r} is cancelled; skipped." in caplog.text
+    assert DataFlowRun.objects.get().status == RunStatus.CANCELLED
