@@ -6,7 +6,7 @@ Builds tables of 100,000 and then 1,000,000 flows (``--sizes``), a quarter of th
 (``--cron-share``) on cron schedules in several time zones and the rest on intervals, makes
 1,000 (and 0) of them due, and measures, in the same run and on the same rows:
 
-* the ORM claim + dispatch (``claim_due_flows`` + ``dispatch_runs`` with the dummy
+* the ORM claim + dispatch (``claim_due_flows`` + ``dispatch_many`` with the dummy
   backend) and the number of SQL statements it sends;
 * a raw-SQL claim doing the same work (lock, skip busy flows, insert runs, advance
   schedules) in the fewest statements we could write by hand.
@@ -30,8 +30,8 @@ from django.conf import settings  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from django_dataflows.backends import get_backend  # noqa: E402
-from django_dataflows.scheduling import claim_due_flows, dispatch_runs  # noqa: E402
+from django_dataflows.backends import dispatch_many, get_backend  # noqa: E402
+from django_dataflows.scheduling import claim_due_flows  # noqa: E402
 
 FLOWS = "dataflows_dataflow"
 RUNS = "dataflows_dataflowrun"
@@ -101,7 +101,7 @@ def make_due(count: int) -> None:
 def orm_claim(batch: int) -> int:
     with transaction.atomic():
         claim = claim_due_flows(batch_size=batch)
-    dispatch_runs(claim.runs)
+    dispatch_many(claim.runs)
     return len(claim.runs)
 
 

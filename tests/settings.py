@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import dj_database_url
@@ -62,6 +63,10 @@ STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 DATAFLOWS: dict[str, object] = {}
+# The server and worker processes of the fault tests (tests/faults.py) get their settings
+# from the environment: a JSON object merged into DATAFLOWS.
+if os.environ.get("DATAFLOWS_TEST_SETTINGS"):
+    DATAFLOWS.update(json.loads(os.environ["DATAFLOWS_TEST_SETTINGS"]))
 
 LOGGING = {
     "version": 1,
@@ -69,6 +74,10 @@ LOGGING = {
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "loggers": {"django_dataflows": {"handlers": ["null"], "propagate": True}},
 }
+if os.environ.get("DATAFLOWS_TEST_LOG") == "1":
+    # A fault test's server process logs to its log file, which the test reads.
+    LOGGING["handlers"] = {"stderr": {"class": "logging.StreamHandler"}}
+    LOGGING["loggers"] = {"django_dataflows": {"handlers": ["stderr"], "level": "INFO"}}
 
 # --- Asynchronous backends (tests/test_celery.py, tests/test_django_tasks.py, bench/) ---------
 # Celery reads these through tests/celery_app.py (namespace "CELERY"), as a host project's
@@ -77,7 +86,11 @@ LOGGING = {
 # an enqueue at once.
 CELERY_BROKER_URL = os.environ.get("DATAFLOWS_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 5}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_connect_timeout": 2,
+    # A frozen broker (tests/test_faults.py) answers nothing: this bounds each publish.
+    "socket_timeout": float(os.environ.get("DATAFLOWS_TEST_BROKER_SOCKET_TIMEOUT", "5")),
+}
 
 # The worker processes the tests start (tests/async_workers.py) read these from the environment.
 if os.environ.get("DATAFLOWS_TEST_RETRY_BACKOFF"):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import logging
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from django_dataflows.backends import dispatch, get_backend, load_backend
+from django_dataflows.backends import dispatch, dispatch_many, get_backend, load_backend
 from django_dataflows.backends.base import BaseBackend
 from django_dataflows.backends.dummy import DummyBackend
 from django_dataflows.backends.sync import SyncBackend
 from django_dataflows.exceptions import EnqueueFailed
+from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
 from django_dataflows.scheduling import run_heartbeat
 from tests.factories import DataFlowFactory
@@ -24,8 +26,26 @@ pytestmark = pytest.mark.django_db
 class RefusingBackend(BaseBackend):
     """Stands in for a backend whose broker is down."""
 
-    def enqueue(self, run):
+    def enqueue(self, run, *, delay=None):
         raise ConnectionError("broker unreachable at 127.0.0.1:1")
+
+
+class BatchBackend(BaseBackend):
+    """Takes a whole batch at once and refuses the flows named "refused-…"."""
+
+    supports_async = True
+    batches: list[list[int]] = []
+
+    def enqueue(self, run, *, delay=None):
+        raise AssertionError("a batch backend is given the whole batch")
+
+    def enqueue_many(self, runs):
+        BatchBackend.batches.append([run.pk for run in runs])
+        return [
+            (run, ConnectionError("queue full"))
+            for run in runs
+            if run.data_flow.name.startswith("refused-")
+        ]
 
 
 def test_the_default_backend_is_sync():
@@ -137,3 +157,85 @@ def test_a_backend_that_cannot_be_loaded_fails_the_run_at_once(settings):
 
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
+
+
+def test_the_heartbeat_hands_its_whole_batch_to_enqueue_many_in_one_call(settings):
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.BatchBackend"}
+    BatchBackend.batches = []
+    flows = [DataFlowFactory(name=name) for name in ("a", "refused-b", "c")]
+
+    result = run_heartbeat()
+
+    assert (result.flows_triggered, result.enqueue_failures) == (3, 1)
+    assert len(BatchBackend.batches) == 1
+    assert sorted(BatchBackend.batches[0]) == sorted(result.run_ids)
+    statuses = {run.data_flow.name: run.status for run in DataFlowRun.objects.all()}
+    assert statuses == {
+        "a": RunStatus.PENDING,
+        "refused-b": RunStatus.FAILED,
+        "c": RunStatus.PENDING,
+    }
+    refused = DataFlowRun.objects.get(data_flow=flows[1])
+    assert refused.error_message.startswith("Could not enqueue the run: queue full")
+
+
+def test_the_default_enqueue_many_stops_at_the_first_refusal(settings):
+    runs = [DataFlowFactory().create_pending_run() for _ in range(3)]
+    tried = []
+
+    class RefusesTheSecond(DummyBackend):
+        def enqueue(self, run, *, delay=None):
+            tried.append(run.pk)
+            if run.pk == runs[1].pk:
+                raise ConnectionError("broker unreachable")
+
+    refused = RefusesTheSecond().enqueue_many(runs)
+
+    assert tried == [runs[0].pk, runs[1].pk]  # the third is not tried
+    assert [(run.pk, str(exc)) for run, exc in refused] == [
+        (runs[1].pk, "broker unreachable"),
+        (
+            runs[2].pk,
+            f"not tried, because the backend refused run {runs[1].pk} of the same batch just "
+            "before: broker unreachable",
+        ),
+    ]
+
+
+def test_dispatch_many_fails_every_run_when_the_backend_cannot_be_loaded(settings):
+    settings.DATAFLOWS = {"BACKEND": "myproject.backends.Missing"}
+    runs = [DataFlowFactory().create_pending_run() for _ in range(2)]
+
+    assert dispatch_many(runs) == 2
+
+    assert set(DataFlowRun.objects.values_list("status", flat=True)) == {RunStatus.FAILED}
+
+
+def test_a_delay_is_refused_by_a_backend_that_cannot_defer():
+    run = DataFlowFactory().create_pending_run()
+
+    with pytest.raises(EnqueueFailed, match="SyncBackend cannot start a run after a delay"):
+        dispatch(run, delay=5)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+
+
+def test_the_dummy_backend_records_the_delay_it_was_given(dummy_backend):
+    run = DataFlowFactory().create_pending_run()
+
+    dispatch(run, delay=7.5)
+
+    assert dummy_backend.enqueued == [run]
+    assert dummy_backend.delays == {run.pk: 7.5}
+
+
+def test_the_in_process_backend_skips_a_run_taken_meanwhile(caplog):
+    caplog.set_level(logging.INFO, logger="django_dataflows.backends.sync")
+    run = DataFlowFactory().create_pending_run()
+    FlowExecutor.cancel(run)  # or run by another heartbeat while this batch was busy
+
+    assert SyncBackend().enqueue_many([run]) == []
+
+    assert f"Run {run.pk} of {run.data_flow.name!r} is cancelled; skipped." in caplog.text
+    assert DataFlowRun.objects.get().status == RunStatus.CANCELLED

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
@@ -32,10 +33,10 @@ from django_dataflows.backends.celery import (
     CeleryBackend,
     execute_run,
     retry_delay,
-    task_id_for,
 )
 from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.scheduling import run_heartbeat
 from tests.async_tasks import mark
 from tests.async_workers import (
     ROOT,
@@ -271,6 +272,23 @@ def test_with_the_broker_down_the_heartbeat_answers_503_and_the_flow_stays_due(d
 
 
 @pytest.mark.django_db(transaction=True)
+def test_with_the_broker_down_a_batch_stops_at_the_first_refusal(dead_broker, client):
+    flows = [DataFlowFactory() for _ in range(3)]
+
+    body = client.post("/dataflows/heartbeat/", REMOTE_ADDR="127.0.0.1").json()
+
+    assert (body["flows_triggered"], body["enqueue_failures"]) == (3, 3)
+    first, *rest = DataFlowRun.objects.order_by("pk")
+    assert "not tried" not in first.error_message
+    for run in rest:
+        assert run.error_message.startswith(
+            f"Could not enqueue the run: not tried, because the backend refused run {first.pk} "
+            "of the same batch just before: "
+        )
+    assert set(DataFlow.objects.due_to_run()) == set(flows)  # every slot given back
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_retry_the_broker_refuses_is_recorded_failed(dead_broker):
     data_flow = DataFlowFactory(flow="tests.testapp.flows.Explode", max_retries=3)
     run = data_flow.create_pending_run()
@@ -298,7 +316,6 @@ def test_right_after_enqueueing_the_flow_shows_the_run_in_progress(celery_backen
     run = data_flow.trigger_run()
 
     assert (run.status, run.queue) == (RunStatus.PENDING, "parked")
-    assert run.task_id == task_id_for(run)
     assert len(run.task_id) == 32
     data_flow.refresh_from_db()
     assert data_flow.last_run_status == RunStatus.IN_PROGRESS
@@ -326,6 +343,27 @@ def test_the_message_names_the_flow_and_run_and_carries_the_time_limits(celery_b
     assert message["properties"]["delivery_info"]["routing_key"] == "parked"
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_publishes_its_batch_on_one_producer(celery_backend, broker, monkeypatch):
+    flows = [DataFlowFactory(name=f"batch-{i}", queue="parked") for i in range(3)]
+    acquired = []
+    acquire = celery_app.producer_pool.acquire
+
+    def counting_acquire(*args: Any, **kwargs: Any) -> Any:
+        acquired.append(1)
+        return acquire(*args, **kwargs)
+
+    monkeypatch.setattr(celery_app.producer_pool, "acquire", counting_acquire)
+
+    result = run_heartbeat()
+
+    assert (result.flows_triggered, result.enqueue_failures) == (3, 0)
+    assert len(acquired) == 1
+    sent = {message["headers"]["dataflows_flow"] for message in parked_messages(broker)}
+    assert sent == {data_flow.name for data_flow in flows}
+
+
 # -- the task's code, run in this process (no worker) -----------------------------------
 
 
@@ -346,7 +384,7 @@ def test_a_failed_attempt_is_followed_by_a_retry_run_sent_with_a_countdown(setti
         "attempt 1 fails",
     )
     assert (retry.status, retry.attempt, retry.trigger) == (RunStatus.PENDING, 2, RunTrigger.RETRY)
-    assert retry.task_id == task_id_for(retry)
+    assert len(retry.task_id) == 32
     [message] = parked_messages(broker)
     assert message["headers"]["id"] == retry.task_id
     assert message["headers"]["dataflows_attempt"] == 2
@@ -382,6 +420,51 @@ def test_no_retry_after_the_last_attempt_a_permanent_error_a_timeout_or_disablin
     data_flow.refresh_from_db()
     assert data_flow.last_run_status == status
     assert parked_messages(broker) == []
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_pool_process_fails_its_run_and_the_retry_policy_applies(broker):
+    from django_dataflows.tasks import _record_lost_process, run_data_flow
+
+    data_flow = DataFlowFactory(queue="parked", max_retries=1)
+    run = data_flow.create_pending_run()
+    DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.IN_PROGRESS)
+
+    # What Celery's main process sends when the pool process running the task died.
+    _record_lost_process(
+        sender=run_data_flow,
+        exception=WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."),
+        args=(run.pk,),
+    )
+
+    lost, retry = DataFlowRun.objects.order_by("pk")
+    assert lost.status == RunStatus.FAILED
+    assert lost.error_message == (
+        "The worker process running the flow was lost: Worker exited prematurely: "
+        "signal 9 (SIGKILL)."
+    )
+    assert (retry.attempt, retry.trigger, retry.status) == (2, RunTrigger.RETRY, RunStatus.PENDING)
+    assert [m["headers"]["id"] for m in parked_messages(broker)] == [retry.task_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_process_killed_at_the_hard_time_limit_times_its_run_out(celery_backend):
+    from django_dataflows.tasks import _record_lost_process, run_data_flow
+
+    run = DataFlowFactory(max_retries=3).create_pending_run()
+    DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.IN_PROGRESS)
+
+    _record_lost_process(sender=run_data_flow, exception=TimeLimitExceeded(90), args=(run.pk,))
+    # Other failures, and other tasks, are the task's own business.
+    _record_lost_process(sender=run_data_flow, exception=ValueError("x"), args=(run.pk,))
+    _record_lost_process(sender=mark, exception=WorkerLostError("x"), args=(run.pk,))
+
+    timed_out = DataFlowRun.objects.get()  # a timed-out run is not retried
+    assert timed_out.status == RunStatus.TIMED_OUT
+    assert timed_out.error_message.startswith(
+        "The worker process running the flow was killed at its hard time limit: "
+    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -41,6 +41,7 @@ def test_default_settings_pass():
         ({"RUN_TIMEOUT": -1, "RETRY_BACKOFF": "2"}, ["dataflows.E007", "dataflows.E007"]),
         ({"HEARTBEAT_MAX_BODY_SIZE": True}, ["dataflows.E007"]),
         ({"MAX_RETRIES": -1}, ["dataflows.E007"]),
+        ({"PICKUP_TIMEOUT": 0, "MAX_REDELIVERIES": 1.5}, ["dataflows.E007", "dataflows.E007"]),
         ({"HEARTBEAT_TOKEN": ""}, ["dataflows.E008"]),
         ({"HEARTBEAT_TOKEN": 1234}, ["dataflows.E008"]),
         ({"CALLBACKS": ["no.such.callback"]}, ["dataflows.E009"]),
@@ -67,6 +68,8 @@ def test_valid_settings_of_every_kind_pass(settings):
         "MAX_RETRIES": 0,
         "RETRY_BACKOFF": 0.5,
         "RUN_TIMEOUT": 60,
+        "PICKUP_TIMEOUT": 2.5,
+        "MAX_REDELIVERIES": 0,
         "CALLBACKS": ["tests.test_executor.record_callback"],
         "ALERT_EMAILS": ["ops@example.com"],
     }

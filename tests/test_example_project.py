@@ -382,6 +382,8 @@ def test_heartbeat_command_runs_every_due_flow_and_prints_the_counts(env):
         "flows_failed": 1,
         "runs_timed_out": 0,
         "flows_overdue": 0,
+        "runs_redelivered": 0,
+        "runs_never_picked_up": 0,
         "enqueue_failures": 0,
     }
     mails = "".join(path.read_text() for path in Path(env["EXAMPLE_MAIL_DIR"]).iterdir())

@@ -124,9 +124,14 @@ def test_a_missing_or_wrong_token_is_refused_with_401(client, due, with_token, h
 def test_a_token_configured_as_empty_lets_nobody_in(client, due, settings, configured):
     settings.DATAFLOWS = {"HEARTBEAT_TOKEN": configured}
 
-    assert_refused(post(client), 401)
-    assert_refused(post(client, HTTP_AUTHORIZATION="Bearer "), 401)
-    assert_refused(post(client, HTTP_X_HEARTBEAT_TOKEN=configured), 401)
+    # A misconfiguration the checks report (dataflows.E008): a JSON 503 naming the setting.
+    for response in (
+        post(client),
+        post(client, HTTP_AUTHORIZATION="Bearer "),
+        post(client, HTTP_X_HEARTBEAT_TOKEN=configured),
+    ):
+        assert_refused(response, 503)
+        assert "DATAFLOWS['HEARTBEAT_TOKEN'] is empty" in response.json()["error"]
 
 
 # -- allowlist ----------------------------------------------------------------------
@@ -304,3 +309,19 @@ def test_a_get_without_the_slash_is_refused_not_redirected(client, due):
 
 def test_the_answer_counts_overdue_flows(client, due):
     assert post(client).json()["flows_overdue"] == 0
+
+
+# -- misconfiguration the checks would report: JSON 503 naming the setting ---------------
+
+
+@pytest.mark.parametrize(
+    ("key", "entries"),
+    [("HEARTBEAT_ALLOWED_IPS", ["10.0.0.1/8"]), ("HEARTBEAT_TRUSTED_PROXIES", ["nope"])],
+)
+def test_a_malformed_network_setting_is_a_json_503_naming_it(client, due, settings, key, entries):
+    settings.DATAFLOWS = {key: entries}
+
+    response = post(client)
+
+    assert_refused(response, 503)
+    assert f"DATAFLOWS[{key!r}] has an entry that is not an IP address" in response.json()["error"]

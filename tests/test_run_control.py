@@ -278,8 +278,9 @@ def test_a_paused_run_never_times_out():
     assert DataFlowRun.objects.get().status == RunStatus.PAUSED
 
 
-def test_a_resumed_run_times_out_from_its_resume_not_its_creation():
-    data_flow = DataFlowFactory(timeout=60, flow="tests.testapp.flows.ThreeSteps")
+def test_a_resumed_run_waits_for_a_worker_from_its_resume_not_its_creation(settings):
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 60}
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.ThreeSteps")
     run = data_flow.create_pending_run()
     DataFlowRun.objects.filter(pk=run.pk).update(
         status=RunStatus.PAUSED, created_at=timezone.now() - datetime.timedelta(days=1)
@@ -290,8 +291,9 @@ def test_a_resumed_run_times_out_from_its_resume_not_its_creation():
         patch.setattr("django_dataflows.executor.hand_to_backend", lambda run: None)
         FlowExecutor.resume(run)
 
-    assert FlowExecutor.time_out_stuck_runs() == 0
-    assert FlowExecutor.time_out_stuck_runs(timezone.now() + datetime.timedelta(minutes=2)) == 1
+    assert FlowExecutor.take_back_unclaimed_runs().runs == []
+    later = timezone.now() + datetime.timedelta(minutes=2)
+    assert [taken.pk for taken in FlowExecutor.take_back_unclaimed_runs(later).runs] == [run.pk]
 
 
 def test_cancel_of_a_paused_run_ends_it_and_skips_its_remaining_steps():

@@ -106,7 +106,9 @@ def test_claim_statements_do_not_grow_with_the_number_of_due_flows(dummy_backend
     few, many = statements(2), statements(40)
 
     assert few == many
-    assert many <= 11  # the claim's 10, plus one query for overdue flows (dead man's switch)
+    # The claim's 10, the database's now(), the look for runs to redeliver, and one
+    # query for overdue flows (dead man's switch).
+    assert many <= 13
 
 
 def test_heartbeat_counts_and_runs_every_due_flow():
@@ -128,6 +130,8 @@ def test_heartbeat_counts_and_runs_every_due_flow():
         "flows_failed": 1,
         "runs_timed_out": 0,
         "flows_overdue": 0,
+        "runs_redelivered": 0,
+        "runs_never_picked_up": 0,
         "enqueue_failures": 0,
         "timestamp": None,
     }
@@ -210,8 +214,8 @@ def test_the_flow_timeout_overrides_the_setting(settings):
     assert (quick.status, slow.status) == (RunStatus.TIMED_OUT, RunStatus.IN_PROGRESS)
 
 
-def test_a_pending_run_no_worker_took_is_timed_out_and_the_flow_freed(settings):
-    settings.DATAFLOWS = {"RUN_TIMEOUT": 60}
+def test_a_pending_run_no_worker_took_is_handed_to_the_backend_again(settings, dummy_backend):
+    settings.DATAFLOWS = {**settings.DATAFLOWS, "PICKUP_TIMEOUT": 60}
     data_flow = due_flow()
     lost = DataFlowRunFactory(
         data_flow=data_flow,
@@ -221,21 +225,71 @@ def test_a_pending_run_no_worker_took_is_timed_out_and_the_flow_freed(settings):
 
     result = run_heartbeat()
 
+    assert (result.runs_redelivered, result.flows_skipped, result.runs_timed_out) == (1, 1, 0)
+    assert [run.pk for run in dummy_backend.enqueued] == [lost.pk]
+    redelivered = DataFlowRun.objects.get()
+    assert (redelivered.status, redelivered.redeliveries) == (RunStatus.PENDING, 1)
+    assert redelivered.task_id == lost.task_id
+
+
+def test_a_pending_run_left_by_a_dead_process_is_run_by_the_next_heartbeat(settings):
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 60}
+    data_flow = DataFlowFactory()
+    lost = data_flow.create_pending_run()  # its heartbeat died before running it
+    DataFlowRun.objects.filter(pk=lost.pk).update(
+        activated_at=timezone.now() - datetime.timedelta(minutes=2)
+    )
+
+    assert run_heartbeat().runs_redelivered == 1
+
     lost.refresh_from_db()
-    assert lost.status == RunStatus.TIMED_OUT
-    assert "no worker picked the run up within 60 seconds" in lost.error_message
-    assert result.runs_timed_out == 1
-    assert result.flows_triggered == 1
-    assert data_flow.runs.filter(status=RunStatus.SUCCESS).count() == 1
+    assert (lost.status, lost.redeliveries) == (RunStatus.SUCCESS, 1)
+    assert Record.objects.filter(run_id=lost.pk).count() == 1
 
 
-def test_a_late_worker_cannot_run_a_timed_out_run(settings):
-    settings.DATAFLOWS = {"RUN_TIMEOUT": 60}
+def test_a_run_nobody_picks_up_fails_after_the_last_redelivery(settings, dummy_backend):
+    settings.DATAFLOWS = {**settings.DATAFLOWS, "PICKUP_TIMEOUT": 60, "MAX_REDELIVERIES": 2}
+    data_flow = due_flow()
+    lost = DataFlowRunFactory(
+        data_flow=data_flow,
+        status=RunStatus.PENDING,
+        redeliveries=2,
+        activated_at=timezone.now() - datetime.timedelta(minutes=5),
+    )
+
+    result = run_heartbeat()
+
+    lost.refresh_from_db()
+    assert lost.status == RunStatus.FAILED
+    assert lost.error_message == (
+        "Never picked up: no worker started the run within 60 seconds of its hand-over, "
+        "3 times (2 redeliveries)."
+    )
+    assert (result.runs_never_picked_up, result.runs_redelivered) == (1, 0)
+    assert result.flows_triggered == 1  # the flow is free again: its slot is claimed
+    assert [run.pk for run in dummy_backend.enqueued] != [lost.pk]
+
+
+def test_a_run_waiting_less_than_the_pickup_timeout_is_left_alone(settings, dummy_backend):
+    settings.DATAFLOWS = {**settings.DATAFLOWS, "PICKUP_TIMEOUT": 600}
+    waiting = DataFlowFactory().create_pending_run()
+    DataFlowRun.objects.filter(pk=waiting.pk).update(
+        activated_at=timezone.now() - datetime.timedelta(minutes=9)
+    )
+
+    assert run_heartbeat().runs_redelivered == 0
+
+    assert DataFlowRun.objects.get().redeliveries == 0
+    assert dummy_backend.enqueued == []
+
+
+def test_a_late_worker_cannot_run_a_run_that_was_never_picked_up(settings):
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 60, "MAX_REDELIVERIES": 0}
     data_flow = DataFlowFactory()
     run = data_flow.create_pending_run()
     long_ago = timezone.now() - datetime.timedelta(minutes=2)
     DataFlowRun.objects.filter(pk=run.pk).update(created_at=long_ago, activated_at=long_ago)
-    FlowExecutor.time_out_stuck_runs()
+    assert FlowExecutor.take_back_unclaimed_runs().never_picked_up == 1
 
     with pytest.raises(RunNotPending):
         FlowExecutor.execute(data_flow, run=run)
@@ -284,3 +338,56 @@ def test_a_failing_heartbeat_receiver_is_logged_not_raised(caplog):
 
     assert result.flows_triggered == 1
     assert "dashboard is down" in caplog.text
+
+
+def test_stuck_is_one_query_that_reads_only_the_runs_past_their_own_timeout(
+    settings, django_assert_num_queries
+):
+    settings.DATAFLOWS = {"RUN_TIMEOUT": 600}
+    now = timezone.now()
+
+    def run(status: str, seconds_ago: int, timeout: int | None = None) -> DataFlowRun:
+        since = now - datetime.timedelta(seconds=seconds_ago)
+        started = since if status == RunStatus.IN_PROGRESS else None
+        return DataFlowRunFactory(
+            data_flow=DataFlowFactory(timeout=timeout),
+            status=status,
+            created_at=since,
+            started_at=started,
+        )
+
+    past_default = run(RunStatus.IN_PROGRESS, 600)  # exactly at the deadline
+    run(RunStatus.IN_PROGRESS, 599)
+    past_own = run(RunStatus.IN_PROGRESS, 31, timeout=30)
+    run(RunStatus.IN_PROGRESS, 601, timeout=3600)
+    run(RunStatus.PENDING, 700)  # not stuck: waiting for a worker (redelivered, not reaped)
+    run(RunStatus.SUCCESS, 7200)
+
+    with django_assert_num_queries(1):
+        stuck = sorted(DataFlowRun.objects.stuck(now).values_list("pk", "effective_timeout"))
+
+    assert stuck == sorted([(past_default.pk, 600), (past_own.pk, 30)])
+    assert DataFlowRun.objects.stuck(now).count() == 2
+
+
+def test_an_in_process_batch_renews_the_runs_still_waiting_their_turn(settings):
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 0.2}  # renewed at most every 0.05 s
+    for _ in range(3):
+        DataFlowFactory(flow="tests.testapp.flows.Sleeps", configuration={"seconds": 0.1})
+    seen = {}
+
+    def look_at_the_last_run(sender, run, **kwargs):
+        last = DataFlowRun.objects.order_by("pk").last()
+        seen.setdefault(run.pk, last.status == RunStatus.PENDING and last.activated_at)
+
+    signals.run_started.connect(look_at_the_last_run)
+    try:
+        run_heartbeat()
+    finally:
+        signals.run_started.disconnect(look_at_the_last_run)
+
+    first, second, third = DataFlowRun.objects.order_by("pk")
+    # While the first run slept, the third's pickup deadline was renewed before the second.
+    assert seen[first.pk] == third.created_at
+    assert seen[second.pk] > third.created_at
+    assert {first.status, second.status, third.status} == {RunStatus.SUCCESS}

@@ -235,7 +235,9 @@ def collect_health(now: datetime | None = None) -> Health:
         last_heartbeat=Heartbeat.last(),
         stale_after=stale_after,
         has_enabled_flows=bool(enabled["count"]),
-        stuck_runs=len(DataFlowRun.objects.stuck(now)),
+        # In progress past their timeout, or pending past PICKUP_TIMEOUT (not yet retaken).
+        stuck_runs=DataFlowRun.objects.stuck(now).count()
+        + DataFlowRun.objects.unclaimed(now).count(),
         recent_failures=DataFlowRun.objects.filter(
             status__in=FAILURE_STATUSES, ended_at__gte=now - FAILURE_WINDOW
         ).count(),

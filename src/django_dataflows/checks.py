@@ -112,14 +112,22 @@ def _check_queues(config: Mapping[str, Any]) -> list[CheckMessage]:
     return [Error(message, id="dataflows.E006") for message in messages if message]
 
 
-_POSITIVE = ("HEARTBEAT_BATCH_SIZE", "HEARTBEAT_MAX_BODY_SIZE", "RUN_TIMEOUT", "RETRY_BACKOFF")
+_POSITIVE = (
+    "HEARTBEAT_BATCH_SIZE",
+    "HEARTBEAT_MAX_BODY_SIZE",
+    "RUN_TIMEOUT",
+    "RETRY_BACKOFF",
+    "PICKUP_TIMEOUT",
+)
+#: Positive settings that may be fractions of a second; the others are whole numbers.
+_FRACTIONAL = frozenset({"RETRY_BACKOFF", "PICKUP_TIMEOUT"})
 
 
 def _check_numbers(config: Mapping[str, Any]) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     for key in _POSITIVE:
         value = _get(config, key)
-        integral = key != "RETRY_BACKOFF"
+        integral = key not in _FRACTIONAL
         wrong_type = isinstance(value, bool) or not isinstance(value, int if integral else Real)
         if wrong_type or value <= 0:
             kind = "integer" if integral else "number"
@@ -129,14 +137,15 @@ def _check_numbers(config: Mapping[str, Any]) -> list[CheckMessage]:
                     id="dataflows.E007",
                 )
             )
-    retries = _get(config, "MAX_RETRIES")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        errors.append(
-            Error(
-                f"DATAFLOWS['MAX_RETRIES'] must be an integer of 0 or more, not {retries!r}.",
-                id="dataflows.E007",
+    for key in ("MAX_RETRIES", "MAX_REDELIVERIES"):
+        count = _get(config, key)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            errors.append(
+                Error(
+                    f"DATAFLOWS[{key!r}] must be an integer of 0 or more, not {count!r}.",
+                    id="dataflows.E007",
+                )
             )
-        )
     return errors
 
 

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RETRIES": 3,
     "RETRY_BACKOFF": 2,
     "RUN_TIMEOUT": 3600,
+    "PICKUP_TIMEOUT": 300,
+    "MAX_REDELIVERIES": 3,
     "CALLBACKS": [],
     "FLOW_MODULES": [],
     "ALERT_EMAILS": [],
@@ -36,10 +38,6 @@ class DataFlowsSettings:
 
     def _get(self, key: str) -> Any:
         return self._user.get(key, DEFAULTS[key])
-
-    @property
-    def user_keys(self) -> list[str]:
-        return list(self._user)
 
     @property
     def BACKEND(self) -> str:
@@ -86,6 +84,14 @@ class DataFlowsSettings:
     @property
     def RUN_TIMEOUT(self) -> int:
         return int(self._get("RUN_TIMEOUT"))
+
+    @property
+    def PICKUP_TIMEOUT(self) -> float:
+        return float(self._get("PICKUP_TIMEOUT"))
+
+    @property
+    def MAX_REDELIVERIES(self) -> int:
+        return int(self._get("MAX_REDELIVERIES"))
 
     @property
     def CALLBACKS(self) -> list[str]:

@@ -49,6 +49,21 @@ class EnqueueFailed(DataFlowError):
     """The backend could not accept the run (for example, the broker is down)."""
 
 
+class EnqueueNotTried(EnqueueFailed):
+    """The run was not handed over: the backend refused another run of its batch before it.
+
+    Once a broker has failed (down, or frozen until a timeout), trying each remaining run
+    would only multiply the wait; their slots are given back at once instead.
+    """
+
+    def __init__(self, refused_run_id: int, reason: BaseException) -> None:
+        self.refused_run_id = refused_run_id
+        super().__init__(
+            f"not tried, because the backend refused run {refused_run_id} of the same batch "
+            f"just before: {reason}"
+        )
+
+
 class PermanentFlowError(DataFlowError):
     """Raise from ``Flow.run()`` for an error that retrying cannot fix: the run is not retried."""
 
@@ -80,3 +95,27 @@ class RunInterrupted(BaseException):
         self.run_id = run_id
         self.action = action
         super().__init__(f"Run {run_id} was interrupted: {action} requested.")
+
+
+class FlowExited(DataFlowError):
+    """The flow raised ``SystemExit``: its run failed, and the process running it goes on.
+
+    ``FlowExecutor.execute()`` raises it (from the ``SystemExit``) after recording the run
+    *failed*, so that a ``sys.exit()`` in one flow never ends a heartbeat or a worker.
+    """
+
+    def __init__(self, exit: SystemExit) -> None:
+        self.code = exit.code
+        super().__init__(
+            f"SystemExit({exit.code!r}): the flow called sys.exit(), or its process was "
+            "told to exit while the flow ran."
+        )
+
+
+class OutcomeNotStored(DataFlowError):
+    """The flow finished, but the database refused to store its outcome."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(
+            f"The run's outcome could not be stored: {str(error).strip() or type(error).__name__}"
+        )

@@ -11,19 +11,24 @@ import logging
 import traceback
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
+from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
     DataFlowError,
+    FlowExited,
     FlowNotRegistered,
     InvalidRunState,
+    OutcomeNotStored,
     PermanentFlowError,
     RunInterrupted,
     RunNotPending,
@@ -36,6 +41,7 @@ from django_dataflows.models import (
     RunTrigger,
     StepStatus,
     hand_to_backend,
+    row_lock,
 )
 from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
 from django_dataflows.validators import validate_configuration
@@ -109,11 +115,25 @@ class FlowExecutor:
             session.release_unstarted()
             cls._record_interruption(run, interruption, session)
             return None
-        except BaseException as exc:
+        except SystemExit as exc:
+            # sys.exit() in a flow (or a server's signal handler exiting the worker) ends
+            # this run, not the heartbeat or worker running a batch of them.
             session.release_unstarted()
-            cls._record_failure(run, exc, session)
+            exited = FlowExited(exc)
+            exited.__cause__ = exc  # the backtrace stored shows where the flow exited
+            cls._record_failure_surely(run, exited, session)
+            raise exited from exc
+        except BaseException as exc:  # KeyboardInterrupt too: recorded, then re-raised
+            session.release_unstarted()
+            cls._record_failure_surely(run, exc, session)
             raise
-        cls._record_success(run, result, state=state, session=session)
+        try:
+            cls._record_success(run, result, state=state, session=session)
+        except Exception as exc:
+            # The database refused the outcome (or the flow broke the connection): the run
+            # must not stay in progress until its timeout with the real error lost.
+            cls._record_failure_surely(run, OutcomeNotStored(exc), session)
+            raise
         return result
 
     @classmethod
@@ -121,7 +141,7 @@ class FlowExecutor:
         cls,
         run_id: int,
         *,
-        on_failure: Callable[[DataFlowRun, Exception], object] | None = None,
+        on_failure: Callable[[DataFlowRun, BaseException], object] | None = None,
     ) -> None:
         """Execute the pending run ``run_id``: what a worker does with a run's message.
 
@@ -148,7 +168,8 @@ class FlowExecutor:
                 run.data_flow.name,
                 exc.status,
             )
-        except Exception as exc:
+        except (Exception, KeyboardInterrupt) as exc:
+            # KeyboardInterrupt too: it was recorded, and the retry policy still applies.
             if on_failure is not None:
                 on_failure(run, exc)
             raise
@@ -174,7 +195,9 @@ class FlowExecutor:
         """Take the pending run; create its declared steps' rows, or read them on resume."""
         now = timezone.now()
         resumed = run.started_at is not None  # a paused run that was resumed
-        fields: dict[str, Any] = {"activated_at": now}
+        # The timeout counts from the database's clock, as the reaper's deadlines do: a
+        # worker whose clock is slow cannot have its run reaped early.
+        fields: dict[str, Any] = {"activated_at": Now()}
         if not resumed:
             fields["started_at"] = now  # started_at keeps the first start
         flow_class = cls._flow_class(run.data_flow)
@@ -184,6 +207,7 @@ class FlowExecutor:
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
+            run.activated_at = now  # this process's reading of the moment just stored
             if resumed or session.declared:  # a stale run object must not recreate rows
                 session.load()
             # The default run() starts the first declared step at once.
@@ -256,8 +280,34 @@ class FlowExecutor:
             logger.warning("Run %s finished after it was marked %s; kept.", run.pk, run.status)
 
     @classmethod
-    def _record_failure(
+    def _record_failure_surely(
         cls, run: DataFlowRun, exc: BaseException, session: RunSession | None = None
+    ) -> None:
+        """Record ``exc`` as the run's failure, whatever writing it first runs into.
+
+        If the write fails (the flow terminated its own database connection, or left it
+        unusable), the failure is recorded again on a fresh connection, saying both errors.
+        """
+        try:
+            cls._record_failure(run, exc, session)
+        except Exception as write_error:
+            logger.exception("Could not record the failure of run %s; retrying", run.pk)
+            if not connection.in_atomic_block:
+                connection.close()  # the next query opens a new connection
+            message = (
+                f"{_error_message(exc)} (recorded on a new database connection; the first "
+                f"attempt failed with: {_error_message(write_error)})"
+            )
+            cls._record_failure(run, exc, message=message)
+
+    @classmethod
+    def _record_failure(
+        cls,
+        run: DataFlowRun,
+        exc: BaseException,
+        session: RunSession | None = None,
+        *,
+        message: str = "",
     ) -> None:
         status = (
             RunStatus.TIMED_OUT if isinstance(exc, tuple(_timeout_exceptions)) else RunStatus.FAILED
@@ -268,8 +318,8 @@ class FlowExecutor:
             status,
             close_steps=session is not None and session.has_steps,
             ended_at=timezone.now(),
-            error_message=str(exc) or type(exc).__name__,
-            error_backtrace="".join(traceback.format_exception(exc)),
+            error_message=without_nul(message) or _error_message(exc),
+            error_backtrace=without_nul("".join(traceback.format_exception(exc))),
             **(session.final_fields() if session else {}),
         ):
             logger.error(
@@ -321,6 +371,29 @@ class FlowExecutor:
     # -- transitions outside execute() ----------------------------------------------
 
     @classmethod
+    def record_lost_process(cls, run: DataFlowRun, exc: BaseException, *, timed_out: bool) -> bool:
+        """End a run whose process died under it (a Celery pool process was killed).
+
+        Called by the process that saw it die (the worker's parent). ``timed_out`` when a
+        hard time limit killed it: the run ends ``timed_out``, else ``failed``. ``False`` if
+        the run had already ended (its outcome was recorded before the process went).
+        """
+        status = RunStatus.TIMED_OUT if timed_out else RunStatus.FAILED
+        reason = "was killed at its hard time limit" if timed_out else "was lost"
+        message = f"The worker process running the flow {reason}: {_error_message(exc)}"
+        done = cls._finish(
+            run,
+            (RunStatus.IN_PROGRESS,),
+            status,
+            close_steps=True,
+            ended_at=timezone.now(),
+            error_message=message,
+        )
+        if done:
+            logger.error("Data flow %r run %s: %s", run.data_flow.name, run.pk, message)
+        return done
+
+    @classmethod
     def record_enqueue_failure(cls, run: DataFlowRun, exc: BaseException) -> bool:
         """Mark a pending run the backend refused as ``failed``; its slot stays due.
 
@@ -349,6 +422,39 @@ class FlowExecutor:
                     next_run_at=slot
                 )
         return done
+
+    @classmethod
+    def record_not_tried(cls, runs: list[DataFlowRun], exc: BaseException) -> int:
+        """Give back, in a few statements whatever their number, runs a batch never tried.
+
+        As :meth:`record_enqueue_failure` does for one run: each ends ``failed`` with
+        ``exc`` as its reason, lets go of its slot, and its flow is due again at that slot.
+        Returns how many were still pending.
+        """
+        now = timezone.now()
+        message = f"Could not enqueue the run: {exc} (its schedule slot stays due)"
+        with transaction.atomic():
+            pending = set(
+                row_lock(
+                    DataFlowRun.objects.filter(
+                        pk__in=[run.pk for run in runs], status=RunStatus.PENDING
+                    )
+                ).values_list("pk", flat=True)
+            )
+            given_back = [run for run in runs if run.pk in pending]
+            DataFlowRun.objects.filter(pk__in=pending).update(
+                status=RunStatus.FAILED, ended_at=now, error_message=message, scheduled_for=None
+            )
+            flows = []
+            for run in given_back:
+                if run.scheduled_for is not None:
+                    run.data_flow.next_run_at = run.scheduled_for
+                    flows.append(run.data_flow)
+                run.status, run.ended_at, run.error_message = RunStatus.FAILED, now, message
+                run.scheduled_for = None
+            DataFlow.objects.bulk_update(flows, ["next_run_at"])
+        cls._after_bulk_finish(given_back)
+        return len(given_back)
 
     @classmethod
     def record_enqueued(cls, run: DataFlowRun, *, task_id: str = "", queue: str = "") -> None:
@@ -499,8 +605,10 @@ class FlowExecutor:
         """
         now = now or timezone.now()
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for stuck in DataFlowRun.objects.stuck(now):
-            groups[(stuck.status, stuck.timeout)].append(stuck.pk)
+        # effective_timeout is stuck()'s annotation, which the type checker cannot see.
+        stuck = DataFlowRun.objects.stuck(now).values_list("pk", "status", "effective_timeout")  # type: ignore[misc]
+        for pk, status, timeout in stuck:
+            groups[(status, timeout)].append(pk)
         count = 0
         for (status, timeout), pks in groups.items():
             if status == RunStatus.IN_PROGRESS:
@@ -531,6 +639,74 @@ class FlowExecutor:
                 ).select_related("data_flow")
             )
         return count
+
+    @classmethod
+    def take_back_unclaimed_runs(cls, now: datetime | None = None) -> Redelivery:
+        """Take back pending runs no worker started within ``PICKUP_TIMEOUT``.
+
+        The database is the source of truth and the broker only a transport: a run whose
+        message was lost (a broker restarted empty), or whose in-process batch died, is
+        still ``pending`` here. Each is returned to be handed to the backend again, the same
+        run, so its conditional start still lets one body run, with ``redeliveries`` + 1 and
+        its pickup deadline restarted. A run already redelivered ``MAX_REDELIVERIES`` times
+        ends ``failed`` ("never picked up") instead. Row locks (skipping locked rows) keep
+        two heartbeats from taking back the same run.
+        """
+        now = now or timezone.now()
+        limit = app_settings.MAX_REDELIVERIES
+        features = connection.features
+        if not DataFlowRun.objects.unclaimed(now).exists():  # the usual case: one query
+            return Redelivery(runs=[], never_picked_up=0)
+        with transaction.atomic():
+            unclaimed = list(
+                DataFlowRun.objects.unclaimed(now)
+                .select_related("data_flow")
+                .select_for_update(
+                    skip_locked=True, no_key=features.has_select_for_no_key_update, of=("self",)
+                )
+            )
+            again = [run for run in unclaimed if run.redeliveries < limit]
+            given_up = [run for run in unclaimed if run.redeliveries >= limit]
+            if again:
+                DataFlowRun.objects.filter(
+                    pk__in=[run.pk for run in again], status=RunStatus.PENDING
+                ).update(redeliveries=F("redeliveries") + 1, activated_at=now)
+                for run in again:
+                    run.redeliveries += 1
+                    run.activated_at = now
+            for run in given_up:
+                DataFlowRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+                    status=RunStatus.FAILED, ended_at=now, error_message=_never_picked_up(run)
+                )
+        if given_up:
+            for run in given_up:
+                run.status, run.ended_at = RunStatus.FAILED, now
+                run.error_message = _never_picked_up(run)
+                logger.error("Run %s of %r: %s", run.pk, run.data_flow.name, run.error_message)
+            cls._after_bulk_finish(given_up)
+        for run in again:
+            logger.warning(
+                "Run %s of %r was not started within %s seconds; handing it to the backend "
+                "again (redelivery %s of %s).",
+                run.pk,
+                run.data_flow.name,
+                f"{app_settings.PICKUP_TIMEOUT:g}",
+                run.redeliveries,
+                limit,
+            )
+        return Redelivery(runs=again, never_picked_up=len(given_up))
+
+    @staticmethod
+    def renew_pending(runs: Iterable[DataFlowRun]) -> None:
+        """Show that ``runs`` still wait their turn in a live process (an in-process batch).
+
+        Restarts their pickup deadline, so that a heartbeat never takes back a run that a
+        living batch will still run; a batch whose process died stops renewing, and its
+        waiting runs are taken back ``PICKUP_TIMEOUT`` later.
+        """
+        DataFlowRun.objects.filter(
+            pk__in=[run.pk for run in runs], status=RunStatus.PENDING
+        ).update(activated_at=Now())
 
     # -- helpers --------------------------------------------------------------------
 
@@ -624,3 +800,30 @@ def _close_unfinished_steps(run_ids: list[int], run_status: str) -> None:
     step_status = _STEP_STATUS_FOR_RUN.get(run_status, StepStatus.FAILED)
     message = "" if step_status == StepStatus.CANCELLED else f"The run ended {run_status}."
     close_steps(run_ids, step_status, message)
+
+
+def without_nul(text: str) -> str:
+    """``text`` with each NUL character written as ``\\x00`` (PostgreSQL refuses NUL)."""
+    return text.replace("\x00", "\\x00")
+
+
+def _error_message(exc: BaseException) -> str:
+    return without_nul(str(exc).strip()) or type(exc).__name__
+
+
+@dataclass
+class Redelivery:
+    """What :meth:`FlowExecutor.take_back_unclaimed_runs` found."""
+
+    #: Pending runs to hand to the backend again.
+    runs: list[DataFlowRun]
+    #: Runs ended ``failed`` because they were redelivered ``MAX_REDELIVERIES`` times.
+    never_picked_up: int
+
+
+def _never_picked_up(run: DataFlowRun) -> str:
+    return (
+        f"Never picked up: no worker started the run within "
+        f"{app_settings.PICKUP_TIMEOUT:g} seconds of its hand-over, "
+        f"{run.redeliveries + 1} times ({run.redeliveries} redeliveries)."
+    )

@@ -7,14 +7,14 @@ import math
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import ExpressionWrapper, F, Func, OuterRef, Q, Subquery
+from django.db.models import ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -637,13 +637,14 @@ def hand_to_backend(run: DataFlowRun) -> None:
     ``run`` is refreshed to show what happened; ``EnqueueFailed`` if the backend refused.
     Inside one, it is handed over on commit and a refusal is recorded on the run.
     """
-    from django_dataflows.backends import dispatch
+    from django_dataflows.backends import dispatch, get_backend
 
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(partial(_dispatch_after_commit, run))
         return
     dispatch(run)
-    run.refresh_from_db()
+    if not get_backend().supports_async:
+        run.refresh_from_db()
 
 
 def _dispatch_after_commit(run: DataFlowRun) -> None:
@@ -680,36 +681,53 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         """Runs that have not been soft-deleted (what lists and statistics show)."""
         return self.filter(deleted_at__isnull=True)
 
-    def finished(self) -> DataFlowRunQuerySet:
-        return self.filter(status__in=FINISHED_STATUSES)
+    def stuck(self, now: datetime | None = None) -> DataFlowRunQuerySet:
+        """Runs in progress past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
 
-    def stuck(self, now: datetime | None = None) -> list[StuckRun]:
-        """Active runs past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
-
-        A run ``in_progress`` that long has lost its worker; one still ``pending`` was never
-        picked up (a lost queue message). At most one run per flow is active, so this reads
-        at most one row per flow.
+        A run ``in_progress`` that long has lost its worker. The timeout counts from the
+        run's latest move into ``in_progress`` (``activated_at``). A run still ``pending``
+        is not stuck but unclaimed (:meth:`unclaimed`). Computed in the database: only the
+        stuck rows are read, each annotated with its ``effective_timeout`` in seconds.
         """
         now = now or timezone.now()
-        default_timeout = app_settings.RUN_TIMEOUT
-        stuck = []
-        # A paused run never times out: nothing runs it until it is resumed.
-        rows = self.filter(status__in=(RunStatus.PENDING, RunStatus.IN_PROGRESS)).values_list(
-            "pk", "status", "activated_at", "started_at", "created_at", "data_flow__timeout"
+        timeout = Coalesce(
+            F("data_flow__timeout"),
+            Value(app_settings.RUN_TIMEOUT),
+            output_field=models.IntegerField(),
         )
-        for pk, status, activated_at, started_at, created_at, timeout in rows:
-            timeout = timeout or default_timeout
-            # From the latest move into pending or in progress (a resumed run starts anew).
-            since = activated_at or (started_at if status == RunStatus.IN_PROGRESS else created_at)
-            if since is not None and since + timedelta(seconds=timeout) <= now:
-                stuck.append(StuckRun(pk, status, timeout))
-        return stuck
+        timeout_span = ExpressionWrapper(
+            timeout * Value(timedelta(seconds=1)), output_field=models.DurationField()
+        )
+        deadline = ExpressionWrapper(Value(now) - timeout_span, output_field=models.DateTimeField())
+        return (
+            self.annotate(effective_timeout=timeout)
+            .filter(
+                Q(status=RunStatus.IN_PROGRESS)
+                & (
+                    Q(activated_at__lte=deadline)
+                    | Q(activated_at__isnull=True, started_at__lte=deadline)
+                )
+            )
+            .order_by()
+        )
 
+    def unclaimed(self, now: datetime | None = None) -> DataFlowRunQuerySet:
+        """Pending runs that no worker has started within ``PICKUP_TIMEOUT`` seconds.
 
-class StuckRun(NamedTuple):
-    pk: int
-    status: str
-    timeout: int
+        Counted from the run's latest move into ``pending`` (``activated_at``: its creation,
+        its latest redelivery, or the latest sign of life of the in-process batch it waits
+        in). Their message was probably lost with the broker, or the process that was to
+        run them died.
+        """
+        now = now or timezone.now()
+        deadline = now - timedelta(seconds=app_settings.PICKUP_TIMEOUT)
+        return self.filter(
+            Q(status=RunStatus.PENDING)
+            & (
+                Q(activated_at__lte=deadline)
+                | Q(activated_at__isnull=True, created_at__lte=deadline)
+            )
+        ).order_by()
 
 
 class DataFlowRun(models.Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -40,12 +41,28 @@ def touch_runs(run_ids: Iterable[int]) -> None:
         DataFlowRun.objects.filter(pk__in=list(run_ids)).update()
 
 
+#: ``\u0000`` as ``json.dumps`` writes a NUL character (not an escaped backslash before it).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def json_value(value: Any, what: str) -> Any:
-    """``value`` if it can be stored as JSON, else a ``TypeError`` naming ``what`` it is."""
+    """``value`` if it can be stored as JSON, else a ``TypeError`` naming ``what`` it is.
+
+    Stricter than ``json.dumps``, as databases are: NaN and infinities are not JSON, and
+    PostgreSQL refuses a NUL character in a JSON string.
+    """
     try:
-        json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        dumped = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+    except ValueError as exc:
+        raise TypeError(
+            f"{what} cannot be stored as JSON: {exc} (NaN and infinite numbers are not JSON)"
+        ) from exc
+    except TypeError as exc:
         raise TypeError(f"{what} cannot be stored as JSON: {exc}") from exc
+    if _NUL_ESCAPE.search(dumped):
+        raise TypeError(
+            f"{what} cannot be stored as JSON: a string in it holds a NUL character (\\x00)"
+        )
     return value
 
 

@@ -15,12 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.utils import timezone
 
 from django_dataflows import signals
-from django_dataflows.backends import dispatch
+from django_dataflows.backends import dispatch_many
+from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import (
     DataFlow,
@@ -56,6 +55,10 @@ class HeartbeatResult:
     runs_timed_out: int = 0
     #: Enabled flows with ``alert_after`` and no successful run for that long.
     flows_overdue: int = 0
+    #: Pending runs no worker started within PICKUP_TIMEOUT, handed to the backend again.
+    runs_redelivered: int = 0
+    #: Runs ended ``failed`` after MAX_REDELIVERIES redeliveries nobody picked up.
+    runs_never_picked_up: int = 0
     #: Runs the backend refused (broker down): the heartbeat answers 503.
     enqueue_failures: int = 0
     run_ids: list[int] = field(default_factory=list)
@@ -73,7 +76,7 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     Must run inside a transaction (the row locks last until it commits). The number of
     SQL statements does not depend on the number of due flows.
     """
-    now = now or timezone.now()
+    now = now or database_now()
     batch_size = batch_size or app_settings.HEARTBEAT_BATCH_SIZE
     features = connection.features
     due = list(
@@ -212,21 +215,6 @@ def _advance_schedules(flows: list[DataFlow], now: datetime) -> None:
         )
 
 
-def dispatch_runs(runs: list[DataFlowRun]) -> int:
-    """Hand each run to the backend; one failure never stops the others. Return refusals."""
-    refused = 0
-    for run in runs:
-        try:
-            dispatch(run)
-        except EnqueueFailed:
-            refused += 1
-        except Exception:
-            # A backend bug must not cost the other flows their runs.
-            logger.exception("Dispatching run %s failed", run.pk)
-            refused += 1
-    return refused
-
-
 def announce_overdue_flows(now: datetime) -> int:
     """Send ``flow_overdue`` once per overdue episode; return how many flows are overdue.
 
@@ -260,20 +248,28 @@ def announce_overdue_flows(now: datetime) -> int:
 
 
 def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
-    """One heartbeat: reap stuck runs, claim due flows, dispatch, announce overdue flows,
-    record, signal."""
-    now = timezone.now()
+    """One heartbeat: reap stuck runs, take back lost ones, claim due flows, dispatch,
+    announce overdue flows, record, signal.
+
+    Every time here is the database's (one query): app servers whose clocks disagree
+    claim the same flows at the same moments.
+    """
+    now = database_now()
     result = HeartbeatResult(timestamp=now)
     # Reap first, so a flow freed from a lost run can be claimed by this same heartbeat.
     result.runs_timed_out = FlowExecutor.time_out_stuck_runs(now)
+    redelivery = FlowExecutor.take_back_unclaimed_runs(now)
+    result.runs_redelivered = len(redelivery.runs)
+    result.runs_never_picked_up = redelivery.never_picked_up
     with transaction.atomic():
         claim = claim_due_flows(now)
     result.flows_due = claim.flows_due
     result.flows_skipped = claim.flows_skipped
     result.flows_triggered = len(claim.runs)
-    result.run_ids = [run.pk for run in claim.runs]
-    result.enqueue_failures = dispatch_runs(claim.runs)
-    if claim.runs:
+    runs = redelivery.runs + claim.runs
+    result.run_ids = [run.pk for run in runs]
+    result.enqueue_failures = dispatch_many(runs)
+    if runs:
         result.flows_failed = DataFlowRun.objects.filter(
             pk__in=result.run_ids, status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)
         ).count()

@@ -7,10 +7,13 @@ ignored: the run row is the record.
 
 from __future__ import annotations
 
-from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from typing import Any
 
-from django_dataflows.backends.celery import TASK_NAME, execute_run
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from celery.signals import task_failure
+
+from django_dataflows.backends.celery import TASK_NAME, execute_run, record_lost_process
 from django_dataflows.executor import register_timeout_exception
 
 # The flow's timeout is the task's soft time limit: a run it interrupts ends ``timed_out``.
@@ -21,3 +24,22 @@ register_timeout_exception(SoftTimeLimitExceeded)
 def run_data_flow(run_id: int) -> None:
     """Execute the pending run ``run_id`` (see ``django_dataflows.backends.celery.execute_run``)."""
     execute_run(run_id)
+
+
+def _record_lost_process(
+    sender: Any = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **kwargs: Any,
+) -> None:
+    # Sent in the worker's main process when the pool process running the task died, or
+    # was killed at the hard time limit: the task's own code never got to record it.
+    if getattr(sender, "name", None) != TASK_NAME or not args:
+        return
+    if isinstance(exception, WorkerLostError | TimeLimitExceeded):
+        record_lost_process(
+            int(args[0]), exception, timed_out=isinstance(exception, TimeLimitExceeded)
+        )
+
+
+task_failure.connect(_record_lost_process, weak=False, dispatch_uid="dataflows-lost-process")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -16,6 +17,7 @@ from django_dataflows.security import (
     IPAddress,
     MalformedForwardedFor,
     client_ip,
+    invalid_network_entries,
     ip_in,
     parse_ip,
     parse_networks,
@@ -62,6 +64,12 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     peer = request.META.get("REMOTE_ADDR", "") or "unknown"
     if request.method != "POST":
         return _refuse(405, "Method not allowed; use POST.", peer, Allow="POST")
+    # Web servers do not run the system checks: a setting they would have caught is a
+    # JSON 503 naming it, not a crash into an HTML 500.
+    misconfigured = _configuration_error()
+    if misconfigured:
+        logger.error("Heartbeat refused: %s", misconfigured)
+        return _unavailable(misconfigured, peer)
     try:
         address = _identify(request)
     except MalformedForwardedFor as exc:
@@ -101,7 +109,14 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     if _body_too_large(request):
         return _refuse(413, "The heartbeat takes no request body.", client)
 
-    result = run_heartbeat(source="http", client=client)
+    try:
+        result = run_heartbeat(source="http", client=client)
+    except DatabaseError as exc:
+        logger.exception("Heartbeat failed: the database is unavailable")
+        return _unavailable(f"The database is unavailable: {exc}".strip(), client)
+    except ImproperlyConfigured as exc:
+        logger.exception("Heartbeat failed: a setting is wrong")
+        return _unavailable(f"Misconfigured: {exc}", client)
     status = 503 if result.enqueue_failures else 200
     log = logger.error if status == 503 else logger.info
     log(
@@ -115,6 +130,31 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
         result.runs_timed_out,
     )
     return JsonResponse(result.as_dict(), status=status)
+
+
+def _unavailable(error: str, client: str) -> JsonResponse:
+    return _refuse(503, error, client, **{"Retry-After": "60"})
+
+
+def _configuration_error() -> str | None:
+    """What the system checks would report about the settings the heartbeat reads first."""
+    for key, check_id in (
+        ("HEARTBEAT_ALLOWED_IPS", "dataflows.E004"),
+        ("HEARTBEAT_TRUSTED_PROXIES", "dataflows.E005"),
+    ):
+        bad = invalid_network_entries(getattr(app_settings, key))
+        if bad:
+            return (
+                f"Misconfigured: DATAFLOWS[{key!r}] has an entry that is not an IP address or "
+                f"network: {bad[0]} (system check {check_id}; host bits must be zero)."
+            )
+    token = app_settings.HEARTBEAT_TOKEN
+    if token is not None and not token.strip():
+        return (
+            "Misconfigured: DATAFLOWS['HEARTBEAT_TOKEN'] is empty (system check "
+            "dataflows.E008); set it or remove it."
+        )
+    return None
 
 
 PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")

@@ -140,6 +140,86 @@ class NoOp(Flow):
         return None
 
 
+# -- Flows of the fault tests (tests/test_faults.py) ---------------------------------------
+
+
+class Exits(Flow):
+    """Call ``sys.exit(code)`` (default 3) on every attempt before ``succeed_on``."""
+
+    def run(self) -> dict[str, int]:
+        import sys
+
+        assert self.context is not None
+        Record.objects.create(label="exits", run_id=self.context.run.pk)
+        if self.context.attempt < self.configuration.get("succeed_on", 99):
+            sys.exit(self.configuration.get("code", 3))
+        return {"attempt": self.context.attempt}
+
+
+class Interrupts(Flow):
+    """Raise ``KeyboardInterrupt``, as Ctrl+C in the flow's process would."""
+
+    def run(self) -> None:
+        raise KeyboardInterrupt
+
+
+class ReturnsNaN(Flow):
+    """Return a result with NaN in it (``json.dumps`` accepts it; PostgreSQL does not)."""
+
+    def run(self) -> dict[str, float]:
+        return {"ratio": float("nan")}
+
+
+class ReturnsNul(Flow):
+    """Return a string with a NUL character (PostgreSQL's jsonb refuses ``\\u0000``)."""
+
+    def run(self) -> dict[str, str]:
+        return {"name": "abc\x00def"}
+
+
+class FailsWithNul(Flow):
+    """Fail with a message holding a NUL character (PostgreSQL's text refuses it)."""
+
+    def run(self) -> None:
+        raise ValueError("bad byte \x00 in the input")
+
+
+class EndsOwnConnection(Flow):
+    """Terminate its own database connection (as a failover or an admin would).
+
+    With ``quietly``, it swallows the error and returns: only writing the outcome fails.
+    """
+
+    def run(self) -> dict[str, bool]:
+        from django.db import DatabaseError, connection
+
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        except DatabaseError:
+            if not self.configuration.get("quietly"):
+                raise
+        return {"ok": True}
+
+
+class ReportsPidThenSleeps(Flow):
+    """Record the process id running it, then sleep ``seconds`` (default 30).
+
+    On attempt ``succeed_on`` or later it returns at once: a retry of a run whose process
+    was killed succeeds.
+    """
+
+    def run(self) -> dict[str, int]:
+        import os
+        import time
+
+        assert self.context is not None
+        Record.objects.create(label=f"pid:{os.getpid()}", run_id=self.context.run.pk)
+        if self.context.attempt < self.configuration.get("succeed_on", 99):
+            time.sleep(float(self.configuration.get("seconds", 30)))
+        return {"attempt": self.context.attempt}
+
+
 # -- Flows of the run-control tests (tests/test_steps.py, tests/test_run_control.py) --------
 
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.checks import CheckMessage, Error
 
-from django_dataflows.backends.base import BaseBackend
+from django_dataflows.backends import dispatch, load_backend
+from django_dataflows.backends.base import BaseBackend, refused_from
 from django_dataflows.conf import app_settings
-from django_dataflows.events import emit
 from django_dataflows.exceptions import (
     DataFlowsImproperlyConfigured,
+    EnqueueFailed,
     PermanentFlowError,
     RunAlreadyActive,
 )
@@ -32,6 +34,8 @@ logger = logging.getLogger("django_dataflows.backends.celery")
 
 #: The task's registered name; stable, so queued messages survive a refactoring.
 TASK_NAME = "django_dataflows.run_data_flow"
+#: This backend's dotted path, as ``DATAFLOWS["BACKEND"]`` names it.
+CELERY_BACKEND = "django_dataflows.backends.celery.CeleryBackend"
 #: Seconds between the soft time limit (the flow's timeout) and the hard one that kills the
 #: worker process: time for the flow to clean up and for the run to be recorded ``timed_out``.
 HARD_TIME_LIMIT_GRACE = 30
@@ -48,16 +52,6 @@ ENQUEUE_RETRY_POLICY: dict[str, float] = {
 }
 #: The name of the app Celery makes up when a process has none.
 _CELERY_FALLBACK_APP_NAME = "default"
-
-
-def task_id_for(run: DataFlowRun) -> str:
-    """The Celery task id of ``run``: the ``task_id`` it was given when it was created.
-
-    Use it to look the task up or revoke it (``app.control.revoke(task_id_for(run))``). A
-    run created before task ids were assigned at creation falls back to one derived from
-    its primary key.
-    """
-    return run.task_id or f"dataflows-run-{run.pk}"
 
 
 def retry_delay(attempt: int, *, backoff: float, timeout: float) -> float:
@@ -100,26 +94,53 @@ class CeleryBackend(BaseBackend):
     ``DATAFLOWS["DEFAULT_QUEUE"]``), carries the flow's timeout as Celery's soft time limit,
     and names the flow and run in its headers (``dataflows_flow``, ``dataflows_run_id``,
     ``dataflows_attempt``). Its task id is the run's ``task_id``, assigned when the run was
-    created (:func:`task_id_for`), so enqueueing writes nothing more to the database.
+    created, so enqueueing writes nothing more to the database. The message is sent by the
+    task's name, so the process that sends it need not import the task module.
     """
 
     supports_async = True
-    supports_queues = True
-    supports_retries = True
+    supports_defer = True
 
-    def enqueue(self, run: DataFlowRun, *, countdown: float | None = None) -> None:
-        """Publish the run's message (after ``countdown`` seconds); raise if the broker refuses."""
-        from django_dataflows.tasks import run_data_flow
+    def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
+        """Publish the run's message (after ``delay`` seconds); raise if the broker refuses."""
+        app = _current_celery_app()
+        self._publish(app, run, app_settings.RUN_TIMEOUT, countdown=delay)
 
-        _current_celery_app()
+    def enqueue_many(self, runs: Sequence[DataFlowRun]) -> list[tuple[DataFlowRun, Exception]]:
+        """Publish a batch on one producer (one broker connection), not one per message."""
+        try:
+            app = _current_celery_app()
+        except DataFlowsImproperlyConfigured as exc:
+            return [(run, exc) for run in runs]
+        default_timeout = app_settings.RUN_TIMEOUT
+        published = 0
+        try:
+            with app.producer_or_acquire() as producer:
+                for run in runs:
+                    self._publish(app, run, default_timeout, producer=producer)
+                    published += 1
+        except Exception as exc:
+            # The first failure or timeout ends the batch (each retry of a frozen broker
+            # costs a socket timeout): the rest are given back, not tried.
+            return refused_from(runs, min(published, len(runs) - 1), exc)
+        return []
+
+    @staticmethod
+    def _publish(
+        app: Any,
+        run: DataFlowRun,
+        default_timeout: int,
+        *,
+        countdown: float | None = None,
+        producer: Any = None,
+    ) -> None:
         data_flow = run.data_flow
-        timeout = data_flow.effective_timeout
-        queue = run.queue or data_flow.effective_queue
-        task_id = task_id_for(run)
-        run_data_flow.apply_async(
+        timeout = data_flow.timeout or default_timeout
+        app.send_task(
+            TASK_NAME,
             args=(run.pk,),
-            task_id=task_id,
-            queue=queue,
+            task_id=run.task_id,
+            queue=run.queue or data_flow.effective_queue,
             countdown=countdown,
             soft_time_limit=timeout,
             time_limit=timeout + HARD_TIME_LIMIT_GRACE,
@@ -128,12 +149,11 @@ class CeleryBackend(BaseBackend):
                 "dataflows_run_id": run.pk,
                 "dataflows_attempt": run.attempt,
             },
+            producer=producer,
+            ignore_result=True,
             retry=True,
             retry_policy=ENQUEUE_RETRY_POLICY,
         )
-        if run.task_id != task_id or run.queue != queue:
-            # An UPDATE per run, skipped for a run created with its task id and queue.
-            FlowExecutor.record_enqueued(run, task_id=task_id, queue=queue)
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         try:
@@ -173,6 +193,19 @@ def execute_run(run_id: int) -> None:
     FlowExecutor.execute_queued(run_id, on_failure=schedule_retry)
 
 
+def record_lost_process(run_id: int, exc: BaseException, *, timed_out: bool) -> None:
+    """The pool process running run ``run_id`` died (``kill -9``, out of memory, hard limit).
+
+    Called in the worker's main process, which saw it die: the run, still ``in_progress``,
+    ends ``failed`` (or ``timed_out`` at the hard time limit) with the reason, and the
+    flow's retry policy applies as to any failure. Without this the run would wait for
+    the heartbeat to time it out, and never be retried.
+    """
+    run = DataFlowRun.objects.select_related("data_flow").filter(pk=run_id).first()
+    if run is not None and FlowExecutor.record_lost_process(run, exc, timed_out=timed_out):
+        schedule_retry(run, exc)
+
+
 def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
     """After ``run`` failed with ``exc``, enqueue the next attempt as a new run, if one is due.
 
@@ -206,23 +239,19 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
     except RunAlreadyActive:
         logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
         return None
+    # A retry waits at most half its pickup timeout, else the heartbeat would take it back
+    # as never picked up and hand it over again without its countdown.
     delay = retry_delay(
-        run.attempt, backoff=app_settings.RETRY_BACKOFF, timeout=data_flow.effective_timeout
+        run.attempt,
+        backoff=app_settings.RETRY_BACKOFF,
+        timeout=min(data_flow.effective_timeout, app_settings.PICKUP_TIMEOUT),
     )
-    _enqueue_retry(retry, data_flow, delay)
-    return retry
-
-
-def _enqueue_retry(retry: DataFlowRun, data_flow: DataFlow, delay: float) -> None:
-    # As django_dataflows.backends.dispatch() does, but always through Celery (the worker
-    # may be configured with another backend) and with a countdown.
-    emit("run_enqueued", retry)
     try:
-        CeleryBackend().enqueue(retry, countdown=delay)
-    except Exception as exc:
-        logger.exception("Could not enqueue retry run %s of %r", retry.pk, data_flow.name)
-        FlowExecutor.record_enqueue_failure(retry, exc)
-        return
+        # The same hand-over as any run's, through Celery whatever the worker's settings
+        # name (a worker executing this task is a Celery worker), with the backoff.
+        dispatch(retry, delay=delay, backend=load_backend(CELERY_BACKEND))
+    except EnqueueFailed:
+        return retry  # logged by dispatch() and recorded on the retry run
     logger.info(
         "Data flow %r: attempt %s will run as run %s in %.1f s.",
         data_flow.name,
@@ -230,3 +259,4 @@ def _enqueue_retry(retry: DataFlowRun, data_flow: DataFlow, delay: float) -> Non
         retry.pk,
         delay,
     )
+    return retry

@@ -54,11 +54,8 @@ class DjangoTasksBackend(BaseBackend):
     """
 
     supports_async = True
-    supports_queues = True
-    # The framework does not retry failed tasks.
-    supports_retries = False
 
-    def enqueue(self, run: DataFlowRun) -> None:
+    def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
         from django_dataflows.django_tasks import run_data_flow
 
         queue = run.queue or run.data_flow.effective_queue

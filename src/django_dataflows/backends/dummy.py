@@ -18,17 +18,22 @@ class DummyBackend(BaseBackend):
     it; ``run_all()`` executes the recorded runs in order.
     """
 
-    supports_async = True
-    supports_queues = True
+    # Nothing runs anywhere until run_all(): not asynchronous, but it records delays.
+    supports_defer = True
 
     def __init__(self) -> None:
         self.enqueued: list[DataFlowRun] = []
+        #: The ``delay`` each deferred run was handed over with, by run id.
+        self.delays: dict[int, float] = {}
 
-    def enqueue(self, run: DataFlowRun) -> None:
+    def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
         self.enqueued.append(run)
+        if delay is not None:
+            self.delays[run.pk] = delay
 
     def clear(self) -> None:
         self.enqueued.clear()
+        self.delays.clear()
 
     def run_all(self) -> None:
         runs, self.enqueued = self.enqueued, []

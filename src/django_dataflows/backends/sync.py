@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from django_dataflows.backends.base import BaseBackend
+from django_dataflows.backends.base import BaseBackend, refused_from
+from django_dataflows.conf import app_settings
+from django_dataflows.exceptions import RunNotPending
 from django_dataflows.executor import FlowExecutor
 
 if TYPE_CHECKING:
@@ -21,8 +25,33 @@ class SyncBackend(BaseBackend):
     not raised to the caller, so one failing flow never stops a heartbeat's others.
     """
 
-    def enqueue(self, run: DataFlowRun) -> None:
+    def enqueue_many(self, runs: Sequence[DataFlowRun]) -> list[tuple[DataFlowRun, Exception]]:
+        """Run a heartbeat's batch one after another, showing the waiting runs are alive.
+
+        A run waiting its turn here is ``pending`` for as long as the runs before it take.
+        Before each run, at most every quarter of ``PICKUP_TIMEOUT``, the runs still
+        waiting are renewed (:meth:`FlowExecutor.renew_pending`), so another heartbeat
+        never takes them back from a living batch; if this process dies, they stop being
+        renewed and the next heartbeat after ``PICKUP_TIMEOUT`` runs them.
+        """
+        renew_every = app_settings.PICKUP_TIMEOUT / 4
+        renewed = time.monotonic()
+        for index, run in enumerate(runs):
+            if time.monotonic() - renewed >= renew_every:
+                FlowExecutor.renew_pending(runs[index:])
+                renewed = time.monotonic()
+            try:
+                self.enqueue(run)
+            except Exception as exc:
+                return refused_from(runs, index, exc)
+        return []
+
+    def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
         try:
             FlowExecutor.execute(run.data_flow, run=run)
+        except RunNotPending as exc:
+            # Taken meanwhile: another heartbeat ran it (this batch was slower than
+            # PICKUP_TIMEOUT), or it was cancelled. Its body ran at most once.
+            logger.info("Run %s of %r is %s; skipped.", run.pk, run.data_flow.name, exc.status)
         except Exception:
             logger.info("Run %s of %r failed; see the run record.", run.pk, run.data_flow.name)
