@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dataflows", "0002_run_control_steps_and_stats"),
+        ("dataflows", "0003_runcontrol"),
     ]
 
     operations = [
