@@ -45,6 +45,17 @@ class RunNotPending(DataFlowError):
         super().__init__(f"Run {run_id} is {status}, not pending; it will not be executed again.")
 
 
+class InvalidRunState(DataFlowError):
+    """The run's state forbids what was asked (cancel a finished run, delete an active one)."""
+
+    def __init__(self, run_id: int, status: str, action: str, expected: str = "") -> None:
+        self.run_id = run_id
+        self.status = status
+        self.action = action
+        reason = f"it is {status}, not {expected}" if expected else f"it is {status}"
+        super().__init__(f"Cannot {action} run {run_id}: {reason}.")
+
+
 class EnqueueFailed(DataFlowError):
     """The backend could not accept the run (for example, the broker is down)."""
 
