@@ -101,3 +101,15 @@ if find_spec("django_tasks_db") is not None:
             "QUEUES": ["default", "reports", "parked"],
         }
     }
+
+# The REST API (the "api" extra): session and token authentication, as a host project
+# would configure them.
+if find_spec("rest_framework") is not None:
+    INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken", "django_filters"]
+    INSTALLED_APPS += ["drf_spectacular"]
+    REST_FRAMEWORK = {
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            "rest_framework.authentication.SessionAuthentication",
+            "rest_framework.authentication.TokenAuthentication",
+        ],
+    }

@@ -45,20 +45,23 @@ class RunNotPending(DataFlowError):
         super().__init__(f"Run {run_id} is {status}, not pending; it will not be executed again.")
 
 
-class InvalidRunState(DataFlowError):
-    """The run's state forbids what was asked (cancel a finished run, delete an active one)."""
-
-    def __init__(self, run_id: int, status: str, action: str, expected: str = "") -> None:
-        self.run_id = run_id
-        self.status = status
-        self.action = action
-        reason = f"it is {status}, not {expected}" if expected else f"it is {status}"
-        super().__init__(f"Cannot {action} run {run_id}: {reason}.")
-
-
 class EnqueueFailed(DataFlowError):
     """The backend could not accept the run (for example, the broker is down)."""
 
 
 class PermanentFlowError(DataFlowError):
     """Raise from ``Flow.run()`` for an error that retrying cannot fix: the run is not retried."""
+
+
+class InvalidRunState(DataFlowError):
+    """A run-control call that the run's current state forbids (the API answers 409).
+
+    ``run_id``, ``status`` (the run's status when the call was refused) and ``action``
+    (``"cancel"``, ``"pause"``, ``"resume"`` or ``"retry"``) say what was refused.
+    """
+
+    def __init__(self, run_id: int, status: str, action: str, reason: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.action = action
+        super().__init__(f"Cannot {action} run {run_id}: {reason}")

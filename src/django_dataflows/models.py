@@ -758,7 +758,12 @@ class DataFlowRun(models.Model):
         )
         self.refresh_from_db(fields=["status", "deleted_at", "updated_at"])
         if not hidden and self.deleted_at is None:
-            raise InvalidRunState(self.pk, self.status, "delete", expected="finished")
+            raise InvalidRunState(
+                self.pk,
+                self.status,
+                "delete",
+                f"it is {self.status}; only finished runs can be deleted.",
+            )
 
 
 class StepStatus(models.TextChoices):
