@@ -68,7 +68,11 @@ class RunOrderingFilter(django_filters.OrderingFilter):
 
 
 class DataFlowFilterSet(django_filters.FilterSet):
-    enabled = django_filters.BooleanFilter(help_text="Only enabled (true) or disabled (false).")
+    enabled = django_filters.TypedChoiceFilter(
+        choices=(("true", "true"), ("false", "false")),
+        coerce=lambda value: value == "true",
+        help_text="Only enabled (true) or disabled (false) flows.",
+    )
     search = django_filters.CharFilter(
         field_name="name", lookup_expr="icontains", help_text="Part of the flow's name."
     )
