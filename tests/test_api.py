@@ -229,6 +229,26 @@ def test_create_flow_with_bad_input_is_400_naming_the_field(
     assert not DataFlow.objects.exists()
 
 
+def test_configuration_is_checked_against_the_flows_schema() -> None:
+    api = client_for("view_dataflow", "add_dataflow", "change_dataflow")
+    body = {
+        "name": "schema",
+        "flow": "tests.testapp.flows.WithSchema",
+        "run_interval": 60,
+        "configuration": {"batch_size": -1},
+    }
+    response = api.post(f"{API}flows/", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["configuration"] == ["batch_size: -1 is less than the minimum of 1"]
+    body["configuration"] = {"batch_size": 5}
+    created = api.post(f"{API}flows/", body, format="json")
+    assert created.status_code == 201
+    patch = {"configuration": {}}
+    response = api.patch(f"{API}flows/{created.json()['id']}/", patch, format="json")
+    assert response.status_code == 400
+    assert "batch_size" in response.json()["configuration"][0]
+
+
 def test_duplicate_flow_name_is_400() -> None:
     DataFlowFactory(name="taken")
     api = client_for("view_dataflow", "add_dataflow")
@@ -357,6 +377,9 @@ def test_flow_types_is_a_plain_list_of_registered_flows(client: APIClient) -> No
     count_rows = by_path["tests.testapp.flows.CountRows"]
     assert count_rows["description"] == "Record one row per run and return how many rows there are."
     assert set(count_rows) == {"path", "name", "description", "configuration_schema", "steps"}
+    assert by_path["tests.testapp.flows.ThreeSteps"]["steps"] == ["one", "two", "three"]
+    with_schema = by_path["tests.testapp.flows.WithSchema"]["configuration_schema"]
+    assert with_schema["required"] == ["batch_size"]
 
 
 # -- starting runs -------------------------------------------------------------------------
@@ -378,6 +401,16 @@ def test_start_runs_the_flow_and_answers_202_with_the_run() -> None:
     assert body["trigger"] == RunTrigger.API
     assert body["triggered_by"] == user.pk
     assert body["status"] == RunStatus.SUCCESS  # the in-process backend ran it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_start_passes_the_input_to_the_flow() -> None:
+    flow = DataFlowFactory(flow="tests.testapp.flows.EchoInput")
+    api = client_for("view_dataflow", "run_dataflow")
+    response = api.post(f"{API}flows/{flow.pk}/start/", {"input": {"day": "monday"}}, format="json")
+    assert response.status_code == 202
+    assert response.json()["input"] == {"day": "monday"}
+    assert response.json()["result"] == {"input": {"day": "monday"}}
 
 
 def test_start_with_active_run_is_409(dummy_backend: object) -> None:
@@ -537,20 +570,82 @@ def test_soft_delete_of_active_run_is_409() -> None:
     assert run.deleted_at is None
 
 
-def test_cancel_pending_run(dummy_backend: object) -> None:
+@pytest.fixture
+def runner() -> APIClient:
+    return client_for(*VIEW_ALL, "run_dataflow")
+
+
+def test_cancel_pending_run_ends_it(runner: APIClient, dummy_backend: object) -> None:
     run = make_run(status=RunStatus.PENDING)
-    api = client_for(*VIEW_ALL, "run_dataflow")
-    response = api.post(f"{API}runs/{run.pk}/cancel/")
+    response = runner.post(f"{API}runs/{run.pk}/cancel/")
     assert response.status_code == 202
     assert response.json()["status"] == RunStatus.CANCELLED
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
 
 
-def test_cancel_finished_run_is_409() -> None:
+def test_cancel_running_run_requests_it(runner: APIClient) -> None:
+    run = make_run(status=RunStatus.IN_PROGRESS, started_at=timezone.now())
+    body = runner.post(f"{API}runs/{run.pk}/cancel/").json()
+    assert (body["status"], body["cancel_requested"]) == (RunStatus.IN_PROGRESS, True)
+
+
+@pytest.mark.parametrize("action", ["cancel", "pause", "resume"])
+def test_control_of_finished_run_is_409(runner: APIClient, action: str) -> None:
     run = make_run(status=RunStatus.SUCCESS)
-    api = client_for(*VIEW_ALL, "run_dataflow")
-    response = api.post(f"{API}runs/{run.pk}/cancel/")
+    response = runner.post(f"{API}runs/{run.pk}/{action}/")
     assert response.status_code == 409
-    assert "detail" in response.json()
+    assert f"Cannot {action} run {run.pk}" in response.json()["detail"]
+
+
+def test_pause_running_run(runner: APIClient) -> None:
+    run = make_run(status=RunStatus.IN_PROGRESS, started_at=timezone.now())
+    response = runner.post(f"{API}runs/{run.pk}/pause/")
+    assert response.status_code == 202
+    assert response.json()["pause_requested"] is True
+    run.refresh_from_db()
+    assert run.pause_requested_at is not None
+
+
+def test_pause_pending_run_is_409(runner: APIClient) -> None:
+    run = make_run(status=RunStatus.PENDING)
+    assert runner.post(f"{API}runs/{run.pk}/pause/").status_code == 409
+
+
+def test_resume_paused_run(runner: APIClient, dummy_backend: object) -> None:
+    run = make_run(status=RunStatus.PAUSED, started_at=timezone.now())
+    response = runner.post(f"{API}runs/{run.pk}/resume/")
+    assert response.status_code == 202
+    assert response.json()["status"] == RunStatus.PENDING
+
+
+def test_retry_answers_the_new_run(runner: APIClient, dummy_backend: object) -> None:
+    run = make_run(status=RunStatus.FAILED, input={"day": 3})
+    response = runner.post(f"{API}runs/{run.pk}/retry/")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["id"] != run.pk
+    assert (body["trigger"], body["attempt"], body["input"]) == ("retry", 2, {"day": 3})
+    assert DataFlowRun.objects.count() == 2
+
+
+def test_retry_of_successful_run_is_409(runner: APIClient) -> None:
+    run = make_run(status=RunStatus.SUCCESS)
+    assert runner.post(f"{API}runs/{run.pk}/retry/").status_code == 409
+
+
+def test_retry_while_flow_has_active_run_is_409(runner: APIClient) -> None:
+    failed = make_run(status=RunStatus.FAILED)
+    make_run(data_flow=failed.data_flow, status=RunStatus.PENDING)
+    response = runner.post(f"{API}runs/{failed.pk}/retry/")
+    assert response.status_code == 409
+    assert DataFlowRun.objects.count() == 2
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "retry"])
+def test_run_control_needs_run_permission(client: APIClient, action: str) -> None:
+    run = make_run(status=RunStatus.FAILED)
+    assert client.post(f"{API}runs/{run.pk}/{action}/").status_code == 403
 
 
 # -- run list: filters, ordering, pagination -------------------------------------------------
@@ -768,6 +863,9 @@ def test_schema_describes_every_endpoint(client: APIClient) -> None:
         "/runs/{id}/",
         "/runs/{id}/status/",
         "/runs/{id}/cancel/",
+        "/runs/{id}/pause/",
+        "/runs/{id}/resume/",
+        "/runs/{id}/retry/",
         "/stats/",
     } <= set(schema["paths"])
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from django_dataflows.flows import get_flow_class, is_registered
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
@@ -21,6 +22,7 @@ from django_dataflows.models import (
     RunTrigger,
     StepStatus,
 )
+from django_dataflows.validators import configuration_errors
 
 #: Deepest nesting accepted in a JSON body (configuration, input): keeps validation and
 #: storage bounded whatever a client sends.
@@ -219,6 +221,16 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "timeout": {"max_value": 2_147_483_647},
             "max_retries": {"max_value": 32_767},
         }
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Check the configuration against the flow's ``configuration_schema``."""
+        path = attrs.get("flow", getattr(self.instance, "flow", ""))
+        configuration = attrs.get("configuration", getattr(self.instance, "configuration", {}))
+        if is_registered(path):
+            messages = configuration_errors(get_flow_class(path), configuration)
+            if messages:
+                raise serializers.ValidationError({"configuration": messages})
+        return attrs
 
 
 # -- flow types and statistics -----------------------------------------------------------

@@ -140,7 +140,9 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         data_flow = self.get_object()
         body = StartRunSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        run = data_flow.trigger_run(trigger=RunTrigger.API, user=request.user)
+        run = data_flow.trigger_run(
+            trigger=RunTrigger.API, user=request.user, input=body.validated_data["input"]
+        )
         return _run_response(run, request, self)
 
     @document(request=None, responses=DataFlowSerializer)
@@ -223,9 +225,26 @@ class DataFlowRunViewSet(
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel: a pending or paused run at once, a running one at its next checkpoint."""
-        run = self.get_object()
-        if not FlowExecutor.cancel(run):
-            raise Conflict(f"Cannot cancel run {run.pk}: it is {run.status}.")
+        return _run_response(FlowExecutor.cancel(self.get_object()), request, self)
+
+    @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Ask a running run to pause at its next checkpoint."""
+        return _run_response(FlowExecutor.pause(self.get_object()), request, self)
+
+    @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """Continue a paused run: it is handed to the backend again."""
+        return _run_response(FlowExecutor.resume(self.get_object()), request, self)
+
+    @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Start a new run (same input, next attempt) after a failed, timed-out or cancelled
+        one: 202 with the **new** run."""
+        run = FlowExecutor.retry(self.get_object(), user=request.user)
         return _run_response(run, request, self)
 
 
@@ -253,8 +272,8 @@ class FlowTypeListView(APIViewMixin, GenericAPIView):
                 "path": path,
                 "name": flow_class.verbose_name or flow_class.__name__,
                 "description": flow_class.describe(),
-                "configuration_schema": getattr(flow_class, "configuration_schema", None),
-                "steps": list(getattr(flow_class, "steps", ())),
+                "configuration_schema": flow_class.configuration_schema,
+                "steps": list(flow_class.steps),
             }
             for path, flow_class in registered_flows().items()
         ]
