@@ -596,24 +596,25 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
                 status__in=RATED_STATUSES, duration_ms__isnull=False, data_flow_id__in=wanted
             )
             .annotate(
-                dataflows_rank=Window(
+                flow_ref=F("data_flow_id"),
+                duration_ref=F("duration_ms"),
+                rank_ref=Window(
                     RowNumber(), partition_by=[F("data_flow_id")], order_by=F("duration_ms").asc()
-                )
+                ),
             )
-            .values_list("data_flow_id", "duration_ms", "dataflows_rank")
+            .values_list("flow_ref", "duration_ref", "rank_ref")
         )
         inner_sql, inner_params = ranked.query.sql_with_params()
         conditions = []
         params: list[Any] = list(inner_params)
         for flow_id, wanted_ranks in wanted.items():
             placeholders = ", ".join(["%s"] * len(wanted_ranks))
-            conditions.append(f"(ranked.flow_id = %s AND ranked.rank_number IN ({placeholders}))")
+            conditions.append(f"(ranked.flow_ref = %s AND ranked.rank_ref IN ({placeholders}))")
             # ROW_NUMBER() counts from 1; percentile positions count from 0.
             params += [flow_id, *(rank + 1 for rank in wanted_ranks)]
         sql = (
-            "SELECT ranked.flow_id, ranked.duration, ranked.rank_number "  # noqa: S608
-            f"FROM ({inner_sql}) AS ranked (flow_id, duration, rank_number) "
-            f"WHERE {' OR '.join(conditions)}"
+            "SELECT ranked.flow_ref, ranked.duration_ref, ranked.rank_ref "  # noqa: S608
+            f"FROM ({inner_sql}) ranked WHERE {' OR '.join(conditions)}"
         )
         with connections[runs.db].cursor() as cursor:
             cursor.execute(sql, params)
