@@ -729,9 +729,22 @@ def test_runs_filter_by_creation_time(client: APIClient, runs: dict[str, DataFlo
     assert listed(client, f"created_before={cutoff}") == ids(runs, "failed", "old")
 
 
+def test_runs_created_filters_accept_any_offset(
+    client: APIClient, runs: dict[str, DataFlowRun]
+) -> None:
+    # Python allows offsets up to 23:59; PostgreSQL only to 15:59: compared in UTC.
+    assert listed(client, "created_before=2588-03-03T14:47:14-21:11") == ids(
+        runs, "new", "timed_out", "failed", "old"
+    )
+    assert listed(client, "created_after=2588-03-03T14:47:14%2B21:11") == []
+
+
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
+        ("created_before=9999-12-31T23:59:59-23:00", "created_before"),
+        ("flow=99999999999999999999", "flow"),
+        ("triggered_by=0", "triggered_by"),
         ("status=failed,exploded", "status"),
         ("trigger=telepathy", "trigger"),
         ("flow=abc", "flow"),

@@ -275,7 +275,10 @@ class StatsQuerySerializer(serializers.Serializer):
         required=False, help_text="Only runs created at or after this instant (ISO 8601)."
     )
     flow = serializers.IntegerField(
-        required=False, min_value=1, help_text="Only this flow's runs (stats/ only)."
+        required=False,
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="Only this flow's runs (stats/ only).",
     )
 
 

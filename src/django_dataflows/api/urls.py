@@ -46,6 +46,11 @@ class SchemaView(SpectacularAPIView):
             "DESCRIPTION": "Flows, runs, run control and statistics of django-dataflows.",
             "SERVERS": [{"url": prefix or "/"}],
             "COMPONENT_SPLIT_REQUEST": True,
+            "ENUM_NAME_OVERRIDES": {
+                "RunStatusEnum": "django_dataflows.models.RunStatus",
+                "StepStatusEnum": "django_dataflows.models.StepStatus",
+                "RunTriggerEnum": "django_dataflows.models.RunTrigger",
+            },
         }
         response: HttpResponseBase = super().get(request, *args, **kwargs)  # type: ignore[no-untyped-call]
         return response
