@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_dataflows.exceptions import InvalidRunState
-from django_dataflows.models import DataFlowRun, PercentileCont, RunStatus
+from django_dataflows.models import DataFlowRun, RunStatus
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 
 pytestmark = pytest.mark.django_db
@@ -143,9 +143,9 @@ def test_stats_per_flow_matches_stats_of_each_flow_in_two_queries() -> None:
         assert per_flow[flow.pk] == pytest.approx(flow.runs.stats())
 
 
-def test_percentile_must_be_a_fraction() -> None:
-    with pytest.raises(ValueError, match="from 0 to 1"):
-        PercentileCont("duration_ms", 95)
+def test_stats_of_an_empty_selection() -> None:
+    assert DataFlowRun.objects.filter(data_flow__in=[]).stats()["total"] == 0
+    assert DataFlowRun.objects.filter(data_flow__in=[]).stats_per_flow() == {}
 
 
 def test_soft_delete_of_active_run_is_refused() -> None:
