@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -9,11 +10,14 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from django_dataflows.api.serializers import DataFlowRunSerializer
 from django_dataflows.backends.base import BaseBackend
 from django_dataflows.models import (
     DataFlow,
@@ -516,6 +520,39 @@ def test_run_representation(client: APIClient) -> None:
     assert body["duration_ms"] == 1500
     assert body["cancel_requested"] is False
     assert body["input"] == {"day": "2026-01-01"}
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin"])
+def test_fast_run_representation_is_what_the_fields_give(settings: Any, zone: str) -> None:
+    settings.TIME_ZONE = zone
+    run = make_run(
+        status=RunStatus.FAILED,
+        scheduled_for=timezone.now(),
+        started_at=timezone.now(),
+        ended_at=timezone.now() + timedelta(seconds=2),
+        duration_ms=2000,
+        error_message="boom",
+        error_backtrace="Traceback",
+        result={"rows": 1},
+        input={"a": [1, 2]},
+        cancel_requested_at=timezone.now(),
+        triggered_by=UserFactory(),
+    )
+    DataFlowRunStep.objects.create(
+        run=run, position=1, name="one", started_at=timezone.now(), duration_ms=5, result=[1]
+    )
+    run = DataFlowRun.objects.select_related("data_flow").prefetch_related("steps").get()
+    by_fields = serializers.ModelSerializer.to_representation(DataFlowRunSerializer(), run)
+    fast = DataFlowRunSerializer.fast_representation(run)
+    assert list(fast) == list(by_fields)
+    assert fast == json.loads(json.dumps(by_fields))
+
+
+def test_project_datetime_format_is_respected(client: APIClient) -> None:
+    run = make_run()
+    with override_settings(REST_FRAMEWORK={"DATETIME_FORMAT": "%Y"}):
+        body = client.get(f"{API}runs/{run.pk}/").json()
+    assert body["created_at"] == str(run.created_at.year)
 
 
 def test_backtrace_is_shown_to_staff_only() -> None:

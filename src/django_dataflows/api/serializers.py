@@ -9,9 +9,14 @@ JSON, so keep these importable and stable.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from rest_framework import serializers
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from django_dataflows.flows import get_flow_class, is_registered
 from django_dataflows.models import (
@@ -95,11 +100,12 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
 
     Give it ``context={"request": request}`` (views do); without a request, or for a
     non-staff user, the backtrace key is left out. Querysets should
-    ``select_related("data_flow")`` and ``prefetch_related("steps")``.
+    ``annotate(flow_name=F("data_flow__name"))`` (or ``select_related("data_flow")``) and
+    ``prefetch_related("steps")``.
     """
 
     flow = serializers.IntegerField(source="data_flow_id", read_only=True)
-    flow_name = serializers.CharField(source="data_flow.name", read_only=True)
+    flow_name = serializers.SerializerMethodField()
     status = serializers.ChoiceField(choices=RunStatus.choices, read_only=True)
     trigger = serializers.ChoiceField(choices=RunTrigger.choices, read_only=True)
     triggered_by = serializers.IntegerField(
@@ -139,6 +145,9 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
+    def get_flow_name(self, run: DataFlowRun) -> str:
+        return flow_name(run)
+
     def get_cancel_requested(self, run: DataFlowRun) -> bool:
         return run.cancel_requested_at is not None
 
@@ -146,10 +155,82 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
         return run.pause_requested_at is not None
 
     def to_representation(self, instance: DataFlowRun) -> dict[str, Any]:
-        data: dict[str, Any] = super().to_representation(instance)
+        if _iso_datetimes():
+            data = self.fast_representation(instance)
+        else:  # the project formats datetimes its own way: let the fields do it
+            data = super().to_representation(instance)
         if not can_see_backtraces(self.context.get("request")):
             data.pop("error_backtrace", None)
         return data
+
+    @staticmethod
+    def fast_representation(run: DataFlowRun) -> dict[str, Any]:
+        """What the declared fields give, built directly: a page of 50 runs with their
+        steps costs a few milliseconds instead of tens (``bench/stats.py``). A test pins
+        it to the fields' own output."""
+        moment = _datetime_formatter()
+        return {
+            "id": run.pk,
+            "flow": run.data_flow_id,
+            "flow_name": flow_name(run),
+            "status": run.status,
+            "trigger": run.trigger,
+            "triggered_by": run.triggered_by_id,
+            "scheduled_for": moment(run.scheduled_for),
+            "created_at": moment(run.created_at),
+            "started_at": moment(run.started_at),
+            "ended_at": moment(run.ended_at),
+            "duration_ms": run.duration_ms,
+            "input": run.input,
+            "result": run.result,
+            "error_message": run.error_message,
+            "error_backtrace": run.error_backtrace,
+            "attempt": run.attempt,
+            "queue": run.queue,
+            "progress": run.progress,
+            "steps": [
+                {
+                    "name": step.name,
+                    "position": step.position,
+                    "status": step.status,
+                    "started_at": moment(step.started_at),
+                    "ended_at": moment(step.ended_at),
+                    "duration_ms": step.duration_ms,
+                    "result": step.result,
+                    "error_message": step.error_message,
+                }
+                for step in run.steps.all()
+            ],
+            "cancel_requested": run.cancel_requested_at is not None,
+            "pause_requested": run.pause_requested_at is not None,
+            "updated_at": moment(run.updated_at),
+        }
+
+
+def _iso_datetimes() -> bool:
+    output_format = api_settings.DATETIME_FORMAT
+    return isinstance(output_format, str) and output_format.lower() == ISO_8601
+
+
+def _datetime_formatter() -> Callable[[datetime | None], str | None]:
+    """DRF's ISO 8601 output: in the current time zone, UTC written ``Z``."""
+    zone = timezone.get_current_timezone() if settings.USE_TZ else None
+
+    def moment(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        if zone is not None and timezone.is_aware(value):
+            value = value.astimezone(zone)
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return moment
+
+
+def flow_name(run: DataFlowRun) -> str:
+    """The run's flow name: annotated by the API's querysets, else read from the flow."""
+    name: str | None = getattr(run, "flow_name", None)
+    return run.data_flow.name if name is None else name
 
 
 def can_see_backtraces(request: Any) -> bool:
