@@ -920,6 +920,11 @@ def test_schema_describes_every_endpoint(client: APIClient) -> None:
     } <= set(schema["paths"])
 
 
+def test_schema_needs_an_authenticated_user() -> None:
+    assert APIClient().get(f"{API}schema/").status_code == 401
+    assert APIClient().get(f"{API}schema/swagger-ui/").status_code == 401
+
+
 def test_swagger_ui_page(client: APIClient) -> None:
     response = client.get(f"{API}schema/swagger-ui/")
     assert response.status_code == 200
