@@ -88,12 +88,13 @@ def build(flows: int, runs: int) -> None:
                     SELECT 1 + i %% %(flows)s, status, 'schedule', created, created,
                         created + duration * interval '1 millisecond', duration, '', '',
                         NULL, 1, md5(i::text), 'default', '{{}}', '{{}}', 0,
-                        CASE WHEN i %% 100 = 7 THEN created END, created
+                        CASE WHEN i / %(flows)s %% 100 = 7 THEN created END, created
                     FROM (
                         SELECT i,
                             now() - (%(runs)s - i) * interval '30 days' / %(runs)s AS created,
-                            (CASE WHEN i %% 100 < 85 THEN 'success' WHEN i %% 100 < 93
-                                  THEN 'failed' WHEN i %% 100 < 95 THEN 'timed_out'
+                            (CASE WHEN i / %(flows)s %% 100 < 85 THEN 'success'
+                                  WHEN i / %(flows)s %% 100 < 93 THEN 'failed'
+                                  WHEN i / %(flows)s %% 100 < 95 THEN 'timed_out'
                                   ELSE 'cancelled' END) AS status,
                             (50 + 600000 * random() * random() * random())::bigint AS duration
                         FROM generate_series(%(start)s, %(stop)s) AS i

@@ -439,6 +439,25 @@ _STATS_COLUMNS = (
 )
 
 
+#: Up to this many rated runs, PostgreSQL sorts them for ``percentile_cont`` in memory;
+#: beyond, reading two offsets of the rated-duration index is faster (``bench/stats.py``).
+SORTED_PERCENTILES_LIMIT = 100_000
+
+
+def _sorted_percentiles(rated: models.QuerySet[Any]) -> dict[str, float | None]:
+    """PostgreSQL's ``percentile_cont`` over the durations of ``rated`` runs (one query)."""
+    inner_sql, params = rated.values("duration_ms").query.sql_with_params()
+    fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
+    sql = (
+        f"SELECT PERCENTILE_CONT(ARRAY[{fractions}]) "  # noqa: S608 - no user input
+        f"WITHIN GROUP (ORDER BY runs.duration_ms) FROM ({inner_sql}) runs"
+    )
+    with connections[rated.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        (values,) = cursor.fetchone() or (None,)
+    return _postgres_percentiles({"percentiles": values})
+
+
 #: The statistics row of no runs at all.
 _NO_RUNS: dict[str, Any] = {
     **dict.fromkeys(_STATS_COLUMNS, 0),
@@ -532,30 +551,31 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         success rate is ``success / (success + failed + timed_out)`` in percent (``None``
         with none of those): active runs are not rated, cancelled ones are counted but not
         rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
-        percentiles) are over the same rated runs. One query on PostgreSQL
-        (``percentile_cont``); elsewhere three (the aggregate, then one ordered offset query
-        per percentile), whatever the number of runs.
+        percentiles) are over the same rated runs.
+
+        At most three queries, whatever the number of runs: the counts and averages, then
+        the percentiles: on PostgreSQL one ``percentile_cont`` for up to
+        ``SORTED_PERCENTILES_LIMIT`` rated runs; beyond that (and on other databases) one
+        ordered ``OFFSET`` query per percentile, which reads the partial index of rated
+        durations instead of sorting a million values.
         """
         runs = self._stats_base(since)
-        postgres = connections[runs.db].vendor == "postgresql"
-        rows = self._stats_rows(runs, percentiles=postgres, per_flow=False)
+        rows = self._stats_rows(runs, percentiles=False, per_flow=False)
         row = rows[0] if rows else _NO_RUNS
-        if postgres:
-            return _run_stats(row, _postgres_percentiles(row))
         count = row["timed_count"]
-        durations = (
-            runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
-            .order_by("duration_ms")
-            .values_list("duration_ms", flat=True)
-        )
         percentiles: dict[str, float | None] = dict.fromkeys(PERCENTILES)
+        if not count:
+            return _run_stats(row, percentiles)
+        rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
+        if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
+            return _run_stats(row, _sorted_percentiles(rated))
+        durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
         for key, fraction in PERCENTILES.items():
-            if count:
-                lower, upper, weight = _percentile_positions(count, fraction)
-                values: list[int] = [
-                    value for value in durations[lower : upper + 1] if value is not None
-                ]
-                percentiles[key] = _interpolate(values[0], values[-1], weight)
+            lower, upper, weight = _percentile_positions(count, fraction)
+            values: list[int] = [
+                value for value in durations[lower : upper + 1] if value is not None
+            ]
+            percentiles[key] = _interpolate(values[0], values[-1], weight)
         return _run_stats(row, percentiles)
 
     def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
@@ -796,7 +816,15 @@ class DataFlowRun(models.Model):
             models.Index(
                 fields=("data_flow", "status"),
                 include=("duration_ms", "deleted_at", "created_at"),
-                name="dataflows_run_flow_status_idx",
+                name="dataflows_run_flow_stat_idx",
+            ),
+            # The durations the percentiles of many runs read in order (OFFSET), unsorted.
+            models.Index(
+                fields=("duration_ms",),
+                condition=Q(
+                    status__in=RATED_STATUSES, duration_ms__isnull=False, deleted_at__isnull=True
+                ),
+                name="dataflows_run_rated_ms_idx",
             ),
         )
         constraints = (
