@@ -157,6 +157,9 @@ def test_flow_representation_has_every_field(client: APIClient) -> None:
         "enabled",
         "configuration",
         "run_interval",
+        "cron",
+        "timezone",
+        "alert_after",
         "queue",
         "max_retries",
         "timeout",
@@ -164,6 +167,7 @@ def test_flow_representation_has_every_field(client: APIClient) -> None:
         "last_run_status",
         "next_run_at",
         "state",
+        "overdue",
         "created_at",
         "updated_at",
     }
@@ -251,6 +255,52 @@ def test_configuration_is_checked_against_the_flows_schema() -> None:
     response = api.patch(f"{API}flows/{created.json()['id']}/", patch, format="json")
     assert response.status_code == 400
     assert "batch_size" in response.json()["configuration"][0]
+
+
+def test_flow_shows_whether_it_is_overdue(client: APIClient) -> None:
+    late = DataFlowFactory(name="late", alert_after=60)
+    DataFlow.objects.filter(pk=late.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    fine = DataFlowFactory(name="fine", alert_after=3600)
+    DataFlowFactory(name="unwatched")
+    listed = {
+        flow["name"]: flow["overdue"] for flow in client.get(f"{API}flows/").json()["results"]
+    }
+    assert listed == {"late": True, "fine": False, "unwatched": False}
+    assert client.get(f"{API}flows/{late.pk}/").json()["overdue"] is True
+    assert client.get(f"{API}flows/{fine.pk}/").json()["overdue"] is False
+
+
+def test_create_cron_flow() -> None:
+    api = client_for("view_dataflow", "add_dataflow")
+    body = {
+        "name": "nightly",
+        "flow": "tests.testapp.flows.CountRows",
+        "cron": "30 2 * * 1-5",
+        "timezone": "Europe/Berlin",
+        "alert_after": 86400,
+    }
+    response = api.post(f"{API}flows/", body, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["run_interval"] is None
+    assert DataFlow.objects.get(name="nightly").cron == "30 2 * * 1-5"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fields"),
+    [
+        ({"cron": "30 2 * * *", "run_interval": 60}, {"cron", "run_interval"}),
+        ({}, {"cron", "run_interval"}),
+        ({"cron": "@reboot"}, {"cron"}),
+        ({"cron": "0 * * * *", "timezone": "Mars/Olympus"}, {"timezone"}),
+    ],
+)
+def test_flow_needs_exactly_one_valid_schedule(schedule: dict[str, Any], fields: set[str]) -> None:
+    api = client_for("view_dataflow", "add_dataflow")
+    body = {"name": "x", "flow": "tests.testapp.flows.CountRows", **schedule}
+    response = api.post(f"{API}flows/", body, format="json")
+    assert response.status_code == 400
+    assert fields <= set(response.json())
+    assert not DataFlow.objects.exists()
 
 
 def test_duplicate_flow_name_is_400() -> None:

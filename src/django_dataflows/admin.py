@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC as datetime_utc
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -46,12 +47,14 @@ from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.models import (
     DataFlow,
+    DataFlowQuerySet,
     DataFlowRun,
     Heartbeat,
     RunStats,
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.schedules import describe_cron, get_zone, zone_name
 
 if TYPE_CHECKING:
     from django.forms.widgets import _OptAttrs
@@ -108,6 +111,24 @@ def describe_interval(seconds: int) -> str:
         if count:
             parts.append(name(count))
     return gettext("every %(interval)s") % {"interval": " ".join(parts)}
+
+
+def describe_schedule(data_flow: DataFlow) -> str:
+    """The flow's schedule in words, an invalid one shown as such (never an exception)."""
+    if data_flow.cron:
+        error = data_flow.schedule_error
+        if error:
+            return format_html(
+                '<span class="dataflows-badge dataflows-badge--failed" title="{}">{}</span> '
+                "<code>{}</code>",
+                error,
+                gettext("invalid schedule"),
+                data_flow.cron,
+            )
+        return describe_cron(data_flow.cron, data_flow.timezone)
+    if data_flow.run_interval is None:
+        return gettext("no schedule")
+    return describe_interval(data_flow.run_interval)
 
 
 def format_duration(duration: timedelta | None) -> str:
@@ -212,14 +233,15 @@ class Health:
 def collect_health(now: datetime | None = None) -> Health:
     """The health box's figures, in four queries whatever the number of flows and runs."""
     now = now or timezone.now()
-    shortest = DataFlow.objects.enabled().aggregate(shortest=Min("run_interval"))["shortest"]
+    enabled = DataFlow.objects.enabled().aggregate(shortest=Min("run_interval"), count=Count("pk"))
+    shortest = enabled["shortest"]  # None when every enabled flow is on a cron schedule
     stale_after = HEARTBEAT_STALE_MINIMUM
     if shortest is not None:
         stale_after = max(stale_after, timedelta(seconds=HEARTBEAT_STALE_INTERVALS * shortest))
     return Health(
         last_heartbeat=Heartbeat.last(),
         stale_after=stale_after,
-        has_enabled_flows=shortest is not None,
+        has_enabled_flows=bool(enabled["count"]),
         stuck_runs=len(DataFlowRun.objects.stuck(now)),
         recent_failures=DataFlowRun.objects.filter(
             status__in=FAILURE_STATUSES, ended_at__gte=now - FAILURE_WINDOW
@@ -286,6 +308,13 @@ class DataFlowForm(_DataFlowModelForm):
     """
 
     flow = forms.ChoiceField(label=_("Flow"), widget=FlowSelect)
+    schedule_kind = forms.ChoiceField(
+        label=_("Schedule kind"),
+        choices=(("interval", _("Every N seconds")), ("cron", _("Cron expression"))),
+        widget=forms.RadioSelect(attrs={"class": "dataflows-schedule-kind"}),
+        required=False,
+        help_text=_("The other kind's field is ignored (and cleared) when you save."),
+    )
 
     class Meta:
         model = DataFlow
@@ -295,6 +324,11 @@ class DataFlowForm(_DataFlowModelForm):
             "flow",
             "enabled",
             "run_interval",
+            "cron",
+            "timezone",
+            "alert_after",
+            "alert_emails",
+            "disable_after_failures",
             "configuration",
             "queue",
             "max_retries",
@@ -304,13 +338,30 @@ class DataFlowForm(_DataFlowModelForm):
         widgets = {
             "configuration": forms.Textarea(
                 attrs={"rows": 10, "cols": 80, "class": "vLargeTextField dataflows-json"}
-            )
+            ),
+            "alert_emails": forms.Textarea(attrs={"rows": 2, "cols": 60}),
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if "flow" in self.fields:
             self._offer_registered_flows()
+        if "schedule_kind" in self.fields:
+            self.fields["schedule_kind"].initial = "cron" if self.instance.cron else "interval"
+
+    def clean(self) -> dict[str, Any]:
+        """Apply the schedule-kind switch: the other kind's field is emptied.
+
+        Without the switch in the data (a script posting the form), both fields are kept
+        and the model's rule (exactly one of the two) decides.
+        """
+        cleaned = super().clean() or {}
+        kind = cleaned.get("schedule_kind")
+        dropped = {"cron": "run_interval", "interval": "cron"}.get(kind or "")
+        if dropped is not None and dropped in self.fields:
+            cleaned[dropped] = None if dropped == "run_interval" else ""
+            self.errors.pop(dropped, None)  # a mistake in a field that is switched off
+        return cleaned
 
     def _offer_registered_flows(self) -> None:
         field = self.fields["flow"]
@@ -398,6 +449,7 @@ class DataFlowAdmin(_DataFlowModelAdmin):
         "name",
         "flow_display",
         "enabled",
+        "overdue_display",
         "interval_display",
         "last_status",
         "last_run_display",
@@ -411,6 +463,8 @@ class DataFlowAdmin(_DataFlowModelAdmin):
     actions = ("run_now", "enable", "disable")
     readonly_fields = (
         "interval_display",
+        "overdue_display",
+        "consecutive_failures",
         "last_status",
         "last_run_at",
         "next_run_at",
@@ -421,14 +475,18 @@ class DataFlowAdmin(_DataFlowModelAdmin):
 
     class Media:
         css = {"all": ("django_dataflows/admin.css",)}
+        js = ("django_dataflows/schedule_kind.js",)
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlow | None = None) -> Any:
-        schedule = ["run_interval"]
+        schedule = ["schedule_kind", "run_interval", "cron", "timezone"]
+        alerts = ["alert_after", "alert_emails", "disable_after_failures"]
         if obj is not None:
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
+            alerts += ["overdue_display", "consecutive_failures"]
         fieldsets: list[tuple[Any, dict[str, Any]]] = [
             (None, {"fields": ["name", "description", "flow", "enabled"]}),
             (_("Schedule"), {"fields": schedule}),
+            (_("Alerts"), {"fields": alerts}),
             (_("Configuration"), {"fields": ["configuration"]}),
             (_("Execution"), {"fields": ["queue", "max_retries", "timeout"]}),
         ]
@@ -439,13 +497,10 @@ class DataFlowAdmin(_DataFlowModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DataFlow]:
         since = timezone.now() - SUCCESS_RATE_WINDOW
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                recent_rated=_count_recent_runs(since, RATED_STATUSES),
-                recent_succeeded=_count_recent_runs(since, (RunStatus.SUCCESS,)),
-            )
+        flows = cast(DataFlowQuerySet, super().get_queryset(request))
+        return flows.with_overdue_since().annotate(
+            recent_rated=_count_recent_runs(since, RATED_STATUSES),
+            recent_succeeded=_count_recent_runs(since, (RunStatus.SUCCESS,)),
         )
 
     # -- columns ----------------------------------------------------------------------
@@ -460,9 +515,24 @@ class DataFlowAdmin(_DataFlowModelAdmin):
             gettext("not registered"),
         )
 
-    @admin.display(description=_("interval"), ordering="run_interval")
+    @admin.display(description=_("schedule"), ordering="run_interval")
     def interval_display(self, obj: DataFlow) -> str:
-        return describe_interval(obj.run_interval)
+        return describe_schedule(obj)
+
+    @admin.display(description=_("overdue"))
+    def overdue_display(self, obj: DataFlow) -> str:
+        if not obj.is_overdue:
+            return ""
+        since = obj.compute_overdue_since()
+        return format_html(
+            '<span class="dataflows-badge dataflows-badge--overdue" title="{}">{}</span>',
+            gettext("No successful run for %(seconds)s seconds (alert after).")
+            % {"seconds": obj.alert_after},
+            gettext("overdue since %(when)s")
+            % {"when": date_format(timezone.localtime(since), "DATETIME_FORMAT")}
+            if since
+            else gettext("overdue"),
+        )
 
     @admin.display(description=_("last status"), ordering="last_run_status")
     def last_status(self, obj: DataFlow) -> str:
@@ -692,9 +762,10 @@ class DataFlowAdmin(_DataFlowModelAdmin):
             if can_view_runs
             else None,
             "upcoming_runs": [
-                (moment, relative_time(moment, now))
+                (moment, relative_time(moment, now), *_in_zone_and_utc(obj, moment))
                 for moment in obj.upcoming_runs(UPCOMING_RUNS_SHOWN, now=now)
             ],
+            "schedule_error": obj.schedule_error,
         }
 
     def _can_view_runs(self, request: HttpRequest) -> bool:
@@ -703,6 +774,20 @@ class DataFlowAdmin(_DataFlowModelAdmin):
         except NotRegistered:  # a project that hides the run history
             return False
         return run_admin.has_view_permission(request)
+
+
+def _in_zone_and_utc(data_flow: DataFlow, moment: datetime) -> tuple[str, str]:
+    """``moment`` on the flow's wall clock (its zone named) and in UTC."""
+    if data_flow.cron:  # upcoming_runs() is empty when the zone is invalid
+        label = zone_name(data_flow.timezone)
+        local = moment.astimezone(get_zone(data_flow.timezone))
+    else:
+        label = timezone.get_current_timezone_name()
+        local = timezone.localtime(moment)
+    return (
+        f"{local:%Y-%m-%d %H:%M %Z} ({label})",
+        f"{moment.astimezone(datetime_utc):%Y-%m-%d %H:%M} UTC",
+    )
 
 
 # -- DataFlowRun ------------------------------------------------------------------------

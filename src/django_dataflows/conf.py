@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "RUN_TIMEOUT": 3600,
     "CALLBACKS": [],
     "FLOW_MODULES": [],
+    "ALERT_EMAILS": [],
 }
 
 
@@ -93,6 +94,12 @@ class DataFlowsSettings:
     @property
     def FLOW_MODULES(self) -> list[str]:
         return list(self._get("FLOW_MODULES") or [])
+
+    @property
+    def ALERT_EMAILS(self) -> list[str]:
+        value = self._get("ALERT_EMAILS") or []
+        # A single address given as a string is one recipient, not a list of characters.
+        return [value] if isinstance(value, str) else list(value)
 
 
 app_settings = DataFlowsSettings()

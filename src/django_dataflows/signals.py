@@ -15,6 +15,10 @@ class and these keyword arguments:
 ``heartbeat_finished``
     ``result`` (the :class:`~django_dataflows.scheduling.HeartbeatResult`).
 
+``flow_overdue``
+    ``data_flow`` and ``since`` (the instant it became overdue): sent by the heartbeat once
+    per overdue episode, which the flow's next successful run ends.
+
 Receivers run inside the worker that executes the flow. An exception in a receiver is
 logged and never changes the run's outcome.
 """
@@ -28,3 +32,4 @@ run_started = Signal()
 run_finished = Signal()
 run_step_finished = Signal()
 heartbeat_finished = Signal()
+flow_overdue = Signal()

@@ -8,17 +8,19 @@ JSON, so keep these importable and stable.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
 from rest_framework import ISO_8601, serializers
+from rest_framework.serializers import as_serializer_error
 from rest_framework.settings import api_settings
 
-from django_dataflows.flows import get_flow_class, is_registered
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
@@ -27,7 +29,6 @@ from django_dataflows.models import (
     RunTrigger,
     StepStatus,
 )
-from django_dataflows.validators import configuration_errors
 
 #: Deepest nesting accepted in a JSON body (configuration, input): keeps validation and
 #: storage bounded whatever a client sends.
@@ -261,11 +262,22 @@ class StartRunSerializer(serializers.Serializer):
 
 
 class DataFlowSerializer(serializers.ModelSerializer):
-    """A flow: every ``DataFlow`` field. Scheduler-owned fields and ``state`` are read-only."""
+    """A flow: every ``DataFlow`` field plus ``overdue``. What the scheduler, the executor
+    and the alerts write (``next_run_at``, ``state``, ...) is read-only.
+
+    Input is checked by the model's own ``full_clean()``, as in the admin: one schedule
+    (``cron`` or ``run_interval``), a valid cron and time zone, a configuration that its
+    flow's ``configuration_schema`` accepts.
+    """
 
     configuration = JSONObjectField(required=False)
     last_run_status = serializers.ChoiceField(
         choices=RunStatus.choices, read_only=True, allow_blank=True
+    )
+    overdue = serializers.BooleanField(
+        source="is_overdue",
+        read_only=True,
+        help_text="No successful run for alert_after seconds (never for a disabled flow).",
     )
 
     class Meta:
@@ -278,6 +290,11 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "enabled",
             "configuration",
             "run_interval",
+            "cron",
+            "timezone",
+            "alert_after",
+            "alert_emails",
+            "disable_after_failures",
             "queue",
             "max_retries",
             "timeout",
@@ -285,6 +302,9 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "last_run_status",
             "next_run_at",
             "state",
+            "consecutive_failures",
+            "overdue_episode_since",
+            "overdue",
             "created_at",
             "updated_at",
         )
@@ -293,24 +313,30 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "last_run_status",
             "next_run_at",
             "state",
+            "consecutive_failures",
+            "overdue_episode_since",
             "created_at",
             "updated_at",
         )
         extra_kwargs = {
-            # The database columns are 32-bit on every backend; say so instead of a 500.
+            # The database columns are 32-bit (16-bit) on every backend; say so, not a 500.
             "run_interval": {"max_value": 2_147_483_647},
             "timeout": {"max_value": 2_147_483_647},
+            "alert_after": {"max_value": 2_147_483_647},
             "max_retries": {"max_value": 32_767},
+            "disable_after_failures": {"max_value": 32_767},
         }
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        """Check the configuration against the flow's ``configuration_schema``."""
-        path = attrs.get("flow", getattr(self.instance, "flow", ""))
-        configuration = attrs.get("configuration", getattr(self.instance, "configuration", {}))
-        if is_registered(path):
-            messages = configuration_errors(get_flow_class(path), configuration)
-            if messages:
-                raise serializers.ValidationError({"configuration": messages})
+        """The model's rules across fields (``DataFlow.full_clean()``), on a copy."""
+        data_flow = copy.copy(self.instance) if self.instance is not None else DataFlow()
+        for name, value in attrs.items():
+            setattr(data_flow, name, value)
+        try:
+            # Uniqueness is DRF's UniqueValidator's job (it names the field already).
+            data_flow.full_clean(validate_unique=False, validate_constraints=False)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(as_serializer_error(exc)) from exc
         return attrs
 
 

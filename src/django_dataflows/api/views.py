@@ -109,7 +109,7 @@ def _stats_since(request: Request) -> dict[str, Any]:
 class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
     """Flows: CRUD, start a run, enable / disable, statistics, upcoming slots."""
 
-    queryset = DataFlow.objects.all()
+    queryset = DataFlow.objects.with_overdue_since()  # overdue without a query per flow
     serializer_class = DataFlowSerializer
     filterset_class = DataFlowFilterSet
     action_permissions = {

@@ -6,7 +6,8 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dataflows", "0002_run_control_steps_and_stats"),
+        # After the schedules migration (merged into this branch); the integrator chains the 0003s.
+        ("dataflows", "0003_schedules"),
     ]
 
     operations = [
