@@ -215,6 +215,9 @@ class DataFlowRunViewSet(
     }
 
     def get_queryset(self) -> QuerySet[DataFlowRun]:
+        if self.action in {"cancel", "pause", "resume", "retry", "destroy"}:
+            # Run control works with the whole flow (queue, schedule, configuration).
+            return DataFlowRun.objects.not_deleted().select_related("data_flow")
         return _runs()
 
     @document(responses={204: None, 409: CONFLICT})
