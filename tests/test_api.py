@@ -42,6 +42,13 @@ def grant(user: Any, *codenames: str) -> Any:
 VIEW_ALL = ("view_dataflow", "view_dataflowrun")
 
 
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
 @pytest.fixture
 def viewer() -> Any:
     return grant(UserFactory(), *VIEW_ALL)
@@ -492,6 +499,37 @@ def test_start_with_bad_input_is_400(body: str) -> None:
     response = api.post(f"{API}flows/{flow.pk}/start/", body, content_type="application/json")
     assert response.status_code == 400
     assert not DataFlowRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"rows": [1, {"name": "a\u0000"}]}, "NUL character"),
+        ({"deep": nested(40)}, "nested deeper than 32 levels"),
+        ({"rows": [1.5, [2, "ok"]]}, None),
+    ],
+)
+def test_input_must_be_storable_json(value: Any, problem: str | None) -> None:
+    flow = DataFlowFactory()
+    api = client_for("view_dataflow", "run_dataflow")
+    with override_settings(DATAFLOWS={"BACKEND": "django_dataflows.backends.dummy.DummyBackend"}):
+        response = api.post(f"{API}flows/{flow.pk}/start/", {"input": value}, format="json")
+    if problem is None:
+        assert response.status_code == 202
+    else:
+        assert response.status_code == 400
+        assert problem in response.json()["input"][0]
+
+
+def test_a_model_validation_error_is_a_400_with_field_errors() -> None:
+    from django.core.exceptions import ValidationError
+
+    from django_dataflows.api.errors import exception_handler
+
+    response = exception_handler(ValidationError({"input": ["Enter a JSON object."]}), {})
+    assert response is not None
+    assert (response.status_code, response.data) == (400, {"input": ["Enter a JSON object."]})
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,7 +13,6 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from django_dataflows.exceptions import (
     EnqueueFailed,
-    FlowNotRegistered,
     InvalidRunState,
     RunAlreadyActive,
 )
@@ -45,8 +44,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = Conflict(str(exc))
     elif isinstance(exc, EnqueueFailed):
         exc = BackendUnavailable(f"The execution backend could not accept the run: {exc}")
-    elif isinstance(exc, FlowNotRegistered):
-        exc = Conflict(str(exc))
     elif isinstance(exc, DjangoValidationError):
         exc = ValidationError(as_serializer_error(exc))
     response: Response | None = drf_exception_handler(exc, context)
