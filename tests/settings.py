@@ -114,3 +114,16 @@ if find_spec("django_tasks_db") is not None:
             "QUEUES": ["default", "reports", "parked"],
         }
     }
+
+# The REST API (the "api" extra): session and token authentication, as a host project
+# would configure them.
+if find_spec("rest_framework") is not None:
+    INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken", "django_filters"]
+    INSTALLED_APPS += ["drf_spectacular"]
+    REST_FRAMEWORK = {
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            # Token first: an anonymous request is then challenged (401, WWW-Authenticate).
+            "rest_framework.authentication.TokenAuthentication",
+            "rest_framework.authentication.SessionAuthentication",
+        ],
+    }

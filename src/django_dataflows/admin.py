@@ -57,6 +57,7 @@ from django_dataflows.models import (
     DataFlowQuerySet,
     DataFlowRun,
     Heartbeat,
+    RunStats,
     RunStatus,
     RunTrigger,
 )
@@ -151,6 +152,19 @@ def format_duration(duration: timedelta | None) -> str:
         return gettext("%(min)d min %(s)d s") % {"min": minutes, "s": secs}
     hours, minutes = divmod(minutes, 60)
     return gettext("%(h)d h %(min)d min") % {"h": hours, "min": minutes}
+
+
+def format_milliseconds(milliseconds: float | None) -> str:
+    """A duration in ms from the statistics, as ``format_duration`` shows run durations."""
+    if milliseconds is None:
+        return "-"
+    return format_duration(timedelta(milliseconds=milliseconds))
+
+
+def flow_stats(data_flow: DataFlow) -> RunStats | None:
+    """The statistics the flow changelist attached to ``data_flow`` (7 days), if any."""
+    stats: RunStats | None = getattr(data_flow, "dataflows_stats", None)
+    return stats
 
 
 def relative_time(moment: datetime, now: datetime | None = None) -> SafeString:
@@ -424,7 +438,10 @@ def _count_recent_runs(since: datetime, statuses: tuple[str, ...]) -> Coalesce:
     """A correlated subquery counting one flow's runs: no join, no GROUP BY on flows."""
     runs = (
         DataFlowRun.objects.filter(
-            data_flow=OuterRef("pk"), created_at__gte=since, status__in=statuses
+            data_flow=OuterRef("pk"),
+            created_at__gte=since,
+            status__in=statuses,
+            deleted_at__isnull=True,
         )
         .order_by()
         .values("data_flow")
@@ -447,6 +464,8 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         "last_run_display",
         "next_run_display",
         "success_rate",
+        "p50_display",
+        "p95_display",
     )
     list_filter = ("enabled", "last_run_status", "flow")
     search_fields = ("name", "description")
@@ -460,6 +479,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         "next_run_at",
         "created_at",
         "updated_at",
+        "statistics_display",
     )
 
     class Media:
@@ -481,6 +501,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         ]
         if obj is not None:
             fieldsets.append((_("History"), {"fields": ["created_at", "updated_at"]}))
+            fieldsets.append((_("Statistics"), {"fields": ["statistics_display"]}))
         return fieldsets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DataFlow]:
@@ -545,19 +566,72 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         ordering=Cast(F("recent_succeeded"), FloatField()) / NullIf(F("recent_rated"), Value(0)),
     )
     def success_rate(self, obj: DataFlow) -> str:
-        rated: int = getattr(obj, "recent_rated", 0)
-        if not rated:
+        stats = flow_stats(obj)
+        rated = stats["success"] + stats["failed"] + stats["timed_out"] if stats else 0
+        if not stats or stats["success_rate"] is None:
             return format_html('<span class="dataflows-quiet">{}</span>', gettext("no runs"))
-        succeeded: int = getattr(obj, "recent_succeeded", 0)
         return format_html(
             '<span title="{}">{}%</span>',
             gettext(
                 "%(succeeded)d of the %(rated)d runs finished in the last 7 days succeeded "
                 "(cancelled runs are not counted)."
             )
-            % {"succeeded": succeeded, "rated": rated},
-            round(100 * succeeded / rated),
+            % {"succeeded": stats["success"], "rated": rated},
+            round(stats["success_rate"]),
         )
+
+    @admin.display(description=_("p50 (7 days)"))
+    def p50_display(self, obj: DataFlow) -> str:
+        stats = flow_stats(obj)
+        return format_milliseconds(stats["p50_duration_ms"] if stats else None)
+
+    @admin.display(description=_("p95 (7 days)"))
+    def p95_display(self, obj: DataFlow) -> str:
+        stats = flow_stats(obj)
+        return format_milliseconds(stats["p95_duration_ms"] if stats else None)
+
+    @admin.display(description=_("statistics"))
+    def statistics_display(self, obj: DataFlow) -> str:
+        since = timezone.now() - SUCCESS_RATE_WINDOW
+        rows = (
+            (gettext("last 7 days"), obj.runs.stats(since=since)),
+            (gettext("all time"), obj.runs.stats()),
+        )
+        return format_html(
+            '<table class="dataflows-stats"><thead><tr><th></th><th>{}</th><th>{}</th>'
+            "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            gettext("runs"),
+            gettext("success rate"),
+            gettext("p50"),
+            gettext("p95"),
+            gettext("max"),
+            format_html_join(
+                "",
+                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        label,
+                        stats["total"],
+                        "-" if stats["success_rate"] is None else f"{stats['success_rate']:g}%",
+                        format_milliseconds(stats["p50_duration_ms"]),
+                        format_milliseconds(stats["p95_duration_ms"]),
+                        format_milliseconds(stats["max_duration_ms"]),
+                    )
+                    for label, stats in rows
+                ),
+            ),
+        )
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """Attach each listed flow's statistics, for the whole page in at most two queries."""
+        changelist = super().get_changelist_instance(request)
+        flows = list(changelist.result_list)  # evaluated once; the template reuses it
+        stats = DataFlowRun.objects.filter(
+            data_flow__in=[flow.pk for flow in flows]
+        ).stats_per_flow(since=timezone.now() - SUCCESS_RATE_WINDOW)
+        for flow in flows:
+            flow.dataflows_stats = stats.get(flow.pk)
+        return changelist
 
     # -- actions ----------------------------------------------------------------------
 
@@ -728,6 +802,30 @@ def _in_zone_and_utc(data_flow: DataFlow, moment: datetime) -> tuple[str, str]:
 # -- DataFlowRun ------------------------------------------------------------------------
 
 
+class DeletedRunsFilter(admin.SimpleListFilter):
+    """Soft-deleted runs are hidden unless asked for; they stay until ``dataflows_prune``."""
+
+    title = _("deleted")
+    parameter_name = "deleted"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", gettext("Deleted only")), ("all", gettext("All, deleted included"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(deleted_at__isnull=False)
+        if self.value() == "all":
+            return queryset
+        return queryset.filter(deleted_at__isnull=True)
+
+    def choices(self, changelist: Any) -> Any:
+        choices = iter(super().choices(changelist))
+        default = next(choices)  # Django calls it "All"; here it hides deleted runs
+        default["display"] = gettext("Not deleted")
+        yield default
+        yield from choices
+
+
 @admin.register(DataFlowRun)
 class DataFlowRunAdmin(RunControlAdminMixin, _DataFlowRunModelAdmin):
     """The run history: read-only; only superusers may delete runs.
@@ -750,7 +848,7 @@ class DataFlowRunAdmin(RunControlAdminMixin, _DataFlowRunModelAdmin):
         "attempt",
     )
     list_display_links = ("id",)
-    list_filter = ("status", "trigger", "data_flow")
+    list_filter = ("status", "trigger", "data_flow", DeletedRunsFilter)
     list_select_related = ("data_flow", "triggered_by")
     search_fields = ("data_flow__name", "error_message", "task_id")
     date_hierarchy = "created_at"

@@ -6,7 +6,7 @@ reference documentation; ``tests/test_checks.py`` pins the exact ids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from numbers import Real
 from typing import Any
 
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import validate_email
+from django.urls import URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from django_dataflows.conf import DEFAULTS
@@ -310,3 +311,42 @@ def check_heartbeat_security(app_configs: Any = None, **kwargs: Any) -> list[Che
             )
         )
     return warnings
+
+
+#: The apps the REST API needs in INSTALLED_APPS (drf_spectacular for the Swagger UI page).
+API_URLCONF = "django_dataflows.api.urls"
+API_APPS = ("rest_framework", "django_filters", "drf_spectacular")
+
+
+def _includes_api(patterns: Iterable[Any]) -> bool:
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            module = pattern.urlconf_name
+            name = module if isinstance(module, str) else getattr(module, "__name__", "")
+            if name == API_URLCONF or _includes_api(pattern.url_patterns):
+                return True
+    return False
+
+
+@register(Tags.urls)
+def check_api_apps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The REST API is included in the URLs, but the apps it needs are not installed."""
+    try:
+        included = _includes_api(get_resolver().url_patterns)
+    except Exception:  # a broken URLconf is reported by Django's own check
+        return []
+    if not included:
+        return []
+    missing = [app for app in API_APPS if not apps.is_installed(app)]
+    if not missing:
+        return []
+    return [
+        Error(
+            f"The django-dataflows REST API ({API_URLCONF}) is in your URLs, but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in "
+            "INSTALLED_APPS.",
+            hint=f"Add {', '.join(repr(app) for app in missing)} to INSTALLED_APPS "
+            "(installed with the 'api' extra: pip install 'django-dataflows[api]').",
+            id="dataflows.E030",
+        )
+    ]

@@ -7,20 +7,25 @@ import math
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import EmptyResultSet, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
-from django.db import IntegrityError, connection, models, transaction
-from django.db.models import ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce, Now
+from django.db import IntegrityError, connection, connections, models, transaction
+from django.db.models import ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Value, Window
+from django.db.models.functions import Coalesce, Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import EnqueueFailed, FlowNotRegistered, RunAlreadyActive
+from django_dataflows.exceptions import (
+    EnqueueFailed,
+    FlowNotRegistered,
+    InvalidRunState,
+    RunAlreadyActive,
+)
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.schedules import (
     InvalidSchedule,
@@ -59,6 +64,8 @@ FINISHED_STATUSES = (
     RunStatus.CANCELLED,
     RunStatus.TIMED_OUT,
 )
+#: Finished statuses the success rate counts (a cancelled run is neither success nor failure).
+RATED_STATUSES = (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMED_OUT)
 
 
 class RunTrigger(models.TextChoices):
@@ -664,6 +671,135 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+class RunStats(TypedDict):
+    """What :meth:`DataFlowRunQuerySet.stats` returns."""
+
+    total: int
+    pending: int
+    in_progress: int
+    paused: int
+    success: int
+    failed: int
+    cancelled: int
+    timed_out: int
+    success_rate: float | None
+    avg_duration_ms: float | None
+    min_duration_ms: int | None
+    max_duration_ms: int | None
+    p50_duration_ms: float | None
+    p95_duration_ms: float | None
+
+
+#: The percentiles stats() reports, by key.
+PERCENTILES = {"p50_duration_ms": 0.5, "p95_duration_ms": 0.95}
+
+
+def _percentile_positions(count: int, fraction: float) -> tuple[int, int, float]:
+    """Where ``percentile_cont`` reads in ``count`` sorted values: two ranks and a weight.
+
+    The same float arithmetic as PostgreSQL's, so both databases give the same answer.
+    """
+    position = (count - 1) * fraction
+    lower = math.floor(position)
+    return lower, min(lower + 1, count - 1), position - lower
+
+
+def _interpolate(lower_value: float, upper_value: float, weight: float) -> float:
+    return float(lower_value + (upper_value - lower_value) * weight)
+
+
+#: What one statistics row holds, in order, after the flow id of a per-flow row.
+_STATS_COLUMNS = (
+    "total",
+    *RunStatus.values,
+    "timed_count",
+    "avg_duration_ms",
+    "min_duration_ms",
+    "max_duration_ms",
+)
+
+
+#: Up to this many rated runs, PostgreSQL sorts them for ``percentile_cont`` in memory;
+#: beyond, reading two offsets of the rated-duration index is faster (``bench/stats.py``).
+SORTED_PERCENTILES_LIMIT = 100_000
+
+
+def _sorted_percentiles(rated: models.QuerySet[Any]) -> dict[str, float | None]:
+    """PostgreSQL's ``percentile_cont`` over the durations of ``rated`` runs (one query)."""
+    inner_sql, params = rated.values("duration_ms").query.sql_with_params()
+    fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
+    sql = (
+        f"SELECT PERCENTILE_CONT(ARRAY[{fractions}]) "  # noqa: S608 - no user input
+        f"WITHIN GROUP (ORDER BY runs.duration_ms) FROM ({inner_sql}) runs"
+    )
+    with connections[rated.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        (values,) = cursor.fetchone() or (None,)
+    return _postgres_percentiles({"percentiles": values})
+
+
+#: The statistics row of no runs at all.
+_NO_RUNS: dict[str, Any] = {
+    **dict.fromkeys(_STATS_COLUMNS, 0),
+    **dict.fromkeys(("avg_duration_ms", "min_duration_ms", "max_duration_ms")),
+}
+
+
+def _stats_sql(inner_sql: str, *, percentiles: bool, per_flow: bool) -> tuple[str, list[Any]]:
+    """One aggregate statement over the rows ``inner_sql`` selects (flow, status, duration).
+
+    Written out rather than built from ORM aggregates: Django takes longer to resolve
+    fourteen filtered aggregates than PostgreSQL takes to compute them over a flow's runs
+    (``bench/stats.py``). Plain ``CASE`` expressions run on every database; the ordered-set
+    aggregate ignores the NULLs they give for runs that are not rated.
+    """
+    rated = "runs.status IN (%s, %s, %s) AND runs.duration_ms IS NOT NULL"
+    rated_duration = f"CASE WHEN {rated} THEN runs.duration_ms END"
+    columns = ["runs.data_flow_id"] if per_flow else []
+    columns.append("COUNT(*)")
+    params: list[Any] = []
+    for status in RunStatus.values:
+        columns.append("COUNT(CASE WHEN runs.status = %s THEN 1 END)")
+        params.append(status)
+    for function in ("COUNT", "AVG", "MIN", "MAX"):
+        columns.append(f"{function}({rated_duration})")
+        params += RATED_STATUSES
+    if percentiles:
+        fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
+        columns.append(
+            f"PERCENTILE_CONT(ARRAY[{fractions}]) WITHIN GROUP (ORDER BY {rated_duration})"
+        )
+        params += RATED_STATUSES
+    sql = f"SELECT {', '.join(columns)} FROM ({inner_sql}) runs"  # noqa: S608 - no user input
+    return (sql + " GROUP BY runs.data_flow_id" if per_flow else sql), params
+
+
+def _postgres_percentiles(row: dict[str, Any]) -> dict[str, float | None]:
+    values = row.get("percentiles") or [None] * len(PERCENTILES)
+    return dict(zip(PERCENTILES, values, strict=True))
+
+
+def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> RunStats:
+    rated = sum(row[status] for status in RATED_STATUSES)
+    avg = row["avg_duration_ms"]
+    return RunStats(
+        total=row["total"],
+        pending=row[RunStatus.PENDING],
+        in_progress=row[RunStatus.IN_PROGRESS],
+        paused=row[RunStatus.PAUSED],
+        success=row[RunStatus.SUCCESS],
+        failed=row[RunStatus.FAILED],
+        cancelled=row[RunStatus.CANCELLED],
+        timed_out=row[RunStatus.TIMED_OUT],
+        success_rate=round(100 * row[RunStatus.SUCCESS] / rated, 2) if rated else None,
+        avg_duration_ms=None if avg is None else round(float(avg), 3),
+        min_duration_ms=row["min_duration_ms"],
+        max_duration_ms=row["max_duration_ms"],
+        p50_duration_ms=percentiles["p50_duration_ms"],
+        p95_duration_ms=percentiles["p95_duration_ms"],
+    )
+
+
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
     def update(self, **kwargs: Any) -> int:
         """Update the rows, stamping ``updated_at`` from the database clock.
@@ -680,6 +816,149 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
     def not_deleted(self) -> DataFlowRunQuerySet:
         """Runs that have not been soft-deleted (what lists and statistics show)."""
         return self.filter(deleted_at__isnull=True)
+
+    def deleted(self) -> DataFlowRunQuerySet:
+        """Soft-deleted runs: kept for audit until the next ``dataflows_prune``."""
+        return self.filter(deleted_at__isnull=False)
+
+    def stats(self, since: datetime | None = None) -> RunStats:
+        """Counts per status, success rate and durations of these runs, in the database.
+
+        Soft-deleted runs are left out; ``since`` keeps runs created at or after it. The
+        success rate is ``success / (success + failed + timed_out)`` in percent (``None``
+        with none of those): active runs are not rated, cancelled ones are counted but not
+        rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
+        percentiles) are over the same rated runs.
+
+        At most three queries, whatever the number of runs: the counts and averages, then
+        the percentiles: on PostgreSQL one ``percentile_cont`` for up to
+        ``SORTED_PERCENTILES_LIMIT`` rated runs; beyond that (and on other databases) one
+        ordered ``OFFSET`` query per percentile, which reads the partial index of rated
+        durations instead of sorting a million values.
+        """
+        runs = self._stats_base(since)
+        rows = self._stats_rows(runs, percentiles=False, per_flow=False)
+        row = rows[0] if rows else _NO_RUNS
+        count = row["timed_count"]
+        percentiles: dict[str, float | None] = dict.fromkeys(PERCENTILES)
+        if not count:
+            return _run_stats(row, percentiles)
+        rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
+        if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
+            return _run_stats(row, _sorted_percentiles(rated))
+        durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
+        for key, fraction in PERCENTILES.items():
+            lower, upper, weight = _percentile_positions(count, fraction)
+            values: list[int] = [
+                value for value in durations[lower : upper + 1] if value is not None
+            ]
+            percentiles[key] = _interpolate(values[0], values[-1], weight)
+        return _run_stats(row, percentiles)
+
+    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
+        """:meth:`stats` for each flow of these runs, keyed by flow id, in two queries at most.
+
+        One grouped query on PostgreSQL; elsewhere a grouped aggregate and one window
+        query that reads only the rows each percentile needs. Flows without runs are absent.
+        """
+        runs = self._stats_base(since)
+        postgres = connections[runs.db].vendor == "postgresql"
+        rows = self._stats_rows(runs, percentiles=postgres, per_flow=True)
+        by_flow = {row["data_flow_id"]: row for row in rows}
+        if postgres:
+            return {
+                flow_id: _run_stats(row, _postgres_percentiles(row))
+                for flow_id, row in by_flow.items()
+            }
+        ranks = self._percentile_ranks(
+            runs, {pk: row["timed_count"] for pk, row in by_flow.items()}
+        )
+        stats = {}
+        for flow_id, row in by_flow.items():
+            percentiles: dict[str, float | None] = dict.fromkeys(PERCENTILES)
+            count = row["timed_count"]
+            for key, fraction in PERCENTILES.items():
+                if count:
+                    lower, upper, weight = _percentile_positions(count, fraction)
+                    found = ranks[flow_id]
+                    percentiles[key] = _interpolate(found[lower], found[upper], weight)
+            stats[flow_id] = _run_stats(row, percentiles)
+        return stats
+
+    def _stats_base(self, since: datetime | None) -> DataFlowRunQuerySet:
+        runs = self.not_deleted().order_by()
+        return runs if since is None else runs.filter(created_at__gte=since)
+
+    @staticmethod
+    def _stats_rows(
+        runs: DataFlowRunQuerySet, *, percentiles: bool, per_flow: bool
+    ) -> list[dict[str, Any]]:
+        """The aggregate rows of ``runs`` (one, or one per flow), as dicts."""
+        try:
+            inner_sql, inner_params = runs.values(
+                "data_flow_id", "status", "duration_ms"
+            ).query.sql_with_params()
+        except EmptyResultSet:  # e.g. filter(data_flow__in=[]): nothing to count
+            return []
+        sql, params = _stats_sql(inner_sql, percentiles=percentiles, per_flow=per_flow)
+        names = (
+            *(["data_flow_id"] if per_flow else []),
+            *_STATS_COLUMNS,
+            *(["percentiles"] if percentiles else []),
+        )
+        with connections[runs.db].cursor() as cursor:
+            cursor.execute(sql, [*params, *inner_params])
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    @staticmethod
+    def _percentile_ranks(
+        runs: DataFlowRunQuerySet, counts: dict[int, int]
+    ) -> dict[int, dict[int, int]]:
+        """The durations at the ranks the percentiles read, per flow, in one query."""
+        wanted = {
+            flow_id: sorted(
+                {
+                    rank
+                    for fraction in PERCENTILES.values()
+                    for rank in _percentile_positions(count, fraction)[:2]
+                }
+            )
+            for flow_id, count in counts.items()
+            if count
+        }
+        ranks: dict[int, dict[int, int]] = {flow_id: {} for flow_id in wanted}
+        if not wanted:
+            return ranks
+        ranked = (
+            runs.filter(
+                status__in=RATED_STATUSES, duration_ms__isnull=False, data_flow_id__in=wanted
+            )
+            .annotate(
+                flow_ref=F("data_flow_id"),
+                duration_ref=F("duration_ms"),
+                rank_ref=Window(
+                    RowNumber(), partition_by=[F("data_flow_id")], order_by=F("duration_ms").asc()
+                ),
+            )
+            .values_list("flow_ref", "duration_ref", "rank_ref")
+        )
+        inner_sql, inner_params = ranked.query.sql_with_params()
+        conditions = []
+        params: list[Any] = list(inner_params)
+        for flow_id, wanted_ranks in wanted.items():
+            placeholders = ", ".join(["%s"] * len(wanted_ranks))
+            conditions.append(f"(ranked.flow_ref = %s AND ranked.rank_ref IN ({placeholders}))")
+            # ROW_NUMBER() counts from 1; percentile positions count from 0.
+            params += [flow_id, *(rank + 1 for rank in wanted_ranks)]
+        sql = (
+            "SELECT ranked.flow_ref, ranked.duration_ref, ranked.rank_ref "  # noqa: S608
+            f"FROM ({inner_sql}) ranked WHERE {' OR '.join(conditions)}"
+        )
+        with connections[runs.db].cursor() as cursor:
+            cursor.execute(sql, params)
+            for flow_id, duration, rank_number in cursor.fetchall():
+                ranks[flow_id][rank_number - 1] = duration
+        return ranks
 
     def stuck(self, now: datetime | None = None) -> DataFlowRunQuerySet:
         """Runs in progress past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
@@ -824,6 +1103,26 @@ class DataFlowRun(models.Model):
             models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
             models.Index(fields=("data_flow", "duration_ms"), name="dataflows_run_duration_idx"),
             models.Index(fields=("updated_at",), name="dataflows_run_updated_idx"),
+            # Statistics read these without touching the table (index-only on PostgreSQL,
+            # which alone honours INCLUDE): a time range, and one flow's runs by status.
+            models.Index(
+                fields=("created_at",),
+                include=("data_flow", "status", "duration_ms", "deleted_at"),
+                name="dataflows_run_created_idx",
+            ),
+            models.Index(
+                fields=("data_flow", "status"),
+                include=("duration_ms", "deleted_at", "created_at"),
+                name="dataflows_run_flow_stat_idx",
+            ),
+            # The durations the percentiles of many runs read in order (OFFSET), unsorted.
+            models.Index(
+                fields=("duration_ms",),
+                condition=Q(
+                    status__in=RATED_STATUSES, duration_ms__isnull=False, deleted_at__isnull=True
+                ),
+                name="dataflows_run_rated_ms_idx",
+            ),
         )
         constraints = (
             models.UniqueConstraint(
@@ -864,6 +1163,27 @@ class DataFlowRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    def soft_delete(self) -> None:
+        """Hide the run from lists and statistics; it stays for audit until ``dataflows_prune``.
+
+        Raises ``InvalidRunState`` for an active run. The check and the write are one
+        conditional update, so a run that becomes active meanwhile is never hidden.
+        Deleting a run that is already deleted does nothing.
+        """
+        hidden = (
+            DataFlowRun.objects.filter(pk=self.pk, deleted_at__isnull=True)
+            .exclude(status__in=ACTIVE_STATUSES)
+            .update(deleted_at=Now())
+        )
+        self.refresh_from_db(fields=["status", "deleted_at", "updated_at"])
+        if not hidden and self.deleted_at is None:
+            raise InvalidRunState(
+                self.pk,
+                self.status,
+                "delete",
+                f"it is {self.status}; only finished runs can be deleted.",
+            )
 
 
 class StepStatus(models.TextChoices):
