@@ -291,7 +291,7 @@ def test_a_retry_the_broker_refuses_is_recorded_failed(dead_broker):
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_right_after_enqueueing_the_flow_shows_the_run_in_progress(celery_backend, broker):
+def test_right_after_enqueueing_the_flow_says_its_run_is_pending(celery_backend, broker):
     data_flow = DataFlowFactory(queue="parked")
     before = timezone.now()
 
@@ -300,7 +300,7 @@ def test_right_after_enqueueing_the_flow_shows_the_run_in_progress(celery_backen
     assert (run.status, run.queue) == (RunStatus.PENDING, "parked")
     assert len(run.task_id) == 32
     data_flow.refresh_from_db()
-    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    assert data_flow.last_run_status == RunStatus.PENDING
     assert data_flow.last_run_at is not None
     assert data_flow.last_run_at >= before
     assert len(parked_messages(broker)) == 1
@@ -373,7 +373,7 @@ def test_a_failed_attempt_is_followed_by_a_retry_run_sent_with_a_countdown(setti
     countdown = datetime.datetime.fromisoformat(message["headers"]["eta"]) - retry.created_at
     assert 1.9 <= countdown.total_seconds() <= 4.1  # RETRY_BACKOFF 4: between 2 and 4 s
     data_flow.refresh_from_db()
-    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    assert data_flow.last_run_status == RunStatus.PENDING
 
 
 @pytest.mark.redis

@@ -26,6 +26,8 @@ def run_command(*args, **options):
 # -- dataflows_run ------------------------------------------------------------------
 
 
+# Outside a transaction, as a management command runs: the run is handed over at once.
+@pytest.mark.django_db(transaction=True)
 def test_run_prints_status_and_result():
     DataFlowFactory(name="orders")
 
@@ -38,6 +40,8 @@ def test_run_prints_status_and_result():
     assert '"rows": 1' in out
 
 
+# Outside a transaction, as a management command runs: the run is handed over at once.
+@pytest.mark.django_db(transaction=True)
 def test_run_of_a_failing_flow_exits_1_with_the_error():
     DataFlowFactory(name="broken", flow="tests.testapp.flows.Explode")
 
@@ -81,6 +85,7 @@ def test_run_with_enqueue_refuses_while_a_run_is_active(dummy_backend):
 # -- dataflows_list -----------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)
 def test_list_shows_a_table_of_flows():
     DataFlowFactory(name="orders", run_interval=300)
     DataFlowFactory(name="archive", enabled=False)

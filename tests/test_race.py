@@ -72,25 +72,24 @@ def test_many_processes_run_each_due_slot_exactly_once():
     DataFlow.objects.update(next_run_at=start)
 
     outcomes = race(["heartbeat"] * PROCESSES)
-    end = timezone.now()
 
-    # Every call answered 200: no deadlock, no unique violation, no 500.
-    assert outcomes["200"] >= PROCESSES * 10
+    # Every call answered 200: no deadlock, no unique violation, no 500. (How many calls
+    # fit in the race depends on the machine's load, so that is not asserted.)
+    assert set(outcomes) == {"200"}, outcomes
     assert_each_run_ran_its_body_once()
-    # No slot ran twice and none was lost: each flow's first run took the first slot, and
-    # each next run took exactly the slot its predecessor's claim scheduled: the next one,
-    # or, only if that claim came later than a whole interval, the first one after it.
-    on_time = late = 0
+    # No slot ran twice and none was lost: each flow's first run took the first slot, each
+    # next run took exactly the slot its predecessor's claim scheduled (the next one, or,
+    # if that claim came more than an interval late, the first one after it), and the
+    # flow now waits for the slot its last claim scheduled.
     for data_flow in flows:
         runs = list(data_flow.runs.order_by("scheduled_for"))
         assert runs[0].scheduled_for == start
         for previous, run in itertools.pairwise(runs):
             expected = next_slot_after(previous.scheduled_for, 1, previous.created_at)
             assert run.scheduled_for == expected, (data_flow.name, previous, run)
-            on_time += expected == previous.scheduled_for + datetime.timedelta(seconds=1)
-            late += expected != previous.scheduled_for + datetime.timedelta(seconds=1)
-        assert runs[-1].scheduled_for >= end - datetime.timedelta(seconds=3)
-    assert on_time > late
+        last = runs[-1]
+        data_flow.refresh_from_db()
+        assert data_flow.next_run_at == next_slot_after(last.scheduled_for, 1, last.created_at)
 
 
 @pytest.mark.postgres

@@ -16,9 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
+from django_dataflows.bookkeeping import (
+    create_pending_run,
+    give_slot_back,
+    record_outcome,
+    record_outcomes,
+)
 from django_dataflows.events import emit
 from django_dataflows.exceptions import DataFlowError, RunNotPending
 from django_dataflows.flows import Flow, FlowContext
@@ -44,16 +49,6 @@ _timeout_exceptions: list[type[BaseException]] = [FlowTimeout]
 def register_timeout_exception(exc_class: type[BaseException]) -> None:
     if exc_class not in _timeout_exceptions:
         _timeout_exceptions.append(exc_class)
-
-
-def _flows_without_active_run(pks: list[int]) -> QuerySet[DataFlow]:
-    """The flows among ``pks`` with no active run.
-
-    A finished run's outcome is written to its flow only if no newer run has started
-    meanwhile (on another server), whose state the flow shows instead.
-    """
-    active = DataFlowRun.objects.active().filter(data_flow=OuterRef("pk"))
-    return DataFlow.objects.filter(pk__in=pks).exclude(Exists(active))
 
 
 class FlowExecutor:
@@ -138,7 +133,7 @@ class FlowExecutor:
         user: AbstractBaseUser | AnonymousUser | None,
     ) -> DataFlowRun:
         if run is None:
-            return data_flow.create_pending_run(trigger=trigger, user=user)
+            return create_pending_run(data_flow, trigger=trigger, user=user)
         if run.data_flow_id != data_flow.pk:
             raise ValueError(f"Run {run.pk} belongs to another data flow than {data_flow.name!r}.")
         run.data_flow = data_flow
@@ -219,9 +214,7 @@ class FlowExecutor:
                 scheduled_for=None,
             )
             if done and slot is not None:
-                DataFlow.objects.filter(pk=run.data_flow_id, next_run_at__gt=slot).update(
-                    next_run_at=slot
-                )
+                give_slot_back(run, slot)
         return done
 
     @classmethod
@@ -297,7 +290,7 @@ class FlowExecutor:
         with transaction.atomic():
             done = cls._transition(run, expected, status, **fields)
             if done:
-                cls._update_flow(run, last_run_at=last_run_at)
+                record_outcome(run, last_run_at=last_run_at)
         if done:
             emit("run_finished", run)
         return done
@@ -317,20 +310,8 @@ class FlowExecutor:
         return bool(updated)
 
     @staticmethod
-    def _update_flow(run: DataFlowRun, *, last_run_at: bool = True) -> None:
-        fields: dict[str, Any] = {"last_run_status": run.status}
-        if last_run_at and run.started_at is not None:
-            fields["last_run_at"] = run.started_at
-        _flows_without_active_run([run.data_flow_id]).update(**fields)
-        for name, value in fields.items():
-            setattr(run.data_flow, name, value)
-
-    @staticmethod
     def _after_bulk_finish(runs: Iterable[DataFlowRun]) -> None:
         runs = list(runs)
-        _flows_without_active_run([run.data_flow_id for run in runs]).update(
-            last_run_status=RunStatus.TIMED_OUT
-        )
+        record_outcomes(runs, RunStatus.TIMED_OUT)
         for run in runs:
-            run.data_flow.last_run_status = RunStatus.TIMED_OUT
             emit("run_finished", run)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import uuid
 from datetime import datetime, timedelta
-from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -20,7 +19,6 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.validators import (
     validate_json_object,
@@ -30,6 +28,8 @@ from django_dataflows.validators import (
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+    from django_dataflows.apps import DataFlowsConfig
 
 
 class RunStatus(models.TextChoices):
@@ -268,45 +268,12 @@ class DataFlow(models.Model):
     ) -> DataFlowRun:
         """Record a new pending run and move the schedule; raise ``RunAlreadyActive``.
 
-        A run started by hand pushes the next scheduled run to at least ``run_interval``
-        later, as a scheduled one would (the heartbeat claims scheduled runs in bulk in
-        :mod:`django_dataflows.scheduling`).
+        Nothing is handed to a backend: :meth:`trigger_run` is how a run starts. See
+        :func:`django_dataflows.bookkeeping.create_pending_run`.
         """
-        run = DataFlowRun(
-            data_flow=self,
-            status=RunStatus.PENDING,
-            trigger=trigger,
-            triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
-            queue=self.effective_queue,
-            attempt=attempt,
+        return _run_service().create_pending_run(
+            self, trigger=trigger, user=user, attempt=attempt, now=now
         )
-        run.activated_at = run.created_at
-        with transaction.atomic():
-            # Lock the flow row first, as a heartbeat's claim does: the same lock order
-            # on both paths, and the next_run_at read here is the current one.
-            schedule = row_lock(DataFlow.objects.filter(pk=self.pk)).values_list(
-                "next_run_at", flat=True
-            )
-            next_run_at = schedule.get()
-            if self.runs.active().exists():
-                raise RunAlreadyActive(self.name)
-            try:
-                with transaction.atomic():
-                    run.save(force_insert=True)
-            except IntegrityError:  # a database without row locks raced us
-                if self.runs.active().exists():
-                    raise RunAlreadyActive(self.name) from None
-                raise
-            now = now or timezone.now()
-            self.last_run_at = now
-            self.last_run_status = RunStatus.IN_PROGRESS
-            self.next_run_at = max(next_run_at, now + timedelta(seconds=self.run_interval))
-            DataFlow.objects.filter(pk=self.pk).update(
-                last_run_at=self.last_run_at,
-                last_run_status=self.last_run_status,
-                next_run_at=self.next_run_at,
-            )
-        return run
 
     def trigger_run(
         self,
@@ -315,31 +282,24 @@ class DataFlow(models.Model):
     ) -> DataFlowRun:
         """Start a run: record it as pending and hand it to the backend after commit.
 
-        This is the one way a run starts. With the default in-process backend and no
-        surrounding transaction the run has finished when this returns; the returned
-        object is refreshed to show it. Raises ``RunAlreadyActive`` if a run is active, and
-        ``EnqueueFailed`` if the backend refused the run. Inside a transaction (for example
-        with ``ATOMIC_REQUESTS``) the run is handed over when it commits; a refusal then is
-        logged and recorded on the run, as nobody is left to catch it.
+        This is the one way a run starts (see :func:`django_dataflows.backends.trigger_run`).
+        With the default in-process backend and no surrounding transaction the run has
+        finished when this returns; the returned object is refreshed to show it. Raises
+        ``RunAlreadyActive`` if a run is active, and ``EnqueueFailed`` if the backend
+        refused the run. Inside a transaction (for example with ``ATOMIC_REQUESTS``) the
+        run is handed over when it commits; a refusal then is logged and recorded on the
+        run, as nobody is left to catch it.
         """
-        from django_dataflows.backends import dispatch, get_backend
-
-        run = self.create_pending_run(trigger=trigger, user=user)
-        if transaction.get_connection().in_atomic_block:
-            transaction.on_commit(partial(_dispatch_after_commit, run))
-            return run
-        dispatch(run)
-        if not get_backend().supports_async:
-            run.refresh_from_db()
-        return run
+        return _run_service().trigger_run(self, trigger=trigger, user=user)
 
 
-def _dispatch_after_commit(run: DataFlowRun) -> None:
-    from django_dataflows.backends import dispatch
+def _run_service() -> DataFlowsConfig:
+    """The app config, which connects these models to what starts runs.
 
-    # A refusal is logged by dispatch() and recorded on the run.
-    with contextlib.suppress(EnqueueFailed):
-        dispatch(run)
+    Starting a run needs the bookkeeping and the backends, which sit above the models and
+    import them; the models import neither (not even lazily), and ask the app instead.
+    """
+    return cast("DataFlowsConfig", apps.get_app_config("dataflows"))
 
 
 def new_task_id() -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error
 
-from django_dataflows.backends import dispatch, load_backend
+from django_dataflows.backends import load_backend, trigger_run
 from django_dataflows.backends.base import BaseBackend
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
@@ -195,7 +195,7 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
 
     No retry after a ``PermanentFlowError``, after the last attempt, when the run did not
     end ``failed`` (it timed out, or was cancelled meanwhile), or when the flow has been
-    disabled. Returns the new run, if any.
+    disabled. Returns the new run, if one was handed to the broker.
     """
     data_flow = run.data_flow
     max_retries = data_flow.effective_max_retries
@@ -216,20 +216,24 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
     if not DataFlow.objects.filter(pk=data_flow.pk, enabled=True).exists():
         logger.info("Run %s of %r not retried: the flow is disabled.", run.pk, data_flow.name)
         return None
-    try:
-        retry = data_flow.create_pending_run(trigger=RunTrigger.RETRY, attempt=run.attempt + 1)
-    except RunAlreadyActive:
-        logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
-        return None
     delay = retry_delay(
         run.attempt, backoff=app_settings.RETRY_BACKOFF, timeout=data_flow.effective_timeout
     )
     try:
-        # The same hand-over as any run's, through Celery whatever the worker's settings
-        # name (a worker executing this task is a Celery worker), with the backoff.
-        dispatch(retry, delay=delay, backend=load_backend(CELERY_BACKEND))
+        # The one way in, as any run; through Celery whatever the worker's settings name (a
+        # worker executing this task is a Celery worker), with the backoff as a delay.
+        retry = trigger_run(
+            data_flow,
+            trigger=RunTrigger.RETRY,
+            attempt=run.attempt + 1,
+            delay=delay,
+            backend=load_backend(CELERY_BACKEND),
+        )
+    except RunAlreadyActive:
+        logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
+        return None
     except EnqueueFailed:
-        return retry  # logged by dispatch() and recorded on the retry run
+        return None  # logged by dispatch() and recorded on the retry run
     logger.info(
         "Data flow %r: attempt %s will run as run %s in %.1f s.",
         data_flow.name,
