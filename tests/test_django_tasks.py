@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
+from importlib.util import find_spec
 from typing import Any
 
 import pytest
@@ -23,7 +24,8 @@ from tests.conftest import skip_or_fail
 from tests.factories import DataFlowFactory
 from tests.testapp.models import Record
 
-pytest.importorskip("django_tasks_db")
+if find_spec("django_tasks_db") is None:
+    skip_or_fail('needs django-tasks-db: pip install -e ".[tasks]"')
 
 from django_tasks_db.models import DBTaskResult
 

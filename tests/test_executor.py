@@ -341,5 +341,8 @@ def test_a_finished_run_does_not_overwrite_the_state_of_a_newer_active_run():
     FlowExecutor._record_success(old, {"late": True})  # the old body returns late
 
     data_flow.refresh_from_db()
+    old.refresh_from_db()
+    newer.refresh_from_db()
     assert data_flow.last_run_status == RunStatus.PENDING
+    assert (old.status, old.result) == (RunStatus.CANCELLED, None)
     assert newer.status == RunStatus.PENDING

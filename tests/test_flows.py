@@ -87,8 +87,10 @@ def test_modules_named_in_settings_are_imported_and_failures_returned():
 
 def test_public_names_are_importable_from_the_package():
     import django_dataflows
+    from django_dataflows import FlowExecutor, executor, flows
 
-    assert FlowContext.__name__ == "FlowContext"
+    assert (Flow, FlowContext) == (flows.Flow, flows.FlowContext)
+    assert FlowExecutor is executor.FlowExecutor
     assert issubclass(PermanentFlowError, DataFlowError)
     with pytest.raises(AttributeError):
         django_dataflows.Nope  # noqa: B018

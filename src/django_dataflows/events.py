@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from django.dispatch import Signal
 from django.utils.module_loading import import_string
 
-from django_dataflows import signals
+import django_dataflows.signals as signals
 from django_dataflows.conf import app_settings
 
 if TYPE_CHECKING:

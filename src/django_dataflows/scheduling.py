@@ -17,7 +17,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from django_dataflows import signals
+import django_dataflows.signals as signals
 from django_dataflows.backends import dispatch_many
 from django_dataflows.bookkeeping import advance_claimed
 from django_dataflows.conf import app_settings
