@@ -39,3 +39,8 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows.backends import trigger_run
 
         return trigger_run(data_flow, **kwargs)
+
+    def hand_to_backend(self, run: DataFlowRun) -> None:
+        from django_dataflows.backends import hand_over
+
+        hand_over(run)

@@ -6,6 +6,8 @@ What a flow row says about its runs changes at three moments, all here:
   heartbeat's batch): ``last_run_at`` is the start, ``last_run_status`` is ``pending`` (the
   run is only queued: the active run itself says when a worker has it), and
   ``next_run_at`` moves to the next slot;
+* **an active run changes** (:func:`record_status`): it was paused, or resumed (pending
+  again);
 * **a run ends** (:func:`record_outcome`, :func:`record_outcomes`): ``last_run_status`` is
   the outcome, unless a newer run of the flow is active by then;
 * **a run is refused by the backend** (:func:`give_slot_back`): a scheduled run's slot is due
@@ -33,6 +35,7 @@ from django_dataflows.models import (
     next_slot_after,
     row_lock,
 )
+from django_dataflows.validators import validate_run_input
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -63,12 +66,16 @@ def create_pending_run(
     *,
     attempt: int = 1,
     now: datetime | None = None,
+    input: dict[str, Any] | None = None,
 ) -> DataFlowRun:
     """Record a new pending run of ``data_flow`` and move its schedule; ``RunAlreadyActive``.
 
     A run started by hand pushes the next scheduled run to at least ``run_interval``
     later, as a scheduled one would (the heartbeat claims in bulk: :func:`advance_claimed`).
+    ``input`` (a JSON object, else ``ValidationError``) is stored on the run.
     """
+    input = {} if input is None else input
+    validate_run_input(input)
     run = DataFlowRun(
         data_flow=data_flow,
         status=RunStatus.PENDING,
@@ -76,6 +83,7 @@ def create_pending_run(
         triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
         queue=data_flow.effective_queue,
         attempt=attempt,
+        input=input,
     )
     run.activated_at = run.created_at
     with transaction.atomic():
@@ -141,6 +149,12 @@ def advance_claimed(flows: list[DataFlow], now: datetime) -> None:
                 [flow.next_run_at for flow in flows],
             ],
         )
+
+
+def record_status(run: DataFlowRun) -> None:
+    """Show the active ``run``'s new status on its flow (it was paused, or resumed)."""
+    DataFlow.objects.filter(pk=run.data_flow_id).update(last_run_status=run.status)
+    run.data_flow.last_run_status = run.status
 
 
 # -- a run ends -----------------------------------------------------------------------

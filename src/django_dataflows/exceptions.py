@@ -51,3 +51,32 @@ class EnqueueFailed(DataFlowError):
 
 class PermanentFlowError(DataFlowError):
     """Raise from ``Flow.run()`` for an error that retrying cannot fix: the run is not retried."""
+
+
+class InvalidRunState(DataFlowError):
+    """A run-control call that the run's current state forbids (the API answers 409).
+
+    ``run_id``, ``status`` (the run's status when the call was refused) and ``action``
+    (``"cancel"``, ``"pause"``, ``"resume"`` or ``"retry"``) say what was refused.
+    """
+
+    def __init__(self, run_id: int, status: str, action: str, reason: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.action = action
+        super().__init__(f"Cannot {action} run {run_id}: {reason}")
+
+
+class RunInterrupted(BaseException):
+    """Raised by ``Flow.checkpoint()`` when the run has been asked to cancel or pause.
+
+    A ``BaseException``, so that a flow's ``except Exception:`` cannot swallow it. The
+    executor turns it into the state change (``cancelled`` or ``paused``); ``action`` says
+    which: ``"cancel"``, ``"pause"``, or ``"lost"`` when the run was ended meanwhile (for
+    example timed out by the heartbeat), so the body must stop.
+    """
+
+    def __init__(self, run_id: int | None, action: str) -> None:
+        self.run_id = run_id
+        self.action = action
+        super().__init__(f"Run {run_id} was interrupted: {action} requested.")

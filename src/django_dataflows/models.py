@@ -13,14 +13,16 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import ExpressionWrapper, F, Q, Value
+from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.conf import app_settings
+from django_dataflows.exceptions import FlowNotRegistered
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.validators import (
+    configuration_errors,
     validate_json_object,
     validate_queue_name,
     validate_registered_flow,
@@ -220,6 +222,18 @@ class DataFlow(models.Model):
             raise ValidationError(errors)
         super().clean_fields(exclude=exclude)
 
+    def clean(self) -> None:
+        """Check the configuration against the flow's ``configuration_schema``."""
+        super().clean()
+        if self.flow and isinstance(self.configuration, dict):
+            try:
+                flow_class = self.flow_class
+            except FlowNotRegistered:
+                return  # reported on the flow field
+            messages = configuration_errors(flow_class, self.configuration)
+            if messages:
+                raise ValidationError({"configuration": messages})
+
     def _schedule_changed(self) -> bool:
         """Is this a new flow, or does the save change ``run_interval`` or ``enabled``?"""
         if self._state.adding or self.pk is None:
@@ -265,32 +279,49 @@ class DataFlow(models.Model):
         *,
         attempt: int = 1,
         now: datetime | None = None,
+        input: dict[str, Any] | None = None,
     ) -> DataFlowRun:
         """Record a new pending run and move the schedule; raise ``RunAlreadyActive``.
 
-        Nothing is handed to a backend: :meth:`trigger_run` is how a run starts. See
-        :func:`django_dataflows.bookkeeping.create_pending_run`.
+        Nothing is handed to a backend: :meth:`trigger_run` is how a run starts. ``input``
+        (a JSON object, else ``ValidationError``) is stored on the run as ``self.input`` of
+        the flow. See :func:`django_dataflows.bookkeeping.create_pending_run`.
         """
         return _run_service().create_pending_run(
-            self, trigger=trigger, user=user, attempt=attempt, now=now
+            self, trigger=trigger, user=user, attempt=attempt, now=now, input=input
         )
 
     def trigger_run(
         self,
         trigger: str = RunTrigger.MANUAL,
         user: AbstractBaseUser | AnonymousUser | None = None,
+        *,
+        input: dict[str, Any] | None = None,
+        attempt: int = 1,
     ) -> DataFlowRun:
         """Start a run: record it as pending and hand it to the backend after commit.
 
         This is the one way a run starts (see :func:`django_dataflows.backends.trigger_run`).
-        With the default in-process backend and no surrounding transaction the run has
-        finished when this returns; the returned object is refreshed to show it. Raises
+        ``input`` is the run's own parameters (a JSON object, else ``ValidationError``; the
+        flow reads it as ``self.input``). With the default in-process backend and no
+        surrounding transaction the run has finished when this returns; the returned object
+        is refreshed to show it. Raises
         ``RunAlreadyActive`` if a run is active, and ``EnqueueFailed`` if the backend
         refused the run. Inside a transaction (for example with ``ATOMIC_REQUESTS``) the
         run is handed over when it commits; a refusal then is logged and recorded on the
         run, as nobody is left to catch it.
         """
-        return _run_service().trigger_run(self, trigger=trigger, user=user)
+        return _run_service().trigger_run(
+            self, trigger=trigger, user=user, input=input, attempt=attempt
+        )
+
+
+def hand_to_backend(run: DataFlowRun) -> None:
+    """Hand a pending run (a resumed one) to the backend, once the transaction has committed.
+
+    See :func:`django_dataflows.backends.hand_over`, where this lands.
+    """
+    _run_service().hand_to_backend(run)
 
 
 def _run_service() -> DataFlowsConfig:
@@ -345,11 +376,17 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             timeout * Value(timedelta(seconds=1)), output_field=models.DurationField()
         )
         deadline = ExpressionWrapper(Value(now) - timeout_span, output_field=models.DateTimeField())
+        # From the latest move into pending or in progress (a resumed run starts anew); rows
+        # from before activated_at existed fall back to their start or creation.
+        since = Coalesce(
+            "activated_at",
+            Case(When(status=RunStatus.IN_PROGRESS, then=F("started_at")), default=F("created_at")),
+        )
         return (
-            self.annotate(effective_timeout=timeout)
+            self.annotate(effective_timeout=timeout, active_since=since)
+            # A paused run never times out: nothing runs it until it is resumed.
             .filter(
-                Q(status=RunStatus.IN_PROGRESS, started_at__lte=deadline)
-                | Q(status=RunStatus.PENDING, created_at__lte=deadline)
+                status__in=(RunStatus.PENDING, RunStatus.IN_PROGRESS), active_since__lte=deadline
             )
             .order_by()
         )

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils.module_loading import import_string
@@ -61,6 +61,7 @@ def trigger_run(
     trigger: str = RunTrigger.MANUAL,
     user: AbstractBaseUser | AnonymousUser | None = None,
     *,
+    input: dict[str, Any] | None = None,
     attempt: int = 1,
     delay: float | None = None,
     backend: BaseBackend | None = None,
@@ -68,19 +69,32 @@ def trigger_run(
     """Start a run of ``data_flow``: record it pending, hand it to the backend after commit.
 
     The one way a run starts (``DataFlow.trigger_run()`` lands here; the admin, the API,
-    ``dataflows_run`` and Celery's retries call it). ``backend`` overrides the configured
-    one (``dataflows_run`` runs in the foreground with the sync backend); ``delay`` defers
-    the start (retries). A backend that runs in-process (``supports_async`` false) has
-    finished the run on return, so the run is reloaded to show its outcome.
+    ``dataflows_run``, run control's retry and Celery's retries call it). ``backend``
+    overrides the configured one (``dataflows_run`` runs in the foreground with the sync
+    backend); ``delay`` defers the start (retries). See :func:`hand_over`.
     """
-    run = create_pending_run(data_flow, trigger=trigger, user=user, attempt=attempt)
+    run = create_pending_run(data_flow, trigger=trigger, user=user, attempt=attempt, input=input)
+    hand_over(run, delay=delay, backend=backend)
+    return run
+
+
+def hand_over(
+    run: DataFlowRun, *, delay: float | None = None, backend: BaseBackend | None = None
+) -> None:
+    """Hand a pending run to the backend, once the transaction that made it has committed.
+
+    Outside a transaction it is handed over now; a backend that runs in-process
+    (``supports_async`` false) has finished the run on return, so ``run`` is reloaded to
+    show its outcome. ``EnqueueFailed`` if the backend refused it. Inside a transaction
+    (``ATOMIC_REQUESTS``, say) it is handed over on commit, and a refusal is recorded on
+    the run, as nobody is left to catch it.
+    """
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(partial(_dispatch_after_commit, run, delay, backend))
-        return run
+        return
     dispatch(run, delay=delay, backend=backend)
     if not (backend or get_backend()).supports_async:
         run.refresh_from_db()
-    return run
 
 
 def _dispatch_after_commit(

@@ -239,6 +239,7 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
         retry = trigger_run(
             data_flow,
             trigger=RunTrigger.RETRY,
+            input=run.input,
             attempt=run.attempt + 1,
             delay=delay,
             backend=load_backend(CELERY_BACKEND),
