@@ -456,10 +456,15 @@ def test_a_worker_runs_the_flow_and_records_success(workers, celery_backend):
     assert Record.objects.filter(label="e2e", run_id=run.pk).count() == 1
     data_flow.refresh_from_db()
     assert data_flow.last_run_status == RunStatus.SUCCESS
-    # The worker sent the run signals with the flow name, attempt and (at the end) duration.
+    # The worker sent the run signals with the flow name, attempt and (at the end) duration;
+    # run_finished goes out after the outcome's commit, so it may come a moment later.
+    finished = f"run_finished:{data_flow.name}:1:success:timed"
+    wait_for(
+        lambda: Record.objects.filter(run_id=run.pk, label=finished).exists(),
+        what=f"the run_finished signal\n{workers.logs()}",
+    )
     events = set(Record.objects.filter(run_id=run.pk).values_list("label", flat=True))
     assert f"run_started:{data_flow.name}:1:in_progress:untimed" in events
-    assert f"run_finished:{data_flow.name}:1:success:timed" in events
 
 
 @pytest.mark.postgres

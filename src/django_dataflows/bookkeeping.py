@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from django_dataflows.exceptions import RunAlreadyActive
 from django_dataflows.models import (
+    ACTIVE_STATUSES,
     DataFlow,
     DataFlowRun,
     RunStatus,
@@ -151,6 +152,20 @@ def advance_claimed(flows: list[DataFlow], now: datetime) -> None:
         )
 
 
+def started_sql(taken: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: the ``UPDATE`` that shows the run just taken (the CTE ``taken``) on its flow.
+
+    Part of the worker's one statement that takes a run (:mod:`django_dataflows.statements`);
+    it returns the flow's row.
+    """
+    table = connection.ops.quote_name(DataFlow._meta.db_table)
+    sql = (
+        f"UPDATE {table} AS flow SET last_run_status = %s FROM {taken} "  # noqa: S608
+        f"WHERE flow.id = {taken}.data_flow_id RETURNING flow.*"
+    )
+    return sql, [RunStatus.IN_PROGRESS.value]
+
+
 def record_status(run: DataFlowRun) -> None:
     """Show the active ``run``'s new status on its flow (it was paused, or resumed)."""
     DataFlow.objects.filter(pk=run.data_flow_id).update(last_run_status=run.status)
@@ -183,6 +198,37 @@ def record_outcome(run: DataFlowRun, *, last_run_at: bool = True, **flow_fields:
     _without_active_run([run.data_flow_id]).update(**fields)
     for name, value in fields.items():
         setattr(run.data_flow, name, value)
+
+
+def outcome_sql(
+    done: str, status: str, *, last_run_at: datetime | None, flow_fields: dict[str, Any]
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: :func:`record_outcome` as an ``UPDATE`` on the run just ended (CTE ``done``).
+
+    Part of the worker's one statement that ends a run (:mod:`django_dataflows.statements`).
+    The statement's snapshot still sees the run active, so it is left out of the check for
+    a newer active run by its id.
+    """
+    quote = connection.ops.quote_name
+    assignments: list[str] = ["last_run_status = %s"]
+    params: list[Any] = [str(status)]
+    if last_run_at is not None:
+        assignments.append("last_run_at = %s")
+        params.append(last_run_at)
+    for name, value in flow_fields.items():
+        model_field = DataFlow._meta.get_field(name)
+        assignments.append(f"{quote(str(model_field.column))} = %s")  # type: ignore[union-attr]
+        params.append(model_field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
+    active = ", ".join(["%s"] * len(ACTIVE_STATUSES))
+    params += [str(active_status) for active_status in ACTIVE_STATUSES]
+    sql = (
+        f"UPDATE {quote(DataFlow._meta.db_table)} AS flow "  # noqa: S608
+        f"SET {', '.join(assignments)} FROM {done} WHERE flow.id = {done}.data_flow_id "
+        f"AND NOT EXISTS (SELECT 1 FROM {quote(DataFlowRun._meta.db_table)} AS other "
+        f"WHERE other.data_flow_id = flow.id AND other.status IN ({active}) "
+        f"AND other.id <> {done}.id) RETURNING flow.id"
+    )
+    return sql, params
 
 
 def record_outcomes(runs: Iterable[DataFlowRun], status: str) -> None:

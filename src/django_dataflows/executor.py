@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import defaultdict
-from contextlib import nullcontext
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from django_dataflows.bookkeeping import (
@@ -44,10 +45,11 @@ from django_dataflows.models import (
     hand_to_backend,
 )
 from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
+from django_dataflows.statements import end_run, take_pending_run
 from django_dataflows.validators import validate_configuration
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
@@ -61,6 +63,15 @@ class FlowTimeout(DataFlowError):
 #: Exceptions that end a run as ``timed_out``. Backends add their own (Celery's soft
 #: time limit) with :func:`register_timeout_exception`.
 _timeout_exceptions: list[type[BaseException]] = [FlowTimeout]
+
+
+def _one_statement_path() -> bool:
+    """Use the worker's one-statement writes (:mod:`django_dataflows.statements`)?
+
+    On PostgreSQL, outside a transaction: inside one, the caller's commit decides
+    durability, and the ORM's statements keep to it.
+    """
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
 def register_timeout_exception(exc_class: type[BaseException]) -> None:
@@ -96,7 +107,12 @@ class FlowExecutor:
         or ``paused`` and this returns ``None``: nothing failed, so nothing is retried.
         """
         run = cls._take_run(data_flow, run, trigger, user)
-        session = cls._mark_in_progress(run)
+        return cls._run_body(run, cls._mark_in_progress(run))
+
+    @classmethod
+    def _run_body(cls, run: DataFlowRun, session: RunSession) -> Any:
+        """Call the taken run's flow and record its outcome (see :meth:`execute`)."""
+        data_flow = run.data_flow
         try:
             flow = cls._instantiate(data_flow, run, session)
             result = cls._serialisable(flow.run())
@@ -126,13 +142,24 @@ class FlowExecutor:
         skipped. If the flow fails, ``on_failure(run, exc)`` is called (a backend schedules
         its retry there) and the exception propagates, so the job system records it too.
         """
+        if _one_statement_path():
+            run = take_pending_run(run_id, timezone.now())
+            if run is None:
+                cls._not_taken(run_id)
+                return
+            # The flow row was read by the same statement, after the mark: it is current.
+            session = cls._session(run, resumed=run.started_at != run.activated_at)
+            emit("run_started", run)
+            execute: Callable[[], Any] = partial(cls._run_body, run, session)
+        else:
+            try:
+                run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
+            except DataFlowRun.DoesNotExist:
+                cls._not_taken(run_id)
+                return
+            execute = partial(cls.execute, run.data_flow, run=run)
         try:
-            run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
-        except DataFlowRun.DoesNotExist:
-            logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
-            return
-        try:
-            cls.execute(run.data_flow, run=run)
+            execute()
         except RunNotPending as exc:
             if exc.run_id != run.pk:  # raised by the flow itself, about another run
                 if on_failure is not None:
@@ -165,6 +192,21 @@ class FlowExecutor:
         run.data_flow = data_flow
         return run
 
+    @staticmethod
+    def _not_taken(run_id: int) -> None:
+        """Say why the run of a message was not executed (it is gone, or not pending)."""
+        found = DataFlowRun.objects.filter(pk=run_id).values_list("status", "data_flow__name")
+        if not found:
+            logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
+            return
+        [(status, name)] = found
+        logger.info(
+            "Run %s of %r is %s, not pending: a duplicate or late message; ignored.",
+            run_id,
+            name,
+            status,
+        )
+
     @classmethod
     def _mark_in_progress(cls, run: DataFlowRun) -> RunSession:
         """Take the pending run; create its declared steps' rows, or read them on resume."""
@@ -173,24 +215,31 @@ class FlowExecutor:
         fields: dict[str, Any] = {"activated_at": now}
         if not resumed:
             fields["started_at"] = now  # started_at keeps the first start
-        flow_class = cls._flow_class(run.data_flow)
-        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
-        # One commit for the run and its step rows; a run without steps writes one row.
-        with transaction.atomic() if session.declared and not resumed else nullcontext():
+        # One commit for the run, its flow's status and its step rows.
+        with transaction.atomic():
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
-            if resumed:
-                session.load()
-            # The default run() starts the first declared step at once.
-            session.create_declared_steps(
-                start_first=flow_class is not None and flow_class.run is Flow.run
-            )
+            record_status(run)
+            session = cls._session(run, resumed=resumed)
         # The flow starts from the state the previous successful run left.
         run.data_flow.state = (
             DataFlow.objects.filter(pk=run.data_flow_id).values_list("state", flat=True).get()
         )
         emit("run_started", run)
+        return session
+
+    @classmethod
+    def _session(cls, run: DataFlowRun, *, resumed: bool) -> RunSession:
+        """The taken run's session: its declared steps' rows created, or read on resume."""
+        flow_class = cls._flow_class(run.data_flow)
+        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
+        if resumed:
+            session.load()
+        # The default run() starts the first declared step at once.
+        session.create_declared_steps(
+            start_first=flow_class is not None and flow_class.run is Flow.run
+        )
         return session
 
     @staticmethod
@@ -545,6 +594,27 @@ class FlowExecutor:
         """
         if "ended_at" in fields:
             fields["duration_ms"] = milliseconds(run.started_at, fields["ended_at"])
+        if _one_statement_path() and not close_steps:
+            started_at = run.started_at if last_run_at else None
+            done = end_run(
+                run,
+                expected,
+                status,
+                fields,
+                last_run_at=started_at,
+                flow_fields=flow_fields or {},
+            )
+            if done:
+                run.status = status
+                for name, value in fields.items():
+                    setattr(run, name, value)
+                run.data_flow.last_run_status = status
+                if started_at is not None:
+                    run.data_flow.last_run_at = started_at
+                for name, value in (flow_fields or {}).items():
+                    setattr(run.data_flow, name, value)
+                emit("run_finished", run)
+            return done
         with transaction.atomic():
             done = cls._transition(run, expected, status, **fields)
             if done:
