@@ -43,9 +43,10 @@ def build_flows(count: int) -> None:
             stop = min(start + chunk, count)
             cursor.execute(
                 f"""INSERT INTO {FLOWS} (name, description, flow, enabled, configuration,
-                        run_interval, queue, last_run_status, next_run_at, created_at, updated_at)
+                        run_interval, queue, last_run_status, next_run_at, created_at, updated_at,
+                        state)
                     SELECT 'flow-' || i, '', 'tests.testapp.flows.CountRows', true, '{{}}',
-                        60 + i %% 3600, '', '', now() + interval '1 day', now(), now()
+                        60 + i %% 3600, '', '', now() + interval '1 day', now(), now(), '{{}}'
                     FROM generate_series(%s, %s) AS i""",
                 [start + 1, stop],
             )
@@ -56,7 +57,7 @@ def build_flows(count: int) -> None:
 def make_due(count: int) -> None:
     """Reset every flow to not due, clear runs, then make ``count`` spread-out flows due."""
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {RUNS}")
+        cursor.execute(f"TRUNCATE {RUNS} CASCADE")
         cursor.execute(
             f"UPDATE {FLOWS} SET next_run_at = now() + interval '1 day' "
             "WHERE next_run_at <= now() + interval '1 hour'"

@@ -80,3 +80,19 @@ class RunInterrupted(BaseException):
         self.run_id = run_id
         self.action = action
         super().__init__(f"Run {run_id} was interrupted: {action} requested.")
+
+
+class FlowTimeout(DataFlowError):
+    """Raise it from ``Flow.run()``: the run went past its timeout and ends ``timed_out``."""
+
+
+class RunOfAnotherFlow(DataFlowError, ValueError):
+    """``FlowExecutor.execute(data_flow, run=run)`` was given a run of another flow."""
+
+
+class UnstorableValue(DataFlowError, TypeError):
+    """A flow's result, step result or ``state`` cannot be stored as JSON."""
+
+
+class MalformedForwardedFor(DataFlowError, ValueError):
+    """A trusted proxy sent an ``X-Forwarded-For`` entry that is not an IP address."""

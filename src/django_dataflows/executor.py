@@ -28,12 +28,14 @@ from django_dataflows.bookkeeping import (
 )
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
-    DataFlowError,
     FlowNotRegistered,
+    FlowTimeout,
     InvalidRunState,
     PermanentFlowError,
     RunInterrupted,
     RunNotPending,
+    RunOfAnotherFlow,
+    UnstorableValue,
 )
 from django_dataflows.flows import Flow, FlowContext
 from django_dataflows.models import (
@@ -46,7 +48,7 @@ from django_dataflows.models import (
 )
 from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
 from django_dataflows.statements import end_run, take_pending_run
-from django_dataflows.validators import validate_configuration
+from django_dataflows.validators import validate_configuration, validate_json_object
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -54,10 +56,6 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 logger = logging.getLogger("django_dataflows.executor")
-
-
-class FlowTimeout(DataFlowError):
-    """The run went past its timeout; it ends ``timed_out`` rather than ``failed``."""
 
 
 #: Exceptions that end a run as ``timed_out``. Backends add their own (Celery's soft
@@ -188,7 +186,9 @@ class FlowExecutor:
         if run is None:
             return create_pending_run(data_flow, trigger=trigger, user=user)
         if run.data_flow_id != data_flow.pk:
-            raise ValueError(f"Run {run.pk} belongs to another data flow than {data_flow.name!r}.")
+            raise RunOfAnotherFlow(
+                f"Run {run.pk} belongs to another data flow than {data_flow.name!r}."
+            )
         run.data_flow = data_flow
         return run
 
@@ -252,7 +252,12 @@ class FlowExecutor:
     @staticmethod
     def _instantiate(data_flow: DataFlow, run: DataFlowRun, session: RunSession) -> Flow:
         flow_class = data_flow.flow_class  # FlowNotRegistered for anything unregistered
-        # Rows made with objects.create() never went through full_clean().
+        # Rows made with objects.create() never went through full_clean(): the same checks,
+        # the same messages.
+        try:
+            validate_json_object(data_flow.configuration)
+        except ValidationError as exc:
+            raise PermanentFlowError(f"configuration: {'; '.join(exc.messages)}") from exc
         try:
             validate_configuration(flow_class, data_flow.configuration)
         except ValidationError as exc:
@@ -272,7 +277,7 @@ class FlowExecutor:
         """The flow's new ``state`` to save with its success, or ``None`` if unchanged."""
         state = flow.state
         if not isinstance(state, dict):
-            raise TypeError(
+            raise UnstorableValue(
                 f"self.state must be a JSON object (a dict), not {type(state).__name__}."
             )
         json_value(state, "self.state")

@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_dataflows.events import emit
-from django_dataflows.exceptions import RunInterrupted
+from django_dataflows.exceptions import RunInterrupted, UnstorableValue
 from django_dataflows.flows import Step
 from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
 
@@ -41,17 +41,17 @@ def touch_runs(run_ids: Iterable[int]) -> None:
 
 
 def json_value(value: Any, what: str) -> Any:
-    """``value`` if it can be stored as JSON, else a ``TypeError`` naming ``what`` it is."""
+    """``value`` if it can be stored as JSON, else ``UnstorableValue`` naming ``what`` it is."""
     stored_json(value, what)
     return value
 
 
 def stored_json(value: Any, what: str) -> Any:
-    """``value`` as it reads back once stored (dates become ISO strings), or ``TypeError``."""
+    """``value`` as it reads back once stored (dates become ISO strings), or ``UnstorableValue``."""
     try:
         return json.loads(json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} cannot be stored as JSON: {exc}") from exc
+        raise UnstorableValue(f"{what} cannot be stored as JSON: {exc}") from exc
 
 
 def milliseconds(start: datetime | None, end: datetime | None) -> int | None:

@@ -76,6 +76,9 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     features = connection.features
     due = list(
         DataFlow.objects.due_to_run(now)
+        # What the claim and the hand-over need: the JSON a worker reads itself is not
+        # decoded here a thousand times (it loads if something asks for it).
+        .defer("description", "configuration", "state")
         .select_for_update(skip_locked=True, no_key=features.has_select_for_no_key_update)
         .order_by("next_run_at", "pk")[:batch_size]
     )
@@ -109,6 +112,9 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
 #: Columns whose value differs from one claimed run to the next; every other column gets
 #: the first run's value (a callable default, such as ``task_id``'s, is per row too).
 _PER_ROW_FIELDS = frozenset({"data_flow", "scheduled_for", "queue"})
+#: Field types whose Python values psycopg takes as they are (the claim's datetimes are
+#: aware, from the database or timezone.now()).
+_READY_TYPES = frozenset({"ForeignKey", "CharField", "TextField", "DateTimeField"})
 
 
 def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
@@ -142,12 +148,14 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
         if model_field.name in _PER_ROW_FIELDS or _has_callable_default(model_field):
             selected.append(f"claimed.c{len(arrays)}")
             arrays.append(f"%s::{model_field.db_type(connection)}[]")
-            array_params.append(
-                [
-                    model_field.get_db_prep_save(getattr(run, model_field.attname), connection)
-                    for run in runs
-                ]
-            )
+            attname = model_field.attname
+            if model_field.get_internal_type() in _READY_TYPES:
+                # Keys, strings and aware datetimes go to psycopg as they are; preparing
+                # each one through the field would cost more than the whole INSERT.
+                array_params.append([getattr(run, attname) for run in runs])
+            else:
+                prepare = model_field.get_db_prep_save
+                array_params.append([prepare(getattr(run, attname), connection) for run in runs])
         else:
             selected.append("%s")
             params.append(
