@@ -101,20 +101,23 @@ def describe_runs(result: HeartbeatResult) -> list[str]:
         .prefetch_related("steps")
     )
     for run in runs.order_by("pk"):
+        steps = list(run.steps.all())
         if run.is_active:
             outcome = "queued for a worker" if run.task_id else "not finished yet"
+        elif steps and not run.error_message:  # a stepped run: what its last step returned
+            outcome = json.dumps(steps[-1].result)
         else:
             outcome = run.error_message or json.dumps(run.result)
         if len(outcome) > 110:
             outcome = outcome[:107] + "..."
         lines.append(f"      {run.data_flow.name}: {run.status} - {outcome}")
-        steps = [
-            f"{step.name} {step.status}"
-            + (f" ({step.duration_ms} ms)" if step.duration_ms is not None else "")
-            for step in run.steps.all()
-        ]
         if steps:
-            lines.append(f"        steps: {', '.join(steps)}")
+            described = [
+                f"{step.name} {step.status}"
+                + (f" ({step.duration_ms} ms)" if step.duration_ms is not None else "")
+                for step in steps
+            ]
+            lines.append(f"        steps: {', '.join(described)}")
         if run.progress:
             progress = run.progress
             total = f" of {progress['total']}" if progress.get("total") else ""

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from django_dataflows.executor import FlowExecutor
-from django_dataflows.models import DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 from tests.factories import DataFlowFactory, DataFlowRunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -291,6 +291,12 @@ def test_a_control_the_state_forbids_is_an_error_message_not_a_crash(operator):
     assert shown_messages(response) == [f"Cannot resume run {run.pk}: it is success, not paused."]
 
 
+def test_a_control_or_input_form_for_a_missing_object_is_404(operator):
+    assert operator.post("/admin/dataflows/dataflowrun/abc/control/cancel/").status_code == 404
+    assert operator.post("/admin/dataflows/dataflowrun/999/control/cancel/").status_code == 404
+    assert operator.get("/admin/dataflows/dataflow/abc/run/").status_code == 404
+
+
 def test_controls_answer_only_post_and_known_actions(operator):
     run = DataFlowFactory().create_pending_run()
 
@@ -344,3 +350,21 @@ def test_the_run_actions_are_not_offered_without_the_permission(viewer):
     page = viewer.get(RUNS).content.decode()
 
     assert 'value="cancel_runs"' not in page
+
+
+# -- the configuration schema on the flow form ------------------------------------------------
+
+
+def test_the_flow_form_names_the_path_of_a_configuration_schema_error(admin_client):
+    from tests.test_admin import valid_form
+
+    response = admin_client.post(
+        reverse("admin:dataflows_dataflow_add"),
+        valid_form(flow="tests.testapp.flows.WithSchema", configuration='{"batch_size": -1}'),
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "configuration": ["batch_size: -1 is less than the minimum of 1"]
+    }
+    assert not DataFlow.objects.exists()

@@ -142,9 +142,22 @@ def test_an_invalid_configuration_schema_is_an_error_naming_the_flow(restore_reg
 
     [error] = check_flows()
 
-    assert error.id == "dataflows.E020"
+    assert error.id == "dataflows.E040"
     assert "BadSchema.configuration_schema is not a valid JSON Schema" in error.msg
     assert "properties/n/type" in error.msg
+
+
+def test_a_configuration_schema_that_is_not_a_dict_is_an_error(restore_registry):
+    class ListSchema(Flow):
+        configuration_schema = ["batch_size"]  # type: ignore[assignment]
+
+        def run(self) -> None:
+            return None
+
+    [error] = check_flows()
+
+    assert error.id == "dataflows.E040"
+    assert "must be a JSON Schema (a dict), not list" in error.msg
 
 
 @pytest.mark.parametrize(
@@ -165,7 +178,7 @@ def test_steps_that_name_no_method_are_an_error(restore_registry, steps, message
 
     [error] = check_flows()
 
-    assert error.id == "dataflows.E021"
+    assert error.id == "dataflows.E041"
     assert message in error.msg
 
 
@@ -173,5 +186,5 @@ def test_the_flow_checks_run_at_start_up(restore_registry):
     class Broken(Flow):
         steps = ("missing",)
 
-    with pytest.raises(SystemCheckError, match=r"dataflows\.E021"):
+    with pytest.raises(SystemCheckError, match=r"dataflows\.E041"):
         call_command("check")

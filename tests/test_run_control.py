@@ -72,6 +72,35 @@ def test_cancel_of_an_in_progress_run_stops_it_at_the_next_checkpoint():
     assert labels() == ["step:one"]
 
 
+def test_a_cancel_reached_inside_a_step_cancels_that_step_and_skips_the_rest():
+    data_flow = three_steps(request="cancel", request_in="two", checkpoint_in="two")
+
+    assert FlowExecutor.execute(data_flow) is None
+
+    run = DataFlowRun.objects.get()
+    assert run.status == RunStatus.CANCELLED
+    assert steps_of(run) == [("one", "success"), ("two", "cancelled"), ("three", "skipped")]
+
+
+def test_a_body_whose_run_timed_out_meanwhile_stops_at_its_next_checkpoint():
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.LoopsUntilStopped")
+    run = data_flow.create_pending_run()
+
+    def reap(run, **kwargs):
+        FlowExecutor.time_out_stuck_runs(timezone.now() + datetime.timedelta(days=1))
+
+    signals.run_started.connect(reap)
+    try:
+        assert FlowExecutor.execute(data_flow, run=run) is None
+    finally:
+        signals.run_started.disconnect(reap)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.TIMED_OUT
+    assert run.result is None
+    assert labels() == ["loop started"]
+
+
 def test_run_finished_is_sent_for_a_cancelled_run():
     finished = []
 
@@ -187,6 +216,20 @@ def test_a_resumed_run_keeps_its_input(resume, django_capture_on_commit_callback
 
     assert resumed.result["one"] == {"value": 10}
     assert resumed.result["two"] == 11
+
+
+def test_a_declared_step_paused_inside_is_run_again_on_resume(resume):
+    data_flow = three_steps(request="pause", request_in="two", checkpoint_in="two")
+    FlowExecutor.execute(data_flow)
+    run = DataFlowRun.objects.get()
+    assert steps_of(run) == [("one", "success"), ("two", "pending"), ("three", "pending")]
+    data_flow.configuration = {}
+    data_flow.save()
+
+    resumed = resume(run)
+
+    assert resumed.status == RunStatus.SUCCESS
+    assert labels() == ["step:one", "step:two", "step:two", "step:three"]
 
 
 def test_a_step_paused_inside_runs_again_from_its_start_on_resume(resume):

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from django_dataflows.exceptions import InvalidRunState
+from django_dataflows.exceptions import InvalidRunState, RunAlreadyActive
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
-from tests.factories import DataFlowFactory
+from tests.factories import DataFlowFactory, DataFlowRunFactory
 from tests.testapp.models import Record
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -159,3 +159,15 @@ def _wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+def test_two_retries_at_once_start_one_new_run(dummy_backend):
+    failed = DataFlowRunFactory(status=RunStatus.FAILED, input={"n": 1})
+
+    outcomes = in_threads(*[lambda: FlowExecutor.retry(fresh(failed)) for _ in range(4)])
+
+    started = [outcome for outcome in outcomes if isinstance(outcome, DataFlowRun)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, RunAlreadyActive)]
+    assert (len(started), len(refused)) == (1, 3), outcomes
+    new = DataFlowRun.objects.exclude(pk=failed.pk).get()
+    assert (new.status, new.attempt, new.input) == (RunStatus.PENDING, 2, {"n": 1})

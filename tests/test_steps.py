@@ -119,6 +119,9 @@ def test_run_step_finished_is_sent_for_each_step_and_callbacks_get_it(settings):
 
     def on_step(sender, run, step, **kwargs):
         received.append((step.name, step.status, step.result))
+        keys.append(step.pk)
+
+    keys: list[int] = []
 
     signals.run_step_finished.connect(on_step)
     try:
@@ -131,6 +134,8 @@ def test_run_step_finished_is_sent_for_each_step_and_callbacks_get_it(settings):
         ("two", "success", 43),
         ("three", "success", "done"),
     ]
+    run = DataFlowRun.objects.get()
+    assert keys == list(run.steps.order_by("position").values_list("pk", flat=True))
     assert events == [
         "run_started",
         "run_step_finished:one",
@@ -305,6 +310,18 @@ def test_full_clean_reports_a_missing_required_property():
     assert caught.value.message_dict == {"configuration": ["'batch_size' is a required property"]}
 
 
+def test_an_invalid_schema_is_a_validation_error_not_a_crash(monkeypatch):
+    from tests.testapp.flows import WithSchema
+
+    monkeypatch.setattr(WithSchema, "configuration_schema", {"type": "integer-ish"})
+    data_flow = DataFlowFactory.build(
+        flow="tests.testapp.flows.WithSchema", configuration={"batch_size": 10}
+    )
+
+    with pytest.raises(ValidationError, match="configuration_schema is not a valid JSON Schema"):
+        data_flow.full_clean()
+
+
 def test_a_configuration_matching_the_schema_is_accepted():
     data_flow = DataFlowFactory.build(
         flow="tests.testapp.flows.WithSchema", configuration={"batch_size": 10}
@@ -360,3 +377,48 @@ def test_every_write_to_a_step_stamps_its_runs_updated_at():
 
     assert inserted > long_ago
     assert updated > long_ago
+
+
+# -- progress is throttled -----------------------------------------------------------------------
+
+
+def test_progress_is_written_at_most_about_once_a_second(monkeypatch):
+    from django_dataflows.runtime import RunSession
+
+    clock = [100.0]
+    monkeypatch.setattr("django_dataflows.runtime.time.monotonic", lambda: clock[0])
+    run = DataFlowFactory().create_pending_run()
+    session = RunSession(run)
+
+    def stored():
+        return DataFlowRun.objects.values_list("progress", flat=True).get(pk=run.pk)
+
+    session.progress(1, 10, "first")
+    after_first = stored()
+    clock[0] += 0.5
+    session.progress(2, 10, "half a second later")
+    after_second = stored()
+    clock[0] += 0.6
+    session.progress(3, 10, "over a second after the first write")
+
+    assert after_first == {"done": 1, "total": 10, "message": "first"}
+    assert after_second == after_first
+    assert stored() == {"done": 3, "total": 10, "message": "over a second after the first write"}
+    assert session.final_fields() == {}
+
+
+# -- the reaper closes the steps of the runs it ends ---------------------------------------------
+
+
+def test_a_reaped_run_fails_its_running_step_and_skips_the_rest():
+    import datetime
+
+    from django.utils import timezone
+
+    run = DataFlowFactory(flow="tests.testapp.flows.ThreeSteps").create_pending_run()
+    FlowExecutor._mark_in_progress(run)  # step one is created in progress; the worker dies
+
+    FlowExecutor.time_out_stuck_runs(timezone.now() + datetime.timedelta(days=1))
+
+    assert steps_of(run) == [("one", "failed"), ("two", "skipped"), ("three", "skipped")]
+    assert run.steps.get(name="one").error_message == "The run ended timed_out."

@@ -17,6 +17,9 @@ Each flow is written so that running it twice, or again after a crash, does no h
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -31,6 +34,12 @@ from example_project.weather.models import DailySummary, Observation, Station
 
 #: The flows read only files in this directory; a configuration names a file, not a path.
 DATA_DIR = Path(__file__).resolve().parent / "data"
+#: Where the import stages its files between steps. On several machines (a resumed run may
+#: continue on another worker) this would be shared storage, such as an S3 bucket.
+STAGING_DIR = Path(
+    os.environ.get("WEATHER_STAGING_DIR")
+    or Path(__file__).resolve().parent.parent / "var" / "staging"
+)
 
 
 class BadDataFile(PermanentFlowError):
@@ -55,6 +64,14 @@ class CsvRow:
     def from_stored(cls, stored: dict[str, Any]) -> CsvRow:
         """A row from its stored step result (dates are stored as ISO strings)."""
         return cls(**{**stored, "date": date.fromisoformat(stored["date"])})
+
+
+def staged_file(name: str) -> Path:
+    """The file ``name`` in :data:`STAGING_DIR` (a name read back from a step's result)."""
+    path = (STAGING_DIR / name).resolve()
+    if path.parent != STAGING_DIR.resolve() or not path.is_file():
+        raise BadDataFile(f"No staged file {name!r}: was the staging directory emptied?")
+    return path
 
 
 def data_file(name: str) -> Path:
@@ -91,11 +108,13 @@ def read_rows(path: Path) -> list[CsvRow]:
 class ImportObservations(Flow):
     """Import the next days of weather observations from a CSV file, in three steps.
 
-    ``download`` fetches the file (here: finds it in ``weather/data/``), ``parse`` picks the
-    ``days_per_run`` days after the cursor, ``load`` writes them day by day with progress and
-    a checkpoint per day, so the run can be paused or cancelled between days. The cursor (the
-    last imported day) lives in ``self.state``: it moves only when the whole run succeeds,
-    and a re-run after a crash writes nothing twice (a unique constraint, ignored conflicts).
+    ``download`` fetches the file into a staging directory (here: copies it from
+    ``weather/data/``), ``parse`` stages the ``days_per_run`` days after the cursor, and
+    ``load`` writes them day by day, with progress and a checkpoint per day, so the run can
+    be paused or cancelled between days. Steps hand on file names and counts, never the
+    data itself. The cursor (the last imported day) lives in ``self.state``: it moves only
+    when the whole run succeeds, and a re-run after a crash writes nothing twice (a unique
+    constraint, with conflicts ignored).
     """
 
     verbose_name = "Import weather observations"
@@ -110,26 +129,33 @@ class ImportObservations(Flow):
     steps = ("download", "parse", "load")
 
     def download(self) -> dict[str, Any]:
-        path = data_file(self.configuration.get("csv_file", "observations.csv"))
-        return {"file": path.name, "bytes": path.stat().st_size}
+        source = data_file(self.configuration.get("csv_file", "observations.csv"))
+        STAGING_DIR.mkdir(parents=True, exist_ok=True)
+        staged = STAGING_DIR / f"{self._staging_key()}.csv"
+        shutil.copyfile(source, staged)
+        return {"file": staged.name, "bytes": staged.stat().st_size}
 
     def parse(self) -> dict[str, Any]:
-        path = data_file(self.results["download"]["file"])
         cursor = self.state.get("last_imported_day")
-        new_rows = [
-            row for row in read_rows(path) if cursor is None or row.date.isoformat() > cursor
-        ]
+        rows = read_rows(staged_file(self.results["download"]["file"]))
+        new_rows = [row for row in rows if cursor is None or row.date.isoformat() > cursor]
         new_days = sorted({row.date for row in new_rows})
         days = set(new_days[: int(self.configuration.get("days_per_run", 5))])
-        self.progress(len(new_rows), message="rows after the cursor")
+        chunk = [asdict(row) for row in new_rows if row.date in days]
+        staged = STAGING_DIR / f"{self._staging_key()}.json"
+        staged.write_text(json.dumps(chunk, default=str), encoding="utf-8")
+        self.progress(len(rows), total=len(rows), message="rows read")
         return {
-            "rows": [asdict(row) for row in new_rows if row.date in days],
+            "file": staged.name,
+            "rows": len(chunk),
+            "days": len(days),
             "days_left": len(new_days) - len(days),
         }
 
     def load(self) -> dict[str, Any]:
         parsed = self.results["parse"]
-        rows = [CsvRow.from_stored(row) for row in parsed["rows"]]
+        chunk = json.loads(staged_file(parsed["file"]).read_text(encoding="utf-8"))
+        rows = [CsvRow.from_stored(row) for row in chunk]
         days = sorted({row.date for row in rows})
         stations = self._stations(rows)
         for done, day in enumerate(days, start=1):
@@ -153,12 +179,18 @@ class ImportObservations(Flow):
             self.progress(done, total=len(days), message="days loaded")
         if days:
             self.state["last_imported_day"] = days[-1].isoformat()  # saved with success only
+        for name in (self.results["download"]["file"], parsed["file"]):
+            staged_file(name).unlink(missing_ok=True)
         return {
             "imported": len(rows),
             "first_day": days[0].isoformat() if days else None,
             "last_day": days[-1].isoformat() if days else None,
             "days_left": parsed["days_left"],
         }
+
+    def _staging_key(self) -> str:
+        """Staged files are named after the run: unique, and found again on resume."""
+        return self.context.run.task_id if self.context else "local"
 
     @staticmethod
     def _stations(rows: list[CsvRow]) -> dict[str, Station]:

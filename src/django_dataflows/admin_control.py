@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -165,7 +165,9 @@ class RunControlAdminMixin(_DataFlowRunModelAdmin):
     def control_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
         if action not in CONTROLS:
             raise PermissionDenied
-        run = get_object_or_404(DataFlowRun.objects.select_related("data_flow"), pk=object_id)
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            raise Http404(gettext("No run with id %(id)s.") % {"id": object_id})
         if not (self.has_view_permission(request, run) and self.has_run_permission(request)):
             raise PermissionDenied
         self._control(request, run, action)
@@ -343,7 +345,9 @@ class RunWithInputAdminMixin(_DataFlowModelAdmin):
         ]
 
     def run_with_input_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        data_flow = get_object_or_404(DataFlow, pk=object_id)
+        data_flow = self.get_object(request, unquote(object_id))
+        if data_flow is None:
+            raise Http404(gettext("No data flow with id %(id)s.") % {"id": object_id})
         if not (self.has_view_permission(request, data_flow) and self.has_run_permission(request)):
             raise PermissionDenied
         form = RunInputForm(request.POST if request.method == "POST" else None)

@@ -216,7 +216,7 @@ def check_flows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     f"{path}.configuration_schema is not a valid JSON Schema: {problem}",
                     hint="See https://json-schema.org/understanding-json-schema/.",
                     obj=flow_class,
-                    id="dataflows.E020",
+                    id="dataflows.E040",
                 )
             )
         errors += _check_steps(path, flow_class)
@@ -230,7 +230,7 @@ def _check_steps(path: str, flow_class: type[Flow]) -> list[CheckMessage]:
             Error(
                 f"{path}.steps must be a tuple of method names, not {steps!r}.",
                 obj=flow_class,
-                id="dataflows.E021",
+                id="dataflows.E041",
             )
         ]
     errors: list[CheckMessage] = []
@@ -241,7 +241,7 @@ def _check_steps(path: str, flow_class: type[Flow]) -> list[CheckMessage]:
                     f"{path}.steps names {name!r}, which is not a method of the flow.",
                     hint=f"Define {name}(self) on {flow_class.__name__}, or remove it from steps.",
                     obj=flow_class,
-                    id="dataflows.E021",
+                    id="dataflows.E041",
                 )
             )
     if len(set(steps)) != len(steps):
@@ -250,7 +250,7 @@ def _check_steps(path: str, flow_class: type[Flow]) -> list[CheckMessage]:
                 f"{path}.steps names a step twice: {steps!r}.",
                 hint="Step names identify stored results; give each step its own method.",
                 obj=flow_class,
-                id="dataflows.E021",
+                id="dataflows.E041",
             )
         )
     return errors

@@ -234,7 +234,7 @@ class FlowExecutor:
         """The taken run's session: its declared steps' rows created, or read on resume."""
         flow_class = cls._flow_class(run.data_flow)
         session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
-        if resumed:
+        if resumed or session.declared:  # a stale run object must not recreate rows
             session.load()
         # The default run() starts the first declared step at once.
         session.create_declared_steps(
@@ -413,6 +413,7 @@ class FlowExecutor:
         keeps its flow's active slot until then, so two bodies of one flow never overlap.
         ``InvalidRunState`` if the run has finished or a cancel was already requested.
         """
+        run.refresh_from_db()  # its started_at, for the duration of a paused run
         for _attempt in range(3):  # the run may move on between the two conditional updates
             now = timezone.now()
             if cls._finish(

@@ -42,16 +42,16 @@ def touch_runs(run_ids: Iterable[int]) -> None:
 
 def json_value(value: Any, what: str) -> Any:
     """``value`` if it can be stored as JSON, else ``UnstorableValue`` naming ``what`` it is."""
-    stored_json(value, what)
+    try:
+        json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UnstorableValue(f"{what} cannot be stored as JSON: {exc}") from exc
     return value
 
 
 def stored_json(value: Any, what: str) -> Any:
     """``value`` as it reads back once stored (dates become ISO strings), or ``UnstorableValue``."""
-    try:
-        return json.loads(json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise UnstorableValue(f"{what} cannot be stored as JSON: {exc}") from exc
+    return json.loads(json.dumps(json_value(value, what), cls=DjangoJSONEncoder))
 
 
 def milliseconds(start: datetime | None, end: datetime | None) -> int | None:
@@ -77,6 +77,8 @@ class RunSession:
         self._done: set[str] = set()
         #: position -> (name, status) of this run's step rows, as last written.
         self._rows: dict[int, tuple[str, str]] = {}
+        #: position -> primary key of the row, where known (for the signal's step).
+        self._pks: dict[int, int] = {}
         self._progress: dict[str, Any] | None = None
         self._progress_stored = True
         self._progress_written_at = float("-inf")
@@ -110,13 +112,16 @@ class RunSession:
         touch_runs([self.run.pk])
         for row in rows:
             self._rows[row.position] = (row.name, row.status)
+            if row.pk is not None:  # where the database returns the new keys
+                self._pks[row.position] = row.pk
 
     def load(self) -> None:
         """Read the run's stored steps (a resumed run): what is done, and its results."""
-        for position, name, status, result in DataFlowRunStep.objects.filter(
+        for pk, position, name, status, result in DataFlowRunStep.objects.filter(
             run_id=self.run.pk
-        ).values_list("position", "name", "status", "result"):
+        ).values_list("pk", "position", "name", "status", "result"):
             self._rows[position] = (name, status)
+            self._pks[position] = pk
             if status == StepStatus.SUCCESS:
                 self._results[name] = result
                 if name in self.declared:
@@ -165,21 +170,20 @@ class RunSession:
         now = timezone.now()
         position = self._reusable_row(name)
         early, self._started_early = self._started_early, None
+        # The default run() begins with the first declared step, created in progress.
         if early is not None and early[0] == position:
             step = Step(name, position)
-            step.started_at = early[1]  # created in progress with the run's start
+            step.started_at = early[1]
             return step
-        if early is not None:  # the flow began with another step: the first waits again
-            self._reset_to_pending(early[0])
         if position is None:
             position = max(self._rows, default=0) + 1
-            DataFlowRunStep.objects.create(
+            self._pks[position] = DataFlowRunStep.objects.create(
                 run_id=self.run.pk,
                 position=position,
                 name=name,
                 status=StepStatus.IN_PROGRESS,
                 started_at=now,
-            )
+            ).pk
         else:
             DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
                 status=StepStatus.IN_PROGRESS, started_at=now, ended_at=None, error_message=""
@@ -213,10 +217,18 @@ class RunSession:
     # -- at the end of the run ----------------------------------------------------------
 
     def release_unstarted(self) -> None:
-        """The run ends before its first step began: that step was never really started."""
+        """The run ends before its first step began: that step was never really started.
+
+        Called while the run's end is being recorded: a failure here is logged, never
+        raised, so it cannot hide the outcome.
+        """
         early, self._started_early = self._started_early, None
-        if early is not None:
+        if early is None:
+            return
+        try:
             self._reset_to_pending(early[0])
+        except Exception:
+            logger.exception("Could not reset the first step of run %s", self.run.pk)
 
     def final_fields(self) -> dict[str, Any]:
         """Fields the run's last write carries: the latest progress, if not stored yet."""
@@ -250,6 +262,7 @@ class RunSession:
         touch_runs([self.run.pk])
         self._rows[step.position] = (step.name, status)
         row = DataFlowRunStep(
+            pk=self._pks.get(step.position),
             run_id=self.run.pk,
             position=step.position,
             name=step.name,
@@ -260,6 +273,7 @@ class RunSession:
             result=fields.get("result"),
             error_message=fields.get("error_message", ""),
         )
+        row._state.adding = row.pk is None  # the row as stored, without reading it back
         emit("run_step_finished", self.run, step=row)
 
 

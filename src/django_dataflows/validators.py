@@ -102,6 +102,11 @@ def configuration_errors(flow_class: type[Flow], configuration: Any) -> list[str
     schema = flow_class.configuration_schema
     if schema is None:
         return []
+    problem = schema_error(schema)
+    if problem:  # reported at start-up too (dataflows.E040); never a crash here
+        return [
+            f"{flow_class.flow_path()}.configuration_schema is not a valid JSON Schema: {problem}"
+        ]
     validator_class = validator_for(schema)
     # Validate what will be stored (dates become strings), as the flow will read it.
     stored = json.loads(json.dumps(configuration, cls=DjangoJSONEncoder))

@@ -171,7 +171,7 @@ class ThreeSteps(Flow):
 
     Configuration: ``request`` ("pause" or "cancel") is asked for from inside ``request_in``
     (a step name); ``wait_in`` (a step name) blocks until a pause is requested; ``fail_in``
-    (a step name) raises there.
+    (a step name) raises there; ``checkpoint_in`` (a step name) calls a checkpoint in it.
     """
 
     steps = ("one", "two", "three")
@@ -183,6 +183,8 @@ class ThreeSteps(Flow):
             _request(self, self.configuration["request"])
         if self.configuration.get("wait_in") == name:
             _wait_for_pause_request(self)
+        if self.configuration.get("checkpoint_in") == name:
+            self.checkpoint()  # as a long loop inside the step would
         if self.configuration.get("fail_in") == name:
             raise ValueError(f"step {name} broke")
 
