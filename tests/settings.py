@@ -55,7 +55,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A file (not memory) so that other processes in the tests can share the database.
+    # In memory by default (fast; the tests that start other processes are PostgreSQL-only).
+    # SQLITE_TEST_NAME=path puts the test database in a file instead, for a look at it.
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("SQLITE_TEST_NAME", "")}
 
 STATIC_URL = "/static/"
