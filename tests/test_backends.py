@@ -218,3 +218,29 @@ def test_the_dummy_backend_records_the_delay_it_was_given(dummy_backend):
 
     assert dummy_backend.enqueued == [run]
     assert dummy_backend.delays == {run.pk: 7.5}
+
+
+class EndsRunsAtOnce(BaseBackend):
+    """An in-process backend: the run has its outcome when enqueue() returns."""
+
+    def enqueue(self, run, *, delay=None):
+        DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
+
+
+class EndsRunsElsewhere(EndsRunsAtOnce):
+    supports_async = True
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("backend", "returned"),
+    [("EndsRunsAtOnce", RunStatus.CANCELLED), ("EndsRunsElsewhere", RunStatus.PENDING)],
+)
+def test_trigger_run_reloads_the_run_only_from_a_backend_that_is_not_async(
+    settings, backend, returned
+):
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.{backend}"}
+
+    run = DataFlowFactory().trigger_run()
+
+    assert run.status == returned
