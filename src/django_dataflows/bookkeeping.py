@@ -14,7 +14,10 @@ What a flow row says about its runs changes at three moments, all here:
   again.
 
 The slot arithmetic is called from :func:`next_after_claim` and :func:`next_after_start`
-only, so a new kind of schedule changes these two functions and nothing else.
+only, so a new kind of schedule changes these two functions and nothing else. (The one
+other write is the row's own: ``DataFlow.save()`` of a new flow, or of one whose schedule
+changed, stores ``compute_next_run_at()`` with the row; the models import nothing above
+them, this module included.)
 """
 
 from __future__ import annotations
