@@ -51,10 +51,12 @@ test: $(STAMP)  ## Run every check, build the docs, and run the whole suite (SQL
 	@$(MAKE) --no-print-directory test-sqlite test-postgres
 	@$(MAKE) --no-print-directory coverage
 
-lint: $(STAMP)  ## ruff check and format check.
+lint: $(STAMP)  ## ruff check and format check; no import circle in the package.
 	@echo "==> ruff"
 	@$(BIN)/ruff check $(LINT_PATHS)
 	@$(BIN)/ruff format --check $(LINT_PATHS)
+	@echo "==> import circles"
+	@$(BIN)/python .ci/import_cycles.py src/django_dataflows
 
 typecheck: $(STAMP)  ## mypy with django-stubs.
 	@echo "==> mypy"

@@ -1,24 +1,27 @@
-"""Benchmark the Celery backend's throughput against raw Celery tasks, through one worker.
+"""Benchmark the Celery backend against raw Celery tasks: dispatch, and one worker.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/dataflows_bench_celery \\
         python bench/celery_throughput.py
 
-Starts one Celery worker (``tests.celery_app``, solo pool, one process, Redis broker, its
-database connection kept for ``--db-reuse-max`` tasks) and sends through it, in the same
-run and alternately:
+Measures, in the same run, on PostgreSQL and Redis:
 
-* **raw**: N plain no-op Celery tasks (``tests.async_tasks.noop``);
-* **dataflows**: N runs of the no-op flow ``tests.testapp.flows.NoOp``: N due flows, one
-  heartbeat claims them and hands each run to ``CeleryBackend``; the worker executes each
-  through ``FlowExecutor`` (pending → in progress → success, flow updated, signals sent).
+* **dispatch** (no worker): one heartbeat's claim + publish of N due runs
+  (``claim_due_flows`` + ``dispatch_many`` with ``CeleryBackend``) against the raw-SQL claim
+  of ``bench/raw.py`` followed by a raw ``apply_async`` of the same N messages on one
+  producer; the median of ``--repeat`` rounds and the ratio (target ≤ 1.2x).
+* **one worker** (``tests.celery_app``, solo pool, one process, Redis broker, its database
+  connection kept for ``--db-reuse-max`` tasks), alternately: N raw no-op Celery tasks;
+  N raw tasks that each do one durable single-row UPDATE (the **floor** for a run that
+  must commit its outcome durably); N dataflows no-op runs (N due flows, one heartbeat,
+  each run taken and recorded by ``FlowExecutor``). Each round is timed from the first
+  enqueue until a sentinel task sent after the N messages has run (the worker handles its
+  queue in order). It prints the medians and the ratios (targets: dataflows ≥ 0.8x the
+  floor; the ratio to raw no-op tasks is printed too).
+* the worker's code alone, in this process (no Celery), and the SQL statements it sends
+  per run.
 
-Each round is timed from the first enqueue until a sentinel task sent after the N messages
-has run (the worker handles its queue in order). It prints the median rate of each kind
-over ``--repeat`` rounds and their ratio (the target is dataflows ≥ 0.5x raw), for the whole
-trip and for the enqueueing alone, and, to show where a run's time goes, the rate of the
-worker's code alone (load and execute runs in this process, without Celery). The database
-(default ``dataflows_bench_celery``) is created and migrated if missing; Redis is
-``DATAFLOWS_TEST_BROKER_URL`` (default ``redis://127.0.0.1:6379/5``).
+The database (default ``dataflows_bench_celery``) is created and migrated if missing;
+Redis is ``DATAFLOWS_TEST_BROKER_URL`` (default ``redis://127.0.0.1:6379/5``).
 """
 
 from __future__ import annotations
@@ -41,15 +44,20 @@ setup_django("postgres://postgres@127.0.0.1:5432/dataflows_bench_celery")
 
 from django.conf import settings  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
-from tests.async_tasks import mark, noop  # noqa: E402
+from raw import raw_claim  # noqa: E402
+from tests.async_tasks import mark, noop, touch  # noqa: E402
 from tests.async_workers import WorkerProcess, celery_worker, wait_for  # noqa: E402
 from tests.celery_app import BROKER_KEY_PREFIX  # noqa: E402
+from tests.celery_app import app as celery_app  # noqa: E402
 from tests.testapp.models import Record  # noqa: E402
 
+from django_dataflows.backends import dispatch_many  # noqa: E402
 from django_dataflows.backends.celery import execute_run  # noqa: E402
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus  # noqa: E402
 from django_dataflows.scheduling import claim_due_flows, run_heartbeat  # noqa: E402
+from django_dataflows.tasks import run_data_flow  # noqa: E402
 
 QUEUE = "bench"
 
@@ -112,10 +120,63 @@ def raw_round(count: int) -> Round:
     return Round(enqueue, wait_until_handled(label, count, started))
 
 
-def dataflows_round(count: int) -> Round:
-    """Make ``count`` flows due, run one heartbeat, wait until the worker ran every run."""
+def floor_round(count: int) -> Round:
+    """Send ``count`` tasks that each commit one single-row UPDATE; wait for them all."""
+    ids = list(Record.objects.filter(label__startswith="floor-").values_list("pk", flat=True))
+    label = f"floor-done-{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    for index in range(count):
+        touch.apply_async(args=(ids[index % len(ids)],), queue=QUEUE)
+    enqueue = time.perf_counter() - started
+    mark.apply_async(args=(label,), queue=QUEUE)
+    say(f"    sent {count:,} raw UPDATE tasks in {enqueue:.2f} s")
+    return Round(enqueue, wait_until_handled(label, count, started))
+
+
+def make_all_due() -> None:
     DataFlowRun.objects.all().delete()
     DataFlow.objects.update(next_run_at=timezone.now() - timedelta(seconds=1))
+
+
+def forget_queue() -> None:
+    redis_client().delete(f"{BROKER_KEY_PREFIX}{QUEUE}")
+
+
+def dispatch_rounds(count: int, repeat: int) -> tuple[float, float, int]:
+    """Median seconds of ours and of the raw claim + publish; our statements per heartbeat."""
+    ours, raw, statements = [], [], 0
+    for index in range(repeat):
+        make_all_due()
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            with transaction.atomic():
+                runs = claim_due_flows(batch_size=count).runs
+            refused = dispatch_many(runs)
+            ours.append(time.perf_counter() - started)
+        statements = len(queries)
+        assert (len(runs), refused) == (count, 0), (len(runs), refused)
+        forget_queue()
+        make_all_due()
+        started = time.perf_counter()
+        claimed = raw_claim(count)
+        with celery_app.producer_or_acquire() as producer:
+            for run_id, task_id, queue in claimed:
+                run_data_flow.apply_async(
+                    args=(run_id,), task_id=task_id, queue=queue, producer=producer
+                )
+        raw.append(time.perf_counter() - started)
+        assert len(claimed) == count
+        forget_queue()
+        say(
+            f"  round {index + 1}/{repeat}: ours {ours[-1] * 1000:.0f} ms "
+            f"({statements} statements), raw {raw[-1] * 1000:.0f} ms"
+        )
+    return statistics.median(ours), statistics.median(raw), statements
+
+
+def dataflows_round(count: int) -> Round:
+    """Make ``count`` flows due, run one heartbeat, wait until the worker ran every run."""
+    make_all_due()
     label = f"dataflows-{uuid.uuid4().hex}"
     started = time.perf_counter()
     result = run_heartbeat(source="bench")
@@ -130,16 +191,17 @@ def dataflows_round(count: int) -> Round:
     return Round(enqueue, total)
 
 
-def executor_alone(count: int) -> float:
-    """Runs per second of the worker's code without Celery: load the run, execute it."""
-    DataFlowRun.objects.all().delete()
-    DataFlow.objects.update(next_run_at=timezone.now() - timedelta(seconds=1))
+def executor_alone(count: int) -> tuple[float, float]:
+    """The worker's code without Celery: runs per second, and SQL statements per run."""
+    make_all_due()
     with transaction.atomic():
         runs = claim_due_flows(batch_size=count).runs
+    with CaptureQueriesContext(connection) as queries:
+        execute_run(runs[0].pk)
     started = time.perf_counter()
-    for run in runs:
+    for run in runs[1:]:
         execute_run(run.pk)
-    return count / (time.perf_counter() - started)
+    return (count - 1) / (time.perf_counter() - started), float(len(queries))
 
 
 def bench_worker(log_dir: Path, db_reuse_max: int) -> WorkerProcess:
@@ -189,8 +251,15 @@ def main() -> None:
     )
     say(f"Creating {args.runs:,} flows…")
     build_flows(args.runs)
-    rounds: dict[str, list[Round]] = {"raw": [], "dataflows": []}
-    kinds: dict[str, Callable[[int], Round]] = {"raw": raw_round, "dataflows": dataflows_round}
+    Record.objects.bulk_create(Record(label=f"floor-{i}") for i in range(100))
+    say(f"Dispatch: one heartbeat's claim + publish of {args.runs:,} runs, {args.repeat} rounds")
+    ours, raw, statements = dispatch_rounds(args.runs, args.repeat)
+    rounds: dict[str, list[Round]] = {"raw": [], "floor": [], "dataflows": []}
+    kinds: dict[str, Callable[[int], Round]] = {
+        "raw": raw_round,
+        "floor": floor_round,
+        "dataflows": dataflows_round,
+    }
     with tempfile.TemporaryDirectory(prefix="dataflows-bench-") as log_dir:
         say("Starting the worker (solo pool, one process)…")
         worker = bench_worker(Path(log_dir), args.db_reuse_max)
@@ -207,23 +276,33 @@ def main() -> None:
             broker = redis_client()
             for key in broker.scan_iter(match=f"{BROKER_KEY_PREFIX}*"):
                 broker.delete(key)
-            Record.objects.filter(label__regex=r"^(raw|dataflows|warm-up)-").delete()
+            Record.objects.filter(label__regex=r"^(raw|dataflows|warm-up|floor)-").delete()
 
     say("  the worker's code alone, in this process (no Celery):")
-    alone = executor_alone(args.runs)
-    say(f"    {alone:,.0f} runs per second")
+    alone, per_run = executor_alone(args.runs)
+    say(f"    {alone:,.0f} runs per second, {per_run:.0f} SQL statements per run")
 
-    def rate(kind: str, part: str) -> float:
-        return args.runs / statistics.median(getattr(r, part) for r in rounds[kind])
+    def rate(kind: str) -> float:
+        return args.runs / statistics.median(r.total for r in rounds[kind])
 
-    say(f"Medians of {args.repeat} rounds of {args.runs:,}:")
-    say("                          end to end    enqueue only")
-    for kind, title in (("raw", "raw no-op Celery tasks"), ("dataflows", "dataflows no-op runs")):
-        say(f"  {title:<22} {rate(kind, 'total'):8,.0f}/s    {rate(kind, 'enqueue'):8,.0f}/s")
-    ratio = rate("dataflows", "total") / rate("raw", "total")
-    enqueue_ratio = rate("dataflows", "enqueue") / rate("raw", "enqueue")
-    say(f"  dataflows / raw          {ratio:8.2f}x    {enqueue_ratio:8.2f}x   (target >= 0.5x)")
-    say(f"  the worker's code alone  {alone:8,.0f}/s    (execute_run without Celery)")
+    floor_ratio = rate("dataflows") / rate("floor")
+    raw_ratio = rate("dataflows") / rate("raw")
+    reuse = args.db_reuse_max
+    say(f"Medians of {args.repeat} rounds of {args.runs:,}, CELERY_DB_REUSE_MAX {reuse}:")
+    say("  dispatch, claim + publish of one heartbeat:")
+    say(f"    dataflows (claim_due_flows + dispatch_many) {ours * 1000:7.0f} ms ({statements} SQL)")
+    say(f"    raw SQL claim + apply_async on one producer {raw * 1000:7.0f} ms")
+    say(f"    dataflows / raw                             {ours / raw:7.2f}x  (target <= 1.2x)")
+    say("  one worker, end to end:")
+    for kind, title in (
+        ("raw", "raw no-op Celery tasks"),
+        ("floor", "raw tasks, one durable UPDATE each"),
+        ("dataflows", "dataflows no-op runs"),
+    ):
+        say(f"    {title:<36} {rate(kind):7,.0f}/s")
+    say(f"    dataflows / floor                    {floor_ratio:7.2f}x  (target >= 0.8x)")
+    say(f"    dataflows / raw no-op                {raw_ratio:7.2f}x")
+    say(f"  the worker's code alone, in-process    {alone:7,.0f}/s ({per_run:.0f} SQL per run)")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,10 @@ setup_django("postgres://postgres@127.0.0.1:5432/dataflows_bench")
 from django.conf import settings  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
+from raw import FLOWS, RUNS, raw_claim  # noqa: E402
 
 from django_dataflows.backends import dispatch_many, get_backend  # noqa: E402
 from django_dataflows.scheduling import claim_due_flows  # noqa: E402
-
-FLOWS = "dataflows_dataflow"
-RUNS = "dataflows_dataflowrun"
-
 
 #: The cron flows' expressions and zones (fixed and wildcard hours, several zones).
 CRON_EXPRESSIONS = ["*/5 * * * *", "30 2 * * 1-5", "0 * * * *", "15 6 * * *", "@daily"]
@@ -105,56 +102,6 @@ def orm_claim(batch: int) -> int:
     return len(claim.runs)
 
 
-RAW_SELECT = f"""
-    SELECT id, next_run_at, run_interval, queue, cron, timezone FROM {FLOWS}
-    WHERE enabled AND next_run_at <= %s ORDER BY next_run_at, id LIMIT %s
-    FOR UPDATE SKIP LOCKED"""
-RAW_BUSY = f"""
-    SELECT data_flow_id FROM {RUNS}
-    WHERE data_flow_id = ANY(%s) AND status IN ('pending', 'in_progress')"""
-RAW_INSERT = f"""
-    INSERT INTO {RUNS} (data_flow_id, status, trigger, scheduled_for, created_at, activated_at,
-                        error_message, error_backtrace, attempt, task_id, queue, input, progress,
-                        redeliveries)
-    SELECT f, 'pending', 'schedule', s, %s, %s, '', '', 1,
-           replace(gen_random_uuid()::text, '-', ''), q, '{{}}', '{{}}', 0
-    FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS t(f, s, q)
-    RETURNING id"""
-RAW_UPDATE = f"""
-    UPDATE {FLOWS} AS flow SET next_run_at = v.n, last_run_at = %s, last_run_status = 'in_progress'
-    FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, n) WHERE flow.id = v.id"""
-
-
-def raw_claim(batch: int) -> int:
-    from django.utils import timezone
-
-    from django_dataflows.models import next_slot_after
-    from django_dataflows.schedules import next_cron_slot
-
-    now = timezone.now()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(RAW_SELECT, [now, batch])
-        due = cursor.fetchall()
-        if not due:
-            return 0
-        cursor.execute(RAW_BUSY, [[row[0] for row in due]])
-        busy = {row[0] for row in cursor.fetchall()}
-        claim = [row for row in due if row[0] not in busy]
-        ids = [row[0] for row in claim]
-        slots = [row[1] for row in claim]
-        queues = [row[3] or "default" for row in claim]
-        cursor.execute(RAW_INSERT, [now, now, ids, slots, queues])
-        cursor.fetchall()
-        nexts = [
-            next_cron_slot(row[4], row[5], max(row[1], now))
-            if row[4]
-            else next_slot_after(row[1], row[2], now)
-            for row in claim
-        ]
-        cursor.execute(RAW_UPDATE, [now, ids, nexts])
-    return len(claim)
-
-
 def measure(label: str, claim: Callable[[int], int], due: int, repeat: int) -> tuple[float, int]:
     times, statements = [], 0
     for _ in range(repeat):
@@ -206,7 +153,7 @@ def main() -> None:
         for due in args.due:
             orm, orm_statements = measure("orm", orm_claim, due, args.repeat)
             backend.clear()  # type: ignore[attr-defined]
-            raw, raw_statements = measure("raw", raw_claim, due, args.repeat)
+            raw, raw_statements = measure("raw", lambda b: len(raw_claim(b)), due, args.repeat)
             results[(size, due)] = orm
             ratio = orm / raw if raw else float("nan")
             say(

@@ -16,6 +16,14 @@ def noop() -> None:
     """Do nothing: the raw Celery baseline of bench/celery_throughput.py."""
 
 
+@shared_task(name="tests.async_tasks.touch", ignore_result=True)
+def touch(record_id: int) -> None:
+    """One durable single-row UPDATE: the floor of bench/celery_throughput.py."""
+    from tests.testapp.models import Record
+
+    Record.objects.filter(pk=record_id).update(label="touched")
+
+
 @shared_task(name="tests.async_tasks.mark", ignore_result=True)
 def mark(label: str) -> None:
     """Write a ``Record`` labelled ``label``."""

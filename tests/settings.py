@@ -56,7 +56,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A file (not memory) so that other processes in the tests can share the database.
+    # In memory by default (fast; the tests that start other processes are PostgreSQL-only).
+    # SQLITE_TEST_NAME=path puts the test database in a file instead, for a look at it.
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("SQLITE_TEST_NAME", "")}
 
 STATIC_URL = "/static/"
@@ -95,10 +96,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # The worker processes the tests start (tests/async_workers.py) read these from the environment.
 if os.environ.get("DATAFLOWS_TEST_RETRY_BACKOFF"):
     DATAFLOWS["RETRY_BACKOFF"] = float(os.environ["DATAFLOWS_TEST_RETRY_BACKOFF"])
-if os.environ.get("DATAFLOWS_TEST_CELERY_DB_REUSE_MAX"):
-    # Celery's Django fix-up closes the database connection around every task unless told
-    # to reuse it for this many tasks (bench/celery_throughput.py).
-    CELERY_DB_REUSE_MAX = int(os.environ["DATAFLOWS_TEST_CELERY_DB_REUSE_MAX"])
+# Celery's Django fix-up closes the database connection around every task unless told to
+# reuse it for this many tasks (dataflows.W101); bench/celery_throughput.py sets 0 to
+# measure Celery's default.
+CELERY_DB_REUSE_MAX = int(os.environ.get("DATAFLOWS_TEST_CELERY_DB_REUSE_MAX", "1000"))
 
 # Django's Tasks framework with the django-tasks-db database backend, when installed (the
 # "tasks" extra): django.tasks on Django 6+, the django-tasks backport on Django 5.2.

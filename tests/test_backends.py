@@ -231,11 +231,38 @@ def test_the_dummy_backend_records_the_delay_it_was_given(dummy_backend):
 
 
 def test_the_in_process_backend_skips_a_run_taken_meanwhile(caplog):
-    caplog.set_level(logging.INFO, logger="django_dataflows.backends.sync")
+    caplog.set_level(logging.INFO, logger="django_dataflows")
     run = DataFlowFactory().create_pending_run()
     FlowExecutor.cancel(run)  # or run by another heartbeat while this batch was busy
 
     assert SyncBackend().enqueue_many([run]) == []
 
-    assert f"Run {run.pk} of {run.data_flow.name!r} is cancelled; skipped." in caplog.text
+    assert f"Run {run.pk} of {run.data_flow.name!r} is cancelled, not pending" in caplog.text
+    assert "failed" not in caplog.text
     assert DataFlowRun.objects.get().status == RunStatus.CANCELLED
+
+
+class EndsRunsAtOnce(BaseBackend):
+    """An in-process backend: the run has its outcome when enqueue() returns."""
+
+    def enqueue(self, run, *, delay=None):
+        DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
+
+
+class EndsRunsElsewhere(EndsRunsAtOnce):
+    supports_async = True
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("backend", "returned"),
+    [("EndsRunsAtOnce", RunStatus.CANCELLED), ("EndsRunsElsewhere", RunStatus.PENDING)],
+)
+def test_trigger_run_reloads_the_run_only_from_a_backend_that_is_not_async(
+    settings, backend, returned
+):
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.{backend}"}
+
+    run = DataFlowFactory().trigger_run()
+
+    assert run.status == returned

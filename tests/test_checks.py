@@ -48,6 +48,8 @@ def test_default_settings_pass():
         ({"CALLBACKS": ["django_dataflows.conf.DEFAULTS"]}, ["dataflows.E009"]),
         ({"ALERT_EMAILS": ["ops@example.com", "not an address"]}, ["dataflows.E020"]),
         ({"ALERT_EMAILS": 42}, ["dataflows.E020"]),
+        ({"FLOW_MODULES": "tests.testapp.extra_flows"}, ["dataflows.E011"]),
+        ({"FLOW_MODULES": [7]}, ["dataflows.E011"]),
     ],
 )
 def test_each_misconfiguration_has_its_id(settings, dataflows, expected):
@@ -115,6 +117,14 @@ def test_the_deploy_warning_shows_in_check_deploy(settings):
 
     with pytest.raises(SystemCheckError, match=r"dataflows\.W001"):
         call_command("check", "--deploy", "--fail-level", "WARNING")
+
+
+def test_a_flow_modules_string_is_not_split_into_one_letter_modules(settings):
+    from django_dataflows.conf import app_settings
+
+    settings.DATAFLOWS = {"FLOW_MODULES": "tests.testapp.extra_flows"}
+
+    assert app_settings.FLOW_MODULES == []
 
 
 @pytest.fixture

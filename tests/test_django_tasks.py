@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
+from importlib.util import find_spec
 from typing import Any
 
 import pytest
 from django.db import connection
 
-from django_dataflows.backends.django_tasks import DjangoTasksBackend, execute_run
+from django_dataflows.backends.django_tasks import DjangoTasksBackend
 from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.models import DataFlowRun, RunStatus
 from tests.async_workers import WorkerProcess, tasks_db_worker, wait_for, worker_database_url
@@ -23,11 +24,12 @@ from tests.conftest import skip_or_fail
 from tests.factories import DataFlowFactory
 from tests.testapp.models import Record
 
-pytest.importorskip("django_tasks_db")
+if find_spec("django_tasks_db") is None:
+    skip_or_fail('needs django-tasks-db: pip install -e ".[tasks]"')
 
 from django_tasks_db.models import DBTaskResult
 
-from django_dataflows.django_tasks import run_data_flow
+from django_dataflows.tasks_django import run_data_flow
 
 TASKS_BACKEND = "django_dataflows.backends.django_tasks.DjangoTasksBackend"
 FINISHED = ("SUCCESSFUL", "FAILED")
@@ -112,7 +114,7 @@ def test_right_after_enqueueing_the_task_waits_on_the_runs_queue(tasks_backend):
 
     task = DBTaskResult.objects.get()
     assert (task.status, task.queue_name) == ("READY", "parked")
-    assert task.task_path == "django_dataflows.django_tasks.run_data_flow"
+    assert task.task_path == "django_dataflows.tasks_django.run_data_flow"
     assert task.args_kwargs == {"args": [run.pk], "kwargs": {}}
     assert run.task_id == str(task.id)
     stored = DataFlowRun.objects.get()
@@ -122,7 +124,7 @@ def test_right_after_enqueueing_the_task_waits_on_the_runs_queue(tasks_backend):
         "parked",
     )
     data_flow.refresh_from_db()
-    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    assert data_flow.last_run_status == RunStatus.PENDING
     assert data_flow.last_run_at is not None
 
 
@@ -147,9 +149,9 @@ def test_a_queue_the_tasks_backend_refuses_fails_the_run(tasks_backend):
 def test_a_second_execution_of_a_finished_run_does_not_run_the_flow_again(caplog):
     caplog.set_level(logging.INFO, logger="django_dataflows")
     run = DataFlowFactory().create_pending_run()
-    execute_run(run.pk)
+    run_data_flow.call(run.pk)
 
-    execute_run(run.pk)
+    run_data_flow.call(run.pk)
 
     assert Record.objects.filter(run_id=run.pk).count() == 1
     assert DataFlowRun.objects.get().status == RunStatus.SUCCESS
@@ -161,7 +163,7 @@ def test_the_flows_exception_reaches_the_framework():
     run = DataFlowFactory(flow="tests.testapp.flows.Explode").create_pending_run()
 
     with pytest.raises(ValueError, match="boom"):
-        execute_run(run.pk)
+        run_data_flow.call(run.pk)
 
     assert DataFlowRun.objects.get().status == RunStatus.FAILED
 
@@ -171,7 +173,7 @@ def test_a_task_for_a_deleted_run_is_dropped(caplog):
     run = DataFlowFactory().create_pending_run()
     run.data_flow.delete()
 
-    execute_run(run.pk)
+    run_data_flow.call(run.pk)
 
     assert "does not exist" in caplog.text
 

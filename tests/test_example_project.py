@@ -13,12 +13,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 from statistics import mean
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.conftest import skip_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANAGE = REPO_ROOT / "example_project" / "manage.py"
@@ -478,7 +481,8 @@ def test_example_migrations_are_up_to_date(env):
 
 
 def test_celery_broker_url_switches_to_the_celery_backend_and_app(env):
-    pytest.importorskip("celery")
+    if find_spec("celery") is None:
+        skip_or_fail('needs Celery: pip install -e ".[celery]"')
     broker = "redis://127.0.0.1:6379/0"
     env = {**env, "CELERY_BROKER_URL": broker}
 

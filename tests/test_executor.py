@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db.models.signals import post_save
 from django.utils import timezone
 
 from django_dataflows import signals
 from django_dataflows.exceptions import (
+    DataFlowError,
     FlowNotRegistered,
     InvalidRunState,
+    PermanentFlowError,
     RunAlreadyActive,
     RunNotPending,
 )
@@ -21,7 +24,7 @@ from django_dataflows.executor import (
     _timeout_exceptions,
     register_timeout_exception,
 )
-from django_dataflows.models import DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 from tests.testapp.models import Record
 
@@ -136,7 +139,7 @@ def test_unregistered_flow_fails_the_run_without_importing_it():
 def test_a_result_that_is_not_json_fails_the_run():
     data_flow = DataFlowFactory(flow="tests.testapp.flows.ReturnsObject")
 
-    with pytest.raises(TypeError, match="cannot be stored as JSON"):
+    with pytest.raises(DataFlowError, match="cannot be stored as JSON"):
         FlowExecutor.execute(data_flow)
 
     assert DataFlowRun.objects.get().status == RunStatus.FAILED
@@ -176,7 +179,7 @@ def test_a_run_that_is_no_longer_pending_is_not_executed_again():
 def test_a_run_of_another_flow_is_refused():
     run = DataFlowFactory().create_pending_run()
 
-    with pytest.raises(ValueError, match="belongs to another data flow"):
+    with pytest.raises(DataFlowError, match="belongs to another data flow"):
         FlowExecutor.execute(DataFlowFactory(), run=run)
 
 
@@ -366,5 +369,28 @@ def test_a_finished_run_does_not_overwrite_the_state_of_a_newer_active_run():
     FlowExecutor._record_success(old, {"late": True})  # the old body returns late
 
     data_flow.refresh_from_db()
-    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    old.refresh_from_db()
+    newer.refresh_from_db()
+    assert data_flow.last_run_status == RunStatus.PENDING
+    assert (old.status, old.result) == (RunStatus.TIMED_OUT, None)
     assert newer.status == RunStatus.PENDING
+
+
+@pytest.mark.parametrize("configuration", ["abc", [1, 2], 7])
+def test_a_configuration_that_is_not_an_object_fails_with_the_forms_message(configuration):
+    data_flow = DataFlowFactory()
+    DataFlow.objects.filter(pk=data_flow.pk).update(configuration=configuration)
+    data_flow.refresh_from_db()
+
+    with pytest.raises(PermanentFlowError):
+        FlowExecutor.execute(data_flow)
+
+    run = DataFlowRun.objects.get()
+    assert run.status == RunStatus.FAILED
+    assert run.error_message == 'configuration: Enter a JSON object, such as {"batch_size": 500}.'
+    with pytest.raises(ValidationError) as form_error:
+        data_flow.full_clean()
+    assert form_error.value.message_dict["configuration"] == [
+        'Enter a JSON object, such as {"batch_size": 500}.'
+    ]
+    assert not Record.objects.exists()

@@ -87,8 +87,26 @@ def test_modules_named_in_settings_are_imported_and_failures_returned():
 
 def test_public_names_are_importable_from_the_package():
     import django_dataflows
+    from django_dataflows import FlowExecutor, executor, flows
 
-    assert FlowContext.__name__ == "FlowContext"
+    assert (Flow, FlowContext) == (flows.Flow, flows.FlowContext)
+    assert FlowExecutor is executor.FlowExecutor
     assert issubclass(PermanentFlowError, DataFlowError)
     with pytest.raises(AttributeError):
         django_dataflows.Nope  # noqa: B018
+
+
+def test_every_error_the_app_raises_on_purpose_is_a_dataflow_error():
+    from django_dataflows.exceptions import (
+        FlowTimeout,
+        MalformedForwardedFor,
+        RunOfAnotherFlow,
+        UnstorableValue,
+    )
+    from django_dataflows.executor import FlowTimeout as executor_timeout
+    from django_dataflows.security import MalformedForwardedFor as security_error
+
+    for error in (FlowTimeout, MalformedForwardedFor, RunOfAnotherFlow, UnstorableValue):
+        assert issubclass(error, DataFlowError), error
+    # Where they used to live, they are still found.
+    assert (executor_timeout, security_error) == (FlowTimeout, MalformedForwardedFor)

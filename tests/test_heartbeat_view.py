@@ -120,6 +120,28 @@ def test_a_missing_or_wrong_token_is_refused_with_401(client, due, with_token, h
     assert response["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "(no token was sent)"),
+        ({"HTTP_AUTHORIZATION": "Bearer "}, "(no token was sent)"),
+        ({"HTTP_AUTHORIZATION": "Bearer wrong"}, "(the token sent is wrong)"),
+        ({"HTTP_X_HEARTBEAT_TOKEN": TOKEN[:-1]}, "(the token sent is wrong)"),
+    ],
+)
+def test_the_log_says_whether_the_token_was_missing_or_wrong_and_the_answer_does_not(
+    client, due, with_token, headers, detail, caplog
+):
+    caplog.set_level(logging.INFO, logger="django_dataflows.heartbeat")
+
+    response = post(client, **headers)
+
+    [refused] = [r for r in caplog.records if r.name == "django_dataflows.heartbeat"]
+    assert refused.getMessage().endswith(detail)
+    assert b"token was sent" not in response.content
+    assert b"wrong" not in response.content
+
+
 @pytest.mark.parametrize("configured", ["", "   "])
 def test_a_token_configured_as_empty_lets_nobody_in(client, due, settings, configured):
     settings.DATAFLOWS = {"HEARTBEAT_TOKEN": configured}

@@ -277,7 +277,7 @@ def test_trigger_run_sets_last_run_and_pushes_the_schedule(dummy_backend):
 
     data_flow.refresh_from_db()
     assert run.status == RunStatus.PENDING
-    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    assert data_flow.last_run_status == RunStatus.PENDING
     assert data_flow.last_run_at >= before
     assert data_flow.next_run_at >= before + datetime.timedelta(seconds=600)
 

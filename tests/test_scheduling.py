@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -43,7 +43,7 @@ def test_heartbeat_runs_a_due_flow_once_for_its_slot():
         RunStatus.PENDING,
     )
     data_flow.refresh_from_db()
-    assert data_flow.last_run_status == RunStatus.IN_PROGRESS
+    assert data_flow.last_run_status == RunStatus.PENDING
     assert data_flow.last_run_at == now
     assert claim_due_flows(now).runs == []
 
@@ -391,3 +391,53 @@ def test_an_in_process_batch_renews_the_runs_still_waiting_their_turn(settings):
     assert seen[first.pk] == third.created_at
     assert seen[second.pk] > third.created_at
     assert {first.status, second.status, third.status} == {RunStatus.SUCCESS}
+
+
+def _columns(run: DataFlowRun) -> dict[str, object]:
+    """Every stored column of ``run`` but those unique to one row."""
+    unique_to_a_row = {"id", "data_flow_id", "task_id", "updated_at"}
+    run.refresh_from_db()
+    return {
+        field.attname: getattr(run, field.attname)
+        for field in DataFlowRun._meta.concrete_fields
+        if field.attname not in unique_to_a_row
+    }
+
+
+@pytest.mark.postgres
+def test_the_claim_writes_every_column_as_the_orm_would():
+    data_flow, twin = DataFlowFactory(queue="reports"), DataFlowFactory(enabled=False)
+    now = timezone.now()
+    DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=now)
+
+    with transaction.atomic():
+        [claimed] = claim_due_flows(now).runs
+    orm = DataFlowRun.objects.create(
+        data_flow=twin,
+        status=RunStatus.PENDING,
+        trigger=RunTrigger.SCHEDULE,
+        scheduled_for=now,
+        created_at=now,
+        activated_at=now,
+        queue="reports",
+    )
+
+    assert _columns(claimed) == _columns(orm)
+    assert len(claimed.task_id) == 32
+
+
+@pytest.mark.postgres
+def test_the_claim_follows_a_changed_field_default(monkeypatch):
+    # The raw insert once hard-coded every column's default; a model change went unseen.
+    field = DataFlowRun._meta.get_field("error_message")
+    monkeypatch.setattr(field, "default", "not run yet")
+    monkeypatch.delitem(field.__dict__, "_get_default", raising=False)  # a cached_property
+    data_flow = DataFlowFactory()
+    DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=timezone.now())
+
+    with transaction.atomic():
+        [claimed] = claim_due_flows().runs
+
+    stored = DataFlowRun.objects.get(pk=claimed.pk).error_message
+    field.__dict__.pop("_get_default", None)
+    assert stored == "not run yet"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Flow", "FlowContext", "PermanentFlowError", "__version__"]
+__all__ = ["Flow", "FlowContext", "FlowExecutor", "PermanentFlowError", "__version__"]
 
 if TYPE_CHECKING:
     from django_dataflows.exceptions import PermanentFlowError
+    from django_dataflows.executor import FlowExecutor
     from django_dataflows.flows import Flow, FlowContext
 
 
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from django_dataflows import flows
 
         return getattr(flows, name)
+    if name == "FlowExecutor":
+        from django_dataflows.executor import FlowExecutor
+
+        return FlowExecutor
     if name == "PermanentFlowError":
         from django_dataflows.exceptions import PermanentFlowError
 

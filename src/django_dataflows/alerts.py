@@ -126,8 +126,15 @@ def _failure_message(run: DataFlowRun, failures: int, *, disabled: bool) -> tupl
 def record_success(run: DataFlowRun) -> None:
     """End an open failure or overdue episode; say so once."""
     flows = DataFlow.objects.filter(pk=run.data_flow_id)
-    # The common case (nothing to recover from) costs one read by primary key.
-    if not flows.filter(consecutive_failures=0, overdue_episode_since__isnull=True).exists():
+    # The common case (nothing to recover from) costs one read by primary key, or none when
+    # the worker's outcome statement read the flow's alert state with it.
+    if run.flow_alert_state is not None:
+        nothing_to_recover = run.flow_alert_state == (0, None)
+    else:
+        nothing_to_recover = flows.filter(
+            consecutive_failures=0, overdue_episode_since__isnull=True
+        ).exists()
+    if not nothing_to_recover:
         with transaction.atomic():
             row = row_lock(flows).values("consecutive_failures", "overdue_episode_since").first()
             if row is None:

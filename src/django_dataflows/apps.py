@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
+
+if TYPE_CHECKING:
+    from django_dataflows.models import DataFlow, DataFlowRun
 
 
 class DataFlowsConfig(AppConfig):
@@ -22,3 +27,21 @@ class DataFlowsConfig(AppConfig):
 
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         alerts.connect()
+
+    # The models' DataFlow.create_pending_run() and trigger_run() land here: the app is the
+    # one place that knows both the models and what sits above them (bookkeeping, backends).
+
+    def create_pending_run(self, data_flow: DataFlow, **kwargs: Any) -> DataFlowRun:
+        from django_dataflows.bookkeeping import create_pending_run
+
+        return create_pending_run(data_flow, **kwargs)
+
+    def trigger_run(self, data_flow: DataFlow, **kwargs: Any) -> DataFlowRun:
+        from django_dataflows.backends import trigger_run
+
+        return trigger_run(data_flow, **kwargs)
+
+    def hand_to_backend(self, run: DataFlowRun) -> None:
+        from django_dataflows.backends import hand_over
+
+        hand_over(run)

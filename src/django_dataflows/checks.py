@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.urls import URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
-from django_dataflows.conf import DEFAULTS
+from django_dataflows.conf import DEFAULTS, is_list_of_strings
 from django_dataflows.flows import Flow, registered_flows
 from django_dataflows.security import invalid_network_entries
 from django_dataflows.validators import queue_name_error, queue_name_syntax_error, schema_error
@@ -63,7 +63,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_numbers(config)
     errors += _check_token(config)
     errors += _check_callbacks(config)
-    errors += _check_flow_modules()
+    errors += _check_flow_modules(config)
     errors += _check_alert_emails(config)
     return errors
 
@@ -196,7 +196,16 @@ def _check_callbacks(config: Mapping[str, Any]) -> list[CheckMessage]:
     return errors
 
 
-def _check_flow_modules() -> list[CheckMessage]:
+def _check_flow_modules(config: Mapping[str, Any]) -> list[CheckMessage]:
+    modules = _get(config, "FLOW_MODULES")
+    if not is_list_of_strings(modules):
+        return [
+            Error(
+                f"DATAFLOWS['FLOW_MODULES'] must be a list of module paths, not {modules!r}.",
+                hint='For one module: ["myproject.flows"].',
+                id="dataflows.E011",
+            )
+        ]
     app_config = apps.get_app_config("dataflows")
     return [
         Error(

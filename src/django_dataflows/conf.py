@@ -99,13 +99,23 @@ class DataFlowsSettings:
 
     @property
     def FLOW_MODULES(self) -> list[str]:
-        return list(self._get("FLOW_MODULES") or [])
+        value = self._get("FLOW_MODULES")
+        # A string would otherwise be split into one-letter module names. A wrong type is
+        # reported by the dataflows.E011 check; nothing extra is imported meanwhile.
+        if not is_list_of_strings(value):
+            return []
+        return list(value)
 
     @property
     def ALERT_EMAILS(self) -> list[str]:
         value = self._get("ALERT_EMAILS") or []
         # A single address given as a string is one recipient, not a list of characters.
         return [value] if isinstance(value, str) else list(value)
+
+
+def is_list_of_strings(value: Any) -> bool:
+    """A list or tuple whose items are all strings (a bare string is not one)."""
+    return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
 
 
 app_settings = DataFlowsSettings()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from django.dispatch import Signal
 from django.utils.module_loading import import_string
 
-from django_dataflows import signals
+import django_dataflows.signals as signals
 from django_dataflows.conf import app_settings
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ def emit(event: str, run: DataFlowRun, *, step: DataFlowRunStep | None = None) -
 
     A failing receiver or callback is logged, never raised.
     """
+    paths = tuple(app_settings.CALLBACKS)
+    if not paths and not EVENTS[event].has_listeners(type(run.data_flow)):
+        return  # nobody listens: spare the payload (a heartbeat sends a thousand of these)
     payload = run_event_payload(run)
     if step is not None:
         payload["step"] = step
@@ -62,7 +65,7 @@ def emit(event: str, run: DataFlowRun, *, step: DataFlowRunStep | None = None) -
                 exc_info=(type(response), response, response.__traceback__),
             )
     try:
-        callbacks = _load_callbacks(tuple(app_settings.CALLBACKS))
+        callbacks = _load_callbacks(paths)
     except ImportError:
         logger.exception("Could not import DATAFLOWS['CALLBACKS']")
         return

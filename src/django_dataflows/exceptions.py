@@ -119,3 +119,19 @@ class OutcomeNotStored(DataFlowError):
         super().__init__(
             f"The run's outcome could not be stored: {str(error).strip() or type(error).__name__}"
         )
+
+
+class FlowTimeout(DataFlowError):
+    """Raise it from ``Flow.run()``: the run went past its timeout and ends ``timed_out``."""
+
+
+class RunOfAnotherFlow(DataFlowError, ValueError):
+    """``FlowExecutor.execute(data_flow, run=run)`` was given a run of another flow."""
+
+
+class UnstorableValue(DataFlowError, TypeError):
+    """A flow's result, step result or ``state`` cannot be stored as JSON."""
+
+
+class MalformedForwardedFor(DataFlowError, ValueError):
+    """A trusted proxy sent an ``X-Forwarded-For`` entry that is not an IP address."""

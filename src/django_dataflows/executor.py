@@ -10,28 +10,39 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import defaultdict
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from django_dataflows.bookkeeping import (
+    create_pending_run,
+    give_slot_back,
+    give_slots_back,
+    record_outcome,
+    record_outcomes,
+    record_status,
+)
 from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
-    DataFlowError,
     FlowExited,
     FlowNotRegistered,
+    FlowTimeout,
     InvalidRunState,
     OutcomeNotStored,
     PermanentFlowError,
     RunInterrupted,
     RunNotPending,
+    RunOfAnotherFlow,
+    UnstorableValue,
 )
 from django_dataflows.flows import Flow, FlowContext
 from django_dataflows.models import (
@@ -44,18 +55,15 @@ from django_dataflows.models import (
     row_lock,
 )
 from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
-from django_dataflows.validators import validate_configuration
+from django_dataflows.statements import end_run, take_pending_run
+from django_dataflows.validators import validate_configuration, validate_json_object
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 logger = logging.getLogger("django_dataflows.executor")
-
-
-class FlowTimeout(DataFlowError):
-    """The run went past its timeout; it ends ``timed_out`` rather than ``failed``."""
 
 
 #: Exceptions that end a run as ``timed_out``. Backends add their own (Celery's soft
@@ -63,19 +71,18 @@ class FlowTimeout(DataFlowError):
 _timeout_exceptions: list[type[BaseException]] = [FlowTimeout]
 
 
+def _one_statement_path() -> bool:
+    """Use the worker's one-statement writes (:mod:`django_dataflows.statements`)?
+
+    On PostgreSQL, outside a transaction: inside one, the caller's commit decides
+    durability, and the ORM's statements keep to it.
+    """
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
 def register_timeout_exception(exc_class: type[BaseException]) -> None:
     if exc_class not in _timeout_exceptions:
         _timeout_exceptions.append(exc_class)
-
-
-def _flows_without_active_run(pks: list[int]) -> QuerySet[DataFlow]:
-    """The flows among ``pks`` with no active run.
-
-    A finished run's outcome is written to its flow only if no newer run has started
-    meanwhile (on another server), whose state the flow shows instead.
-    """
-    active = DataFlowRun.objects.active().filter(data_flow=OuterRef("pk"))
-    return DataFlow.objects.filter(pk__in=pks).exclude(Exists(active))
 
 
 class FlowExecutor:
@@ -106,7 +113,12 @@ class FlowExecutor:
         or ``paused`` and this returns ``None``: nothing failed, so nothing is retried.
         """
         run = cls._take_run(data_flow, run, trigger, user)
-        session = cls._mark_in_progress(run)
+        return cls._run_body(run, cls._mark_in_progress(run))
+
+    @classmethod
+    def _run_body(cls, run: DataFlowRun, session: RunSession) -> Any:
+        """Call the taken run's flow and record its outcome (see :meth:`execute`)."""
+        data_flow = run.data_flow
         try:
             flow = cls._instantiate(data_flow, run, session)
             result = cls._serialisable(flow.run())
@@ -150,13 +162,24 @@ class FlowExecutor:
         skipped. If the flow fails, ``on_failure(run, exc)`` is called (a backend schedules
         its retry there) and the exception propagates, so the job system records it too.
         """
+        if _one_statement_path():
+            run = take_pending_run(run_id)
+            if run is None:
+                cls._not_taken(run_id)
+                return
+            # The flow row was read by the same statement, after the mark: it is current.
+            session = cls._session(run, resumed=run.started_at != run.activated_at)
+            emit("run_started", run)
+            execute: Callable[[], Any] = partial(cls._run_body, run, session)
+        else:
+            try:
+                run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
+            except DataFlowRun.DoesNotExist:
+                cls._not_taken(run_id)
+                return
+            execute = partial(cls.execute, run.data_flow, run=run)
         try:
-            run = DataFlowRun.objects.select_related("data_flow").get(pk=run_id)
-        except DataFlowRun.DoesNotExist:
-            logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
-            return
-        try:
-            cls.execute(run.data_flow, run=run)
+            execute()
         except RunNotPending as exc:
             if exc.run_id != run.pk:  # raised by the flow itself, about another run
                 if on_failure is not None:
@@ -184,11 +207,28 @@ class FlowExecutor:
         user: AbstractBaseUser | AnonymousUser | None,
     ) -> DataFlowRun:
         if run is None:
-            return data_flow.create_pending_run(trigger=trigger, user=user)
+            return create_pending_run(data_flow, trigger=trigger, user=user)
         if run.data_flow_id != data_flow.pk:
-            raise ValueError(f"Run {run.pk} belongs to another data flow than {data_flow.name!r}.")
+            raise RunOfAnotherFlow(
+                f"Run {run.pk} belongs to another data flow than {data_flow.name!r}."
+            )
         run.data_flow = data_flow
         return run
+
+    @staticmethod
+    def _not_taken(run_id: int) -> None:
+        """Say why the run of a message was not executed (it is gone, or not pending)."""
+        found = DataFlowRun.objects.filter(pk=run_id).values_list("status", "data_flow__name")
+        if not found:
+            logger.warning("Run %s does not exist (was its flow deleted?); nothing to do.", run_id)
+            return
+        [(status, name)] = found
+        logger.info(
+            "Run %s of %r is %s, not pending: a duplicate or late message; ignored.",
+            run_id,
+            name,
+            status,
+        )
 
     @classmethod
     def _mark_in_progress(cls, run: DataFlowRun) -> RunSession:
@@ -200,25 +240,32 @@ class FlowExecutor:
         fields: dict[str, Any] = {"activated_at": Now()}
         if not resumed:
             fields["started_at"] = now  # started_at keeps the first start
-        flow_class = cls._flow_class(run.data_flow)
-        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
-        # One commit for the run and its step rows; a run without steps writes one row.
-        with transaction.atomic() if session.declared and not resumed else nullcontext():
+        # One commit for the run, its flow's status and its step rows.
+        with transaction.atomic():
             if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
             run.activated_at = now  # this process's reading of the moment just stored
-            if resumed or session.declared:  # a stale run object must not recreate rows
-                session.load()
-            # The default run() starts the first declared step at once.
-            session.create_declared_steps(
-                start_first=flow_class is not None and flow_class.run is Flow.run
-            )
+            record_status(run)
+            session = cls._session(run, resumed=resumed)
         # The flow starts from the state the previous successful run left.
         run.data_flow.state = (
             DataFlow.objects.filter(pk=run.data_flow_id).values_list("state", flat=True).get()
         )
         emit("run_started", run)
+        return session
+
+    @classmethod
+    def _session(cls, run: DataFlowRun, *, resumed: bool) -> RunSession:
+        """The taken run's session: its declared steps' rows created, or read on resume."""
+        flow_class = cls._flow_class(run.data_flow)
+        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
+        if resumed or session.declared:  # a stale run object must not recreate rows
+            session.load()
+        # The default run() starts the first declared step at once.
+        session.create_declared_steps(
+            start_first=flow_class is not None and flow_class.run is Flow.run
+        )
         return session
 
     @staticmethod
@@ -231,7 +278,12 @@ class FlowExecutor:
     @staticmethod
     def _instantiate(data_flow: DataFlow, run: DataFlowRun, session: RunSession) -> Flow:
         flow_class = data_flow.flow_class  # FlowNotRegistered for anything unregistered
-        # Rows made with objects.create() never went through full_clean().
+        # Rows made with objects.create() never went through full_clean(): the same checks,
+        # the same messages.
+        try:
+            validate_json_object(data_flow.configuration)
+        except ValidationError as exc:
+            raise PermanentFlowError(f"configuration: {'; '.join(exc.messages)}") from exc
         try:
             validate_configuration(flow_class, data_flow.configuration)
         except ValidationError as exc:
@@ -251,7 +303,7 @@ class FlowExecutor:
         """The flow's new ``state`` to save with its success, or ``None`` if unchanged."""
         state = flow.state
         if not isinstance(state, dict):
-            raise TypeError(
+            raise UnstorableValue(
                 f"self.state must be a JSON object (a dict), not {type(state).__name__}."
             )
         json_value(state, "self.state")
@@ -358,12 +410,9 @@ class FlowExecutor:
                 pk=run.pk, status=RunStatus.IN_PROGRESS, cancel_requested_at__isnull=True
             ).update(status=RunStatus.PAUSED, pause_requested_at=None, **fields)
             if paused:
-                DataFlow.objects.filter(pk=run.data_flow_id).update(
-                    last_run_status=RunStatus.PAUSED
-                )
+                run.status, run.pause_requested_at = RunStatus.PAUSED, None
+                record_status(run)
         if paused:
-            run.status, run.pause_requested_at = RunStatus.PAUSED, None
-            run.data_flow.last_run_status = RunStatus.PAUSED
             for name, value in fields.items():
                 setattr(run, name, value)
         return bool(paused)
@@ -418,9 +467,7 @@ class FlowExecutor:
                 scheduled_for=None,
             )
             if done and slot is not None:
-                DataFlow.objects.filter(pk=run.data_flow_id, next_run_at__gt=slot).update(
-                    next_run_at=slot
-                )
+                give_slot_back(run, slot)
         return done
 
     @classmethod
@@ -445,14 +492,10 @@ class FlowExecutor:
             DataFlowRun.objects.filter(pk__in=pending).update(
                 status=RunStatus.FAILED, ended_at=now, error_message=message, scheduled_for=None
             )
-            flows = []
+            give_slots_back(given_back)
             for run in given_back:
-                if run.scheduled_for is not None:
-                    run.data_flow.next_run_at = run.scheduled_for
-                    flows.append(run.data_flow)
                 run.status, run.ended_at, run.error_message = RunStatus.FAILED, now, message
                 run.scheduled_for = None
-            DataFlow.objects.bulk_update(flows, ["next_run_at"])
         cls._after_bulk_finish(given_back)
         return len(given_back)
 
@@ -537,9 +580,7 @@ class FlowExecutor:
             ):
                 run.refresh_from_db()
                 raise cls._refusal(run, "resume")
-            DataFlow.objects.filter(pk=run.data_flow_id).update(
-                last_run_status=RunStatus.IN_PROGRESS
-            )
+            record_status(run)
         run.refresh_from_db()
         hand_to_backend(run)
         if not transaction.get_connection().in_atomic_block:
@@ -731,10 +772,31 @@ class FlowExecutor:
         """
         if "ended_at" in fields:
             fields["duration_ms"] = milliseconds(run.started_at, fields["ended_at"])
+        if _one_statement_path() and not close_steps:
+            started_at = run.started_at if last_run_at else None
+            done = end_run(
+                run,
+                expected,
+                status,
+                fields,
+                last_run_at=started_at,
+                flow_fields=flow_fields or {},
+            )
+            if done:
+                run.status = status
+                for name, value in fields.items():
+                    setattr(run, name, value)
+                run.data_flow.last_run_status = status
+                if started_at is not None:
+                    run.data_flow.last_run_at = started_at
+                for name, value in (flow_fields or {}).items():
+                    setattr(run.data_flow, name, value)
+                emit("run_finished", run)
+            return done
         with transaction.atomic():
             done = cls._transition(run, expected, status, **fields)
             if done:
-                cls._update_flow(run, last_run_at=last_run_at, **(flow_fields or {}))
+                record_outcome(run, last_run_at=last_run_at, **(flow_fields or {}))
                 if close_steps:
                     _close_unfinished_steps([run.pk], status)
         if done:
@@ -756,26 +818,14 @@ class FlowExecutor:
         return bool(updated)
 
     @staticmethod
-    def _update_flow(run: DataFlowRun, *, last_run_at: bool = True, **extra: Any) -> None:
-        fields: dict[str, Any] = {"last_run_status": run.status, **extra}
-        if last_run_at and run.started_at is not None:
-            fields["last_run_at"] = run.started_at
-        _flows_without_active_run([run.data_flow_id]).update(**fields)
-        for name, value in fields.items():
-            setattr(run.data_flow, name, value)
-
-    @staticmethod
     def _after_bulk_finish(runs: Iterable[DataFlowRun]) -> None:
         by_status: dict[str, list[DataFlowRun]] = defaultdict(list)
         for run in runs:
             by_status[run.status].append(run)
         for status, finished in by_status.items():
-            _flows_without_active_run([run.data_flow_id for run in finished]).update(
-                last_run_status=status
-            )
+            record_outcomes(finished, status)
             _close_unfinished_steps([run.pk for run in finished], status)
         for run in [run for finished in by_status.values() for run in finished]:
-            run.data_flow.last_run_status = run.status
             if run.started_at is not None and run.ended_at is not None:
                 run.duration_ms = milliseconds(run.started_at, run.ended_at)
                 DataFlowRun.objects.filter(pk=run.pk).update(duration_ms=run.duration_ms)

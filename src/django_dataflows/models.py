@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import uuid
 from datetime import datetime, timedelta
-from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
-from django.db.models import ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Value, Window
+from django.db.models import (
+    ExpressionWrapper,
+    F,
+    Func,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    Window,
+)
 from django.db.models.functions import Coalesce, Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
-    EnqueueFailed,
     FlowNotRegistered,
     InvalidRunState,
-    RunAlreadyActive,
 )
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.schedules import (
@@ -39,11 +45,12 @@ from django_dataflows.validators import (
     validate_json_object,
     validate_queue_name,
     validate_registered_flow,
-    validate_run_input,
 )
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+    from django_dataflows.apps import DataFlowsConfig
 
 
 class RunStatus(models.TextChoices):
@@ -564,54 +571,15 @@ class DataFlow(models.Model):
     ) -> DataFlowRun:
         """Record a new pending run and move the schedule; raise ``RunAlreadyActive``.
 
-        A run started by hand pushes an interval flow's next scheduled run to at least
+        Nothing is handed to a backend: :meth:`trigger_run` is how a run starts. A run
+        started by hand pushes an interval flow's next scheduled run to at least
         ``run_interval`` later, as a scheduled one would; it never moves a cron flow's next
-        slot (the heartbeat claims scheduled runs in bulk in :mod:`django_dataflows.scheduling`).
-        ``input`` (a JSON object, else ``ValidationError``) is stored on the run as
-        ``self.input`` of the flow.
+        slot. ``input`` (a JSON object, else ``ValidationError``) is stored on the run as
+        ``self.input`` of the flow. See :func:`django_dataflows.bookkeeping.create_pending_run`.
         """
-        input = {} if input is None else input
-        validate_run_input(input)
-        run = DataFlowRun(
-            data_flow=self,
-            status=RunStatus.PENDING,
-            trigger=trigger,
-            triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
-            queue=self.effective_queue,
-            attempt=attempt,
-            input=input,
+        return _run_service().create_pending_run(
+            self, trigger=trigger, user=user, attempt=attempt, now=now, input=input
         )
-        run.activated_at = run.created_at
-        with transaction.atomic():
-            # Lock the flow row first, as a heartbeat's claim does: the same lock order
-            # on both paths, and the next_run_at read here is the current one.
-            schedule = row_lock(DataFlow.objects.filter(pk=self.pk)).values_list(
-                "next_run_at", flat=True
-            )
-            next_run_at = schedule.get()
-            if self.runs.active().exists():
-                raise RunAlreadyActive(self.name)
-            try:
-                with transaction.atomic():
-                    run.save(force_insert=True)
-            except IntegrityError:  # a database without row locks raced us
-                if self.runs.active().exists():
-                    raise RunAlreadyActive(self.name) from None
-                raise
-            now = now or timezone.now()
-            self.last_run_at = now
-            self.last_run_status = RunStatus.IN_PROGRESS
-            self.next_run_at = (
-                next_run_at
-                if self.cron or self.run_interval is None
-                else max(next_run_at, now + timedelta(seconds=self.run_interval))
-            )
-            DataFlow.objects.filter(pk=self.pk).update(
-                last_run_at=self.last_run_at,
-                last_run_status=self.last_run_status,
-                next_run_at=self.next_run_at,
-            )
-        return run
 
     def trigger_run(
         self,
@@ -623,43 +591,36 @@ class DataFlow(models.Model):
     ) -> DataFlowRun:
         """Start a run: record it as pending and hand it to the backend after commit.
 
-        This is the one way a run starts. ``input`` is the run's own parameters (a JSON
-        object, else ``ValidationError``; the flow reads it as ``self.input``). With the
-        default in-process backend and no surrounding transaction the run has finished
-        when this returns; the returned object is refreshed to show it. Raises
+        This is the one way a run starts (see :func:`django_dataflows.backends.trigger_run`).
+        ``input`` is the run's own parameters (a JSON object, else ``ValidationError``; the
+        flow reads it as ``self.input``). With the default in-process backend and no
+        surrounding transaction the run has finished when this returns; the returned object
+        is refreshed to show it. Raises
         ``RunAlreadyActive`` if a run is active, and ``EnqueueFailed`` if the backend
         refused the run. Inside a transaction (for example with ``ATOMIC_REQUESTS``) the
         run is handed over when it commits; a refusal then is logged and recorded on the
         run, as nobody is left to catch it.
         """
-        run = self.create_pending_run(trigger=trigger, user=user, input=input, attempt=attempt)
-        hand_to_backend(run)
-        return run
+        return _run_service().trigger_run(
+            self, trigger=trigger, user=user, input=input, attempt=attempt
+        )
 
 
 def hand_to_backend(run: DataFlowRun) -> None:
-    """Hand a pending run to the configured backend, once the transaction has committed.
+    """Hand a pending run (a resumed one) to the backend, once the transaction has committed.
 
-    Outside a transaction it is handed over now (the in-process backend runs it here), and
-    ``run`` is refreshed to show what happened; ``EnqueueFailed`` if the backend refused.
-    Inside one, it is handed over on commit and a refusal is recorded on the run.
+    See :func:`django_dataflows.backends.hand_over`, where this lands.
     """
-    from django_dataflows.backends import dispatch, get_backend
-
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(partial(_dispatch_after_commit, run))
-        return
-    dispatch(run)
-    if not get_backend().supports_async:
-        run.refresh_from_db()
+    _run_service().hand_to_backend(run)
 
 
-def _dispatch_after_commit(run: DataFlowRun) -> None:
-    from django_dataflows.backends import dispatch
+def _run_service() -> DataFlowsConfig:
+    """The app config, which connects these models to what starts runs.
 
-    # A refusal is logged by dispatch() and recorded on the run.
-    with contextlib.suppress(EnqueueFailed):
-        dispatch(run)
+    Starting a run needs the bookkeeping and the backends, which sit above the models and
+    import them; the models import neither (not even lazily), and ask the app instead.
+    """
+    return cast("DataFlowsConfig", apps.get_app_config("dataflows"))
 
 
 def new_task_id() -> str:
@@ -978,15 +939,13 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             timeout * Value(timedelta(seconds=1)), output_field=models.DurationField()
         )
         deadline = ExpressionWrapper(Value(now) - timeout_span, output_field=models.DateTimeField())
+        # From the latest move into in progress (a resumed run starts anew); rows from
+        # before activated_at existed fall back to their start.
+        since = Coalesce("activated_at", "started_at")
         return (
-            self.annotate(effective_timeout=timeout)
-            .filter(
-                Q(status=RunStatus.IN_PROGRESS)
-                & (
-                    Q(activated_at__lte=deadline)
-                    | Q(activated_at__isnull=True, started_at__lte=deadline)
-                )
-            )
+            self.annotate(effective_timeout=timeout, active_since=since)
+            # A paused run never times out: nothing runs it until it is resumed.
+            .filter(status=RunStatus.IN_PROGRESS, active_since__lte=deadline)
             .order_by()
         )
 
@@ -1011,6 +970,11 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
 
 class DataFlowRun(models.Model):
     """One execution of a data flow; the history is kept."""
+
+    #: Not a column: the flow's ``(consecutive_failures, overdue_episode_since)`` as the
+    #: worker's outcome statement read them (PostgreSQL), so the alerts need not read them
+    #: again; ``None`` when nothing read them with the outcome.
+    flow_alert_state: tuple[int, datetime | None] | None = None
 
     data_flow = models.ForeignKey(
         DataFlow, on_delete=models.CASCADE, related_name="runs", verbose_name=_("data flow")

@@ -19,7 +19,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_dataflows.events import emit
-from django_dataflows.exceptions import RunInterrupted
+from django_dataflows.exceptions import RunInterrupted, UnstorableValue
 from django_dataflows.flows import Step
 from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
 
@@ -46,7 +46,7 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def json_value(value: Any, what: str) -> Any:
-    """``value`` if it can be stored as JSON, else a ``TypeError`` naming ``what`` it is.
+    """``value`` if it can be stored as JSON, else ``UnstorableValue`` naming ``what`` it is.
 
     Stricter than ``json.dumps``, as databases are: NaN and infinities are not JSON, and
     PostgreSQL refuses a NUL character in a JSON string.
@@ -54,20 +54,20 @@ def json_value(value: Any, what: str) -> Any:
     try:
         dumped = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
     except ValueError as exc:
-        raise TypeError(
+        raise UnstorableValue(
             f"{what} cannot be stored as JSON: {exc} (NaN and infinite numbers are not JSON)"
         ) from exc
     except TypeError as exc:
-        raise TypeError(f"{what} cannot be stored as JSON: {exc}") from exc
+        raise UnstorableValue(f"{what} cannot be stored as JSON: {exc}") from exc
     if _NUL_ESCAPE.search(dumped):
-        raise TypeError(
+        raise UnstorableValue(
             f"{what} cannot be stored as JSON: a string in it holds a NUL character (\\x00)"
         )
     return value
 
 
 def stored_json(value: Any, what: str) -> Any:
-    """``value`` as it reads back once stored (dates become ISO strings), or ``TypeError``."""
+    """``value`` as it reads back once stored (dates become ISO strings), or ``UnstorableValue``."""
     return json.loads(json.dumps(json_value(value, what), cls=DjangoJSONEncoder))
 
 

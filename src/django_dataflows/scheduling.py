@@ -16,8 +16,9 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from django_dataflows import signals
+import django_dataflows.signals as signals
 from django_dataflows.backends import dispatch_many
+from django_dataflows.bookkeeping import advance_claimed, next_after_claim
 from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
 from django_dataflows.executor import FlowExecutor
@@ -27,7 +28,6 @@ from django_dataflows.models import (
     Heartbeat,
     RunStatus,
     RunTrigger,
-    next_slot_for,
 )
 from django_dataflows.schedules import InvalidSchedule
 
@@ -73,14 +73,19 @@ class HeartbeatResult:
 def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) -> Claim:
     """Create the pending runs of due flows and advance their schedules.
 
-    Must run inside a transaction (the row locks last until it commits). The number of
-    SQL statements does not depend on the number of due flows.
+    Must run inside a transaction (the row locks last until it commits). On PostgreSQL
+    the number of SQL statements does not depend on the number of due flows (four, with
+    nothing skipped); elsewhere ``bulk_create`` and ``bulk_update`` split a large batch
+    into as many statements as the database's parameter limit requires.
     """
     now = now or database_now()
     batch_size = batch_size or app_settings.HEARTBEAT_BATCH_SIZE
     features = connection.features
     due = list(
         DataFlow.objects.due_to_run(now)
+        # What the claim and the hand-over need: the JSON a worker reads itself is not
+        # decoded here a thousand times (it loads if something asks for it).
+        .defer("description", "configuration", "state")
         .select_for_update(skip_locked=True, no_key=features.has_select_for_no_key_update)
         .order_by("next_run_at", "pk")[:batch_size]
     )
@@ -95,7 +100,7 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
         if flow.pk in busy:
             continue
         try:
-            next_slots[flow.pk] = next_slot_for(flow, flow.next_run_at, now)
+            next_slots[flow.pk] = next_after_claim(flow, flow.next_run_at, now)
         except InvalidSchedule as exc:
             # Stored without validation: skip it (it stays due, so this repeats each
             # heartbeat until someone fixes it) rather than fail the other flows.
@@ -116,42 +121,29 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     ]
     if runs:
         runs = _insert_runs(runs)
-        for flow in claimed:
-            flow.next_run_at = next_slots[flow.pk]
-            flow.last_run_at = now
-            flow.last_run_status = RunStatus.IN_PROGRESS
-        _advance_schedules(claimed, now)
+        # Only the flows whose run was inserted move on: a flow that got an active run
+        # elsewhere meanwhile keeps the schedule (and the status) that run gave it.
+        advance_claimed([run.data_flow for run in runs], now, next_slots)
     # A flow whose run could not be inserted got an active run from elsewhere meanwhile.
     return Claim(runs=runs, flows_due=len(due), flows_skipped=len(due) - len(runs))
 
 
-_INSERT_SQL = """
-    INSERT INTO {table} (data_flow_id, status, trigger, scheduled_for, created_at,
-                         activated_at, error_message, error_backtrace, attempt, task_id,
-                         queue, input, progress, redeliveries)
-    SELECT claimed.data_flow_id, %s, %s, claimed.scheduled_for, %s, %s, '', '', 1,
-           claimed.task_id, claimed.queue, '{{}}', '{{}}', 0
-    FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
-        AS claimed(data_flow_id, scheduled_for, task_id, queue)
-    ON CONFLICT DO NOTHING
-    RETURNING id, data_flow_id
-"""
-
-_ADVANCE_SQL = """
-    UPDATE {table} AS flow
-    SET next_run_at = advance.next_run_at, last_run_at = %s, last_run_status = %s
-    FROM unnest(%s::bigint[], %s::timestamptz[]) AS advance(id, next_run_at)
-    WHERE flow.id = advance.id
-"""
+#: Columns whose value differs from one claimed run to the next; every other column gets
+#: the first run's value (a callable default, such as ``task_id``'s, is per row too).
+_PER_ROW_FIELDS = frozenset({"data_flow", "scheduled_for", "queue"})
+#: Field types whose Python values psycopg takes as they are (the claim's datetimes are
+#: aware, from the database or timezone.now()).
+_READY_TYPES = frozenset({"ForeignKey", "CharField", "TextField", "DateTimeField"})
 
 
 def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
     """Insert the claimed runs (one per flow) in one statement; return those inserted.
 
-    Like :func:`_advance_schedules`, PostgreSQL takes columns as arrays, which spares
-    ``bulk_create``'s per-field preparation of every row. A run that would break a unique
-    constraint (a manual run of the same flow committed between our check and our insert)
-    is left out rather than failing the whole claim.
+    On PostgreSQL the values that differ per run go as one array per column (which spares
+    ``bulk_create``'s per-field preparation of every row) and the others once each. The
+    columns come from the model's ``_meta``, so a new field is inserted like the ORM would.
+    A run that would break a unique constraint (a manual run of the same flow committed
+    between our check and our insert) is left out rather than failing the whole claim.
     """
     first = runs[0]
     if connection.vendor != "postgresql":
@@ -163,23 +155,52 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
             created_at=first.created_at,
         ).values_list("data_flow_id", "pk")
         return _with_keys(runs, dict(written))
+    columns: list[str] = []
+    selected: list[str] = []
+    arrays: list[str] = []
+    array_params: list[list[Any]] = []
+    params: list[Any] = []
+    for model_field in DataFlowRun._meta.concrete_fields:
+        if model_field.primary_key or model_field.has_db_default():
+            continue
+        columns.append(connection.ops.quote_name(str(model_field.column)))
+        if model_field.name in _PER_ROW_FIELDS or _has_callable_default(model_field):
+            selected.append(f"claimed.c{len(arrays)}")
+            arrays.append(f"%s::{model_field.db_type(connection)}[]")
+            attname = model_field.attname
+            if model_field.get_internal_type() in _READY_TYPES:
+                # Keys, strings and aware datetimes go to psycopg as they are; preparing
+                # each one through the field would cost more than the whole INSERT.
+                array_params.append([getattr(run, attname) for run in runs])
+            else:
+                prepare = model_field.get_db_prep_save
+                array_params.append([prepare(getattr(run, attname), connection) for run in runs])
+        else:
+            selected.append("%s")
+            params.append(
+                model_field.get_db_prep_save(getattr(first, model_field.attname), connection)
+            )
+    names = ", ".join(f"c{index}" for index in range(len(arrays)))
+    # Identifiers from the model's _meta, quoted; every value is a parameter.
     table = connection.ops.quote_name(DataFlowRun._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT_SQL.format(table=table),
-            [
-                first.status,
-                first.trigger,
-                first.created_at,
-                first.created_at,
-                [run.data_flow_id for run in runs],
-                [run.scheduled_for for run in runs],
-                [run.task_id for run in runs],
-                [run.queue for run in runs],
-            ],
+    sql = " ".join(
+        (
+            f"INSERT INTO {table} ({', '.join(columns)})",
+            f"SELECT {', '.join(selected)}",
+            f"FROM unnest({', '.join(arrays)}) AS claimed({names})",
+            "ON CONFLICT DO NOTHING RETURNING id, data_flow_id",
         )
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + array_params)
         ids = {data_flow_id: pk for pk, data_flow_id in cursor.fetchall()}
     return _with_keys(runs, ids)
+
+
+def _has_callable_default(model_field: Any) -> bool:
+    # dict and list build the same empty value for every run; anything else may not.
+    default = model_field.default
+    return callable(default) and default not in (dict, list)
 
 
 def _with_keys(runs: list[DataFlowRun], ids: dict[int, int]) -> list[DataFlowRun]:
@@ -190,29 +211,6 @@ def _with_keys(runs: list[DataFlowRun], ids: dict[int, int]) -> list[DataFlowRun
         run._state.adding = False
         run._state.db = connection.alias
     return inserted
-
-
-def _advance_schedules(flows: list[DataFlow], now: datetime) -> None:
-    """Store the claimed flows' new ``next_run_at`` (one per flow) in one statement.
-
-    ``bulk_update`` builds a ``CASE`` with a branch per row, which costs ~1 s of Python
-    for 1,000 flows; PostgreSQL takes the values as two arrays instead (9x faster in
-    ``bench/heartbeat.py``). Other databases, SQLite included, use ``bulk_update``.
-    """
-    if connection.vendor != "postgresql":
-        DataFlow.objects.bulk_update(flows, ["next_run_at", "last_run_at", "last_run_status"])
-        return
-    table = connection.ops.quote_name(DataFlow._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _ADVANCE_SQL.format(table=table),
-            [
-                now,
-                RunStatus.IN_PROGRESS.value,
-                [flow.pk for flow in flows],
-                [flow.next_run_at for flow in flows],
-            ],
-        )
 
 
 def announce_overdue_flows(now: datetime) -> int:

@@ -8,15 +8,13 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from django_dataflows.exceptions import MalformedForwardedFor
+
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class MalformedForwardedFor(ValueError):
-    """A trusted proxy sent an ``X-Forwarded-For`` entry that is not an IP address."""
 
 
 def parse_ip(value: str) -> IPAddress:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from django_dataflows import views
+import django_dataflows.views as views
 
 app_name = "dataflows"
 

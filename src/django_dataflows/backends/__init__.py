@@ -1,17 +1,22 @@
-"""Execution backends: where a triggered run is executed.
+"""Execution backends: where a triggered run is executed, and :func:`trigger_run`.
 
 ``DATAFLOWS["BACKEND"]`` names the backend class by dotted path (a setting, so trusted).
+Every run starts through :func:`trigger_run` (one run) or the heartbeat's claim followed
+by :func:`dispatch_many` (a batch); both hand runs over with the same code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
-from functools import lru_cache
-from typing import TYPE_CHECKING
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Any
 
+from django.db import transaction
 from django.utils.module_loading import import_string
 
+from django_dataflows.bookkeeping import create_pending_run
 from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
@@ -19,10 +24,14 @@ from django_dataflows.exceptions import (
     EnqueueFailed,
     EnqueueNotTried,
 )
+from django_dataflows.executor import FlowExecutor
+from django_dataflows.models import RunTrigger
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
     from django_dataflows.backends.base import BaseBackend
-    from django_dataflows.models import DataFlowRun
+    from django_dataflows.models import DataFlow, DataFlowRun
 
 logger = logging.getLogger("django_dataflows.backends")
 
@@ -49,6 +58,55 @@ def load_backend(path: str) -> BaseBackend:
 def get_backend() -> BaseBackend:
     """The configured backend (one instance per dotted path)."""
     return load_backend(app_settings.BACKEND)
+
+
+def trigger_run(
+    data_flow: DataFlow,
+    trigger: str = RunTrigger.MANUAL,
+    user: AbstractBaseUser | AnonymousUser | None = None,
+    *,
+    input: dict[str, Any] | None = None,
+    attempt: int = 1,
+    delay: float | None = None,
+    backend: BaseBackend | None = None,
+) -> DataFlowRun:
+    """Start a run of ``data_flow``: record it pending, hand it to the backend after commit.
+
+    The one way a run starts (``DataFlow.trigger_run()`` lands here; the admin, the API,
+    ``dataflows_run``, run control's retry and Celery's retries call it). ``backend``
+    overrides the configured one (``dataflows_run`` runs in the foreground with the sync
+    backend); ``delay`` defers the start (retries). See :func:`hand_over`.
+    """
+    run = create_pending_run(data_flow, trigger=trigger, user=user, attempt=attempt, input=input)
+    hand_over(run, delay=delay, backend=backend)
+    return run
+
+
+def hand_over(
+    run: DataFlowRun, *, delay: float | None = None, backend: BaseBackend | None = None
+) -> None:
+    """Hand a pending run to the backend, once the transaction that made it has committed.
+
+    Outside a transaction it is handed over now; a backend that runs in-process
+    (``supports_async`` false) has finished the run on return, so ``run`` is reloaded to
+    show its outcome. ``EnqueueFailed`` if the backend refused it. Inside a transaction
+    (``ATOMIC_REQUESTS``, say) it is handed over on commit, and a refusal is recorded on
+    the run, as nobody is left to catch it.
+    """
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(partial(_dispatch_after_commit, run, delay, backend))
+        return
+    dispatch(run, delay=delay, backend=backend)
+    if not (backend or get_backend()).supports_async:
+        run.refresh_from_db()
+
+
+def _dispatch_after_commit(
+    run: DataFlowRun, delay: float | None, backend: BaseBackend | None
+) -> None:
+    # A refusal is logged by dispatch() and recorded on the run.
+    with contextlib.suppress(EnqueueFailed):
+        dispatch(run, delay=delay, backend=backend)
 
 
 def dispatch(
@@ -106,16 +164,12 @@ def dispatch_many(runs: Sequence[DataFlowRun]) -> int:
 
 def _not_tried(refused: list[tuple[DataFlowRun, Exception]]) -> None:
     """The rest of a batch after a refusal: given back together, in a few statements."""
-    from django_dataflows.executor import FlowExecutor
-
     reason = refused[0][1]
     logger.error("%s runs of this batch were not handed over: %s", len(refused), reason)
     FlowExecutor.record_not_tried([run for run, _ in refused], reason)
 
 
 def _refused(run: DataFlowRun, exc: Exception) -> None:
-    from django_dataflows.executor import FlowExecutor
-
     logger.error(
         "Could not enqueue run %s with %s: %s",
         run.pk,

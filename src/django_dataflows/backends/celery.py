@@ -16,9 +16,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Warning
 
-from django_dataflows.backends import dispatch, load_backend
+from django_dataflows.backends import load_backend, trigger_run
 from django_dataflows.backends.base import BaseBackend, refused_from
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
@@ -168,13 +168,27 @@ class CeleryBackend(BaseBackend):
                 )
             ]
         try:
-            _current_celery_app()
+            app = _current_celery_app()
         except DataFlowsImproperlyConfigured as exc:
             return [
                 Error(
                     str(exc),
                     hint="See the Celery backend page of the django-dataflows documentation.",
                     id="dataflows.E102",
+                )
+            ]
+        # What Celery's Django fix-up reads: without it, the worker closes every database
+        # connection after every task, so each run pays a new connection.
+        if not app.conf.get("CELERY_DB_REUSE_MAX"):
+            return [
+                Warning(
+                    "CELERY_DB_REUSE_MAX is not set, so Celery's Django fix-up closes the "
+                    "database connection after every task: each run opens a new one "
+                    "(about 3 ms on a local PostgreSQL, more over a network), and "
+                    "CONN_MAX_AGE does not change that.",
+                    hint="Set CELERY_DB_REUSE_MAX = 1000 (with CONN_MAX_AGE) in the settings "
+                    "the worker reads; see the Celery backend page.",
+                    id="dataflows.W101",
                 )
             ]
         return []
@@ -211,7 +225,7 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
 
     No retry after a ``PermanentFlowError``, after the last attempt, when the run did not
     end ``failed`` (it timed out, or was cancelled meanwhile), or when the flow has been
-    disabled. Returns the new run, if any.
+    disabled. Returns the new run, if one was handed to the broker.
     """
     data_flow = run.data_flow
     max_retries = data_flow.effective_max_retries
@@ -232,13 +246,6 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
     if not DataFlow.objects.filter(pk=data_flow.pk, enabled=True).exists():
         logger.info("Run %s of %r not retried: the flow is disabled.", run.pk, data_flow.name)
         return None
-    try:
-        retry = data_flow.create_pending_run(
-            trigger=RunTrigger.RETRY, attempt=run.attempt + 1, input=run.input
-        )
-    except RunAlreadyActive:
-        logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
-        return None
     # A retry waits at most half its pickup timeout, else the heartbeat would take it back
     # as never picked up and hand it over again without its countdown.
     delay = retry_delay(
@@ -247,11 +254,21 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
         timeout=min(data_flow.effective_timeout, app_settings.PICKUP_TIMEOUT),
     )
     try:
-        # The same hand-over as any run's, through Celery whatever the worker's settings
-        # name (a worker executing this task is a Celery worker), with the backoff.
-        dispatch(retry, delay=delay, backend=load_backend(CELERY_BACKEND))
+        # The one way in, as any run; through Celery whatever the worker's settings name (a
+        # worker executing this task is a Celery worker), with the backoff as a delay.
+        retry = trigger_run(
+            data_flow,
+            trigger=RunTrigger.RETRY,
+            input=run.input,
+            attempt=run.attempt + 1,
+            delay=delay,
+            backend=load_backend(CELERY_BACKEND),
+        )
+    except RunAlreadyActive:
+        logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
+        return None
     except EnqueueFailed:
-        return retry  # logged by dispatch() and recorded on the retry run
+        return None  # logged by dispatch() and recorded on the retry run
     logger.info(
         "Data flow %r: attempt %s will run as run %s in %.1f s.",
         data_flow.name,

@@ -1,7 +1,7 @@
 """The Django Tasks backend: each run is a task of Django's Tasks framework.
 
 The framework is ``django.tasks`` on Django 6 and later, and the ``django-tasks`` backport
-on Django 5.2. It is imported only here and in :mod:`django_dataflows.django_tasks` (the
+on Django 5.2. It is imported only here and in :mod:`django_dataflows.tasks_django` (the
 module that defines the task), so this module imports without it and a missing framework
 is reported by the ``dataflows.E111`` system check.
 
@@ -13,39 +13,21 @@ the heartbeat.
 from __future__ import annotations
 
 import logging
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.checks import CheckMessage, Error
 
 from django_dataflows.backends.base import BaseBackend
+from django_dataflows.backends.tasks_framework import TASK_BACKEND_ALIAS, tasks_framework
 from django_dataflows.conf import app_settings
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlowRun
 
-if TYPE_CHECKING:
-    from types import ModuleType
-
 logger = logging.getLogger("django_dataflows.backends.django_tasks")
-
-#: The Tasks backend (an alias of ``settings.TASKS``) that stores and runs the runs.
-TASK_BACKEND_ALIAS = "default"
-
-
-def tasks_framework() -> ModuleType:
-    """``django.tasks`` (Django 6+), else the ``django_tasks`` backport; ``ImportError`` if neither.
-
-    The same preference as ``django-tasks-db``'s, so our task and its backend always come
-    from the same framework.
-    """
-    try:
-        return import_module("django.tasks")
-    except ImportError:
-        return import_module("django_tasks")
 
 
 class DjangoTasksBackend(BaseBackend):
-    """Enqueue each run as the task ``django_dataflows.django_tasks.run_data_flow``.
+    """Enqueue each run as the task ``django_dataflows.tasks_django.run_data_flow``.
 
     The task goes to the Tasks backend ``TASKS["default"]``, on the run's queue (the flow's
     ``queue``, else ``DATAFLOWS["DEFAULT_QUEUE"]``); its result id is stored as the run's
@@ -56,7 +38,7 @@ class DjangoTasksBackend(BaseBackend):
     supports_async = True
 
     def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
-        from django_dataflows.django_tasks import run_data_flow
+        from django_dataflows.tasks_django import run_data_flow
 
         queue = run.queue or run.data_flow.effective_queue
         task = run_data_flow.using(queue_name=queue, backend=TASK_BACKEND_ALIAS)
@@ -128,16 +110,3 @@ def _check_queue_name_length(task_backend: Any) -> list[CheckMessage]:
             id="dataflows.E114",
         )
     ]
-
-
-# -- in the worker: what the task does -------------------------------------------------
-
-
-def execute_run(run_id: int) -> None:
-    """Execute the pending run ``run_id``; the body of the task.
-
-    A run that is no longer pending (the task was enqueued twice, or the run was cancelled
-    or timed out meanwhile) is logged and skipped. The flow's exception propagates, so the
-    framework records the task as failed as well. (The framework has no retries.)
-    """
-    FlowExecutor.execute_queued(run_id)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from django_dataflows.backends.base import BaseBackend, refused_from
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import RunNotPending
 from django_dataflows.executor import FlowExecutor
 
 if TYPE_CHECKING:
@@ -47,11 +46,8 @@ class SyncBackend(BaseBackend):
         return []
 
     def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
+        # What a worker does with a message, here: the same path, statements and commits.
         try:
-            FlowExecutor.execute(run.data_flow, run=run)
-        except RunNotPending as exc:
-            # Taken meanwhile: another heartbeat ran it (this batch was slower than
-            # PICKUP_TIMEOUT), or it was cancelled. Its body ran at most once.
-            logger.info("Run %s of %r is %s; skipped.", run.pk, run.data_flow.name, exc.status)
+            FlowExecutor.execute_queued(run.pk)
         except Exception:
             logger.info("Run %s of %r failed; see the run record.", run.pk, run.data_flow.name)

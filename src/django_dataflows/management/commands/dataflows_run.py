@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -10,16 +9,19 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 
+from django_dataflows.backends import load_backend, trigger_run
 from django_dataflows.exceptions import DataFlowError, RunAlreadyActive
-from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+
+#: The backend of a run in the foreground.
+SYNC_BACKEND = "django_dataflows.backends.sync.SyncBackend"
 
 
 class Command(BaseCommand):
     help = (
-        "Run a data flow now. By default it runs in this process (whatever the backend), "
-        "prints its status and result, and exits 1 if it failed. With --enqueue it is "
-        "handed to the configured backend instead."
+        "Run a data flow now. By default it runs in the foreground, in this process "
+        "(whatever the backend), prints its status and result, and exits 1 if it failed. "
+        "With --enqueue it is handed to the configured backend instead."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -78,14 +80,14 @@ class Command(BaseCommand):
     def _start(
         self, data_flow: DataFlow, *, enqueue: bool, run_input: dict[str, Any] | None
     ) -> DataFlowRun:
-        if enqueue:
-            try:
-                return data_flow.trigger_run(trigger=RunTrigger.COMMAND, input=run_input)
-            except DataFlowError as exc:
-                raise CommandError(str(exc)) from exc
-        run = data_flow.create_pending_run(trigger=RunTrigger.COMMAND, input=run_input)
-        # A failure is recorded on the run and reported by handle().
-        with contextlib.suppress(Exception):
-            FlowExecutor.execute(data_flow, run=run)
-        run.refresh_from_db()
-        return run
+        # The one way in, as any run: in the foreground it is the in-process backend's
+        # turn, whatever DATAFLOWS["BACKEND"] says; a failure is recorded on the run.
+        backend = None if enqueue else load_backend(SYNC_BACKEND)
+        try:
+            return trigger_run(
+                data_flow, trigger=RunTrigger.COMMAND, input=run_input, backend=backend
+            )
+        except RunAlreadyActive:
+            raise
+        except DataFlowError as exc:
+            raise CommandError(str(exc)) from exc

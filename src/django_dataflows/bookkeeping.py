@@ -1,0 +1,281 @@
+"""A flow's bookkeeping: every write of ``last_run_at``, ``last_run_status`` and ``next_run_at``.
+
+What a flow row says about its runs changes at three moments, all here:
+
+* **a run starts** (:func:`create_pending_run` for one run, :func:`advance_claimed` for a
+  heartbeat's batch): ``last_run_at`` is the start, ``last_run_status`` is ``pending`` (the
+  run is only queued: the active run itself says when a worker has it), and
+  ``next_run_at`` moves to the next slot;
+* **an active run changes** (:func:`record_status`): it was paused, or resumed (pending
+  again);
+* **a run ends** (:func:`record_outcome`, :func:`record_outcomes`): ``last_run_status`` is
+  the outcome, unless a newer run of the flow is active by then;
+* **a run is refused by the backend** (:func:`give_slot_back`): a scheduled run's slot is due
+  again.
+
+The slot arithmetic is called from :func:`next_after_claim` and :func:`next_after_start`
+only, so a new kind of schedule changes these two functions and nothing else. (The one
+other write is the row's own: ``DataFlow.save()`` of a new flow, or of one whose schedule
+changed, stores ``compute_next_run_at()`` with the row; the models import nothing above
+them, this module included.)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef, QuerySet
+from django.utils import timezone
+
+from django_dataflows.exceptions import RunAlreadyActive
+from django_dataflows.models import (
+    ACTIVE_STATUSES,
+    DataFlow,
+    DataFlowRun,
+    RunStatus,
+    RunTrigger,
+    next_slot_for,
+    row_lock,
+)
+from django_dataflows.validators import validate_run_input
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+
+# -- slots ----------------------------------------------------------------------------
+
+
+def next_after_claim(data_flow: DataFlow, slot: datetime, now: datetime) -> datetime:
+    """The slot after ``slot`` once a heartbeat has claimed it (no drift, missed slots skipped).
+
+    Interval or cron (:func:`~django_dataflows.models.next_slot_for`); ``InvalidSchedule``
+    for a cron expression or zone stored without validation.
+    """
+    return next_slot_for(data_flow, slot, now)
+
+
+def next_after_start(data_flow: DataFlow, next_run_at: datetime, now: datetime) -> datetime:
+    """``next_run_at`` after a run started by hand.
+
+    An interval flow's next scheduled run moves to at least one interval from now; a cron
+    flow's next slot never moves (a cron schedule is a wall-clock promise).
+    """
+    if data_flow.cron or data_flow.run_interval is None:
+        return next_run_at
+    return max(next_run_at, now + timedelta(seconds=data_flow.run_interval))
+
+
+# -- a run starts ---------------------------------------------------------------------
+
+
+def create_pending_run(
+    data_flow: DataFlow,
+    trigger: str = RunTrigger.MANUAL,
+    user: AbstractBaseUser | AnonymousUser | None = None,
+    *,
+    attempt: int = 1,
+    now: datetime | None = None,
+    input: dict[str, Any] | None = None,
+) -> DataFlowRun:
+    """Record a new pending run of ``data_flow`` and move its schedule; ``RunAlreadyActive``.
+
+    A run started by hand pushes the next scheduled run to at least ``run_interval``
+    later, as a scheduled one would (the heartbeat claims in bulk: :func:`advance_claimed`).
+    ``input`` (a JSON object, else ``ValidationError``) is stored on the run.
+    """
+    input = {} if input is None else input
+    validate_run_input(input)
+    run = DataFlowRun(
+        data_flow=data_flow,
+        status=RunStatus.PENDING,
+        trigger=trigger,
+        triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
+        queue=data_flow.effective_queue,
+        attempt=attempt,
+        input=input,
+    )
+    run.activated_at = run.created_at
+    with transaction.atomic():
+        # Lock the flow row first, as a heartbeat's claim does: the same lock order on both
+        # paths, and the next_run_at read here is the current one.
+        schedule = row_lock(DataFlow.objects.filter(pk=data_flow.pk)).values_list(
+            "next_run_at", flat=True
+        )
+        next_run_at = schedule.get()
+        if data_flow.runs.active().exists():
+            raise RunAlreadyActive(data_flow.name)
+        try:
+            with transaction.atomic():
+                run.save(force_insert=True)
+        except IntegrityError:  # a database without row locks raced us
+            if data_flow.runs.active().exists():
+                raise RunAlreadyActive(data_flow.name) from None
+            raise
+        now = now or timezone.now()
+        data_flow.last_run_at = now
+        data_flow.last_run_status = RunStatus.PENDING
+        data_flow.next_run_at = next_after_start(data_flow, next_run_at, now)
+        DataFlow.objects.filter(pk=data_flow.pk).update(
+            last_run_at=data_flow.last_run_at,
+            last_run_status=data_flow.last_run_status,
+            next_run_at=data_flow.next_run_at,
+        )
+    return run
+
+
+_ADVANCE_SQL = """
+    UPDATE {table} AS flow
+    SET next_run_at = advance.next_run_at, last_run_at = %s, last_run_status = %s
+    FROM unnest(%s::bigint[], %s::timestamptz[]) AS advance(id, next_run_at)
+    WHERE flow.id = advance.id
+"""
+
+
+def advance_claimed(
+    flows: list[DataFlow], now: datetime, next_slots: dict[int, datetime] | None = None
+) -> None:
+    """Move each claimed flow past the slot its new run took (one statement for them all).
+
+    ``next_slots`` are the flows' next slots if the caller has them already (the claim
+    computes them first, to skip a flow whose schedule cannot be evaluated); the others
+    come from :func:`next_after_claim`.
+
+    ``bulk_update`` builds a ``CASE`` with a branch per row, which costs ~1 s of Python
+    for 1,000 flows; PostgreSQL takes the values as two arrays instead (9x faster in
+    ``bench/heartbeat.py``). Other databases, SQLite included, use ``bulk_update``.
+    """
+    if not flows:
+        return
+    next_slots = next_slots or {}
+    for flow in flows:
+        flow.next_run_at = next_slots.get(flow.pk) or next_after_claim(flow, flow.next_run_at, now)
+        flow.last_run_at = now
+        flow.last_run_status = RunStatus.PENDING
+    if connection.vendor != "postgresql":
+        DataFlow.objects.bulk_update(flows, ["next_run_at", "last_run_at", "last_run_status"])
+        return
+    table = connection.ops.quote_name(DataFlow._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ADVANCE_SQL.format(table=table),
+            [
+                now,
+                RunStatus.PENDING.value,
+                [flow.pk for flow in flows],
+                [flow.next_run_at for flow in flows],
+            ],
+        )
+
+
+def started_sql(taken: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: the ``UPDATE`` that shows the run just taken (the CTE ``taken``) on its flow.
+
+    Part of the worker's one statement that takes a run (:mod:`django_dataflows.statements`);
+    it returns the flow's row.
+    """
+    table = connection.ops.quote_name(DataFlow._meta.db_table)
+    sql = (
+        f"UPDATE {table} AS flow SET last_run_status = %s FROM {taken} "  # noqa: S608
+        f"WHERE flow.id = {taken}.data_flow_id RETURNING flow.*"
+    )
+    return sql, [RunStatus.IN_PROGRESS.value]
+
+
+def record_status(run: DataFlowRun) -> None:
+    """Show the active ``run``'s new status on its flow (it was paused, or resumed)."""
+    DataFlow.objects.filter(pk=run.data_flow_id).update(last_run_status=run.status)
+    run.data_flow.last_run_status = run.status
+
+
+# -- a run ends -----------------------------------------------------------------------
+
+
+def _without_active_run(pks: list[int]) -> QuerySet[DataFlow]:
+    """The flows among ``pks`` with no active run.
+
+    A finished run's outcome is written to its flow only if no newer run has started
+    meanwhile (on another server), whose state the flow shows instead.
+    """
+    active = DataFlowRun.objects.active().filter(data_flow=OuterRef("pk"))
+    return DataFlow.objects.filter(pk__in=pks).exclude(Exists(active))
+
+
+def record_outcome(run: DataFlowRun, *, last_run_at: bool = True, **flow_fields: Any) -> None:
+    """Write ``run``'s outcome on its flow (call inside the transaction that ended it).
+
+    ``last_run_at`` becomes the run's start unless told otherwise (a run that never started
+    leaves it). ``flow_fields`` are written in the same statement (the executor saves the
+    flow's ``state`` with a success).
+    """
+    fields: dict[str, Any] = {"last_run_status": run.status, **flow_fields}
+    if last_run_at and run.started_at is not None:
+        fields["last_run_at"] = run.started_at
+    _without_active_run([run.data_flow_id]).update(**fields)
+    for name, value in fields.items():
+        setattr(run.data_flow, name, value)
+
+
+def outcome_sql(
+    done: str, status: str, *, last_run_at: datetime | None, flow_fields: dict[str, Any]
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: :func:`record_outcome` as an ``UPDATE`` on the run just ended (CTE ``done``).
+
+    Part of the worker's one statement that ends a run (:mod:`django_dataflows.statements`).
+    The statement's snapshot still sees the run active, so it is left out of the check for
+    a newer active run by its id.
+    """
+    quote = connection.ops.quote_name
+    assignments: list[str] = ["last_run_status = %s"]
+    params: list[Any] = [str(status)]
+    if last_run_at is not None:
+        assignments.append("last_run_at = %s")
+        params.append(last_run_at)
+    for name, value in flow_fields.items():
+        model_field = DataFlow._meta.get_field(name)
+        assignments.append(f"{quote(str(model_field.column))} = %s")  # type: ignore[union-attr]
+        params.append(model_field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
+    active = ", ".join(["%s"] * len(ACTIVE_STATUSES))
+    params += [str(active_status) for active_status in ACTIVE_STATUSES]
+    sql = (
+        f"UPDATE {quote(DataFlow._meta.db_table)} AS flow "  # noqa: S608
+        f"SET {', '.join(assignments)} FROM {done} WHERE flow.id = {done}.data_flow_id "
+        f"AND NOT EXISTS (SELECT 1 FROM {quote(DataFlowRun._meta.db_table)} AS other "
+        f"WHERE other.data_flow_id = flow.id AND other.status IN ({active}) "
+        f"AND other.id <> {done}.id) RETURNING flow.id"
+    )
+    return sql, params
+
+
+def record_outcomes(runs: Iterable[DataFlowRun], status: str) -> None:
+    """Write one outcome for many runs that ended together (the reaper's)."""
+    runs = list(runs)
+    _without_active_run([run.data_flow_id for run in runs]).update(last_run_status=status)
+    for run in runs:
+        run.data_flow.last_run_status = status
+
+
+# -- a run is refused -----------------------------------------------------------------
+
+
+def give_slot_back(run: DataFlowRun, slot: datetime) -> None:
+    """Make the schedule slot of a run the backend refused due again (nothing ran)."""
+    DataFlow.objects.filter(pk=run.data_flow_id, next_run_at__gt=slot).update(next_run_at=slot)
+
+
+def give_slots_back(runs: Iterable[DataFlowRun]) -> None:
+    """Make the schedule slots of runs a batch never tried due again, in one statement.
+
+    Each scheduled run's flow returns to the run's slot (its ``scheduled_for``); manual
+    runs leave their flow's schedule as it was.
+    """
+    flows = []
+    for run in runs:
+        if run.scheduled_for is not None:
+            run.data_flow.next_run_at = run.scheduled_for
+            flows.append(run.data_flow)
+    DataFlow.objects.bulk_update(flows, ["next_run_at"])
