@@ -10,6 +10,12 @@ class and these keyword arguments:
 ``heartbeat_finished``
     ``result`` (the :class:`~django_dataflows.scheduling.HeartbeatResult`).
 
+``runs_changed``
+    ``run_ids`` (a list of ``DataFlowRun`` primary keys), sent with ``sender`` set to the
+    ``DataFlowRun`` class after the transaction that wrote those runs or their steps has
+    committed. The live status event sources that publish changes (PostgreSQL
+    ``LISTEN/NOTIFY``, Redis) listen to it; it is only sent while someone listens.
+
 Receivers run inside the worker that executes the flow. An exception in a receiver is
 logged and never changes the run's outcome.
 """
@@ -22,3 +28,4 @@ run_enqueued = Signal()
 run_started = Signal()
 run_finished = Signal()
 heartbeat_finished = Signal()
+runs_changed = Signal()
