@@ -117,3 +117,14 @@ if os.environ.get("DATAFLOWS_TEST_EVENTS"):
     DATAFLOWS["EVENTS"] = os.environ["DATAFLOWS_TEST_EVENTS"]
 if os.environ.get("DATAFLOWS_TEST_EVENTS_REDIS_URL"):
     DATAFLOWS["EVENTS_REDIS_URL"] = os.environ["DATAFLOWS_TEST_EVENTS_REDIS_URL"]
+# The REST API (the "api" extra): session and token authentication, as a host project
+# would configure them.
+if find_spec("rest_framework") is not None:
+    INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken", "django_filters"]
+    INSTALLED_APPS += ["drf_spectacular"]
+    REST_FRAMEWORK = {
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            "rest_framework.authentication.SessionAuthentication",
+            "rest_framework.authentication.TokenAuthentication",
+        ],
+    }

@@ -6,7 +6,7 @@ reference documentation; ``tests/test_checks.py`` pins the exact ids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from numbers import Real
 from typing import Any
 
@@ -14,6 +14,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.urls import URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from django_dataflows.conf import DEFAULTS
@@ -61,7 +62,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_token(config)
     errors += _check_callbacks(config)
     errors += _check_flow_modules()
+    errors += _check_live(config)
     return errors
+
+
+def _check_live(config: Mapping[str, Any]) -> list[CheckMessage]:
+    from django_dataflows.live import load_event_source_class
+
+    errors: list[CheckMessage] = []
+    for key in ("SSE_KEEPALIVE", "SSE_POLL_INTERVAL"):
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
+            errors.append(
+                Error(
+                    f"DATAFLOWS[{key!r}] must be a positive number of seconds, not {value!r}.",
+                    id="dataflows.E021",
+                )
+            )
+    try:
+        source = load_event_source_class(str(_get(config, "EVENTS")))
+    except ImproperlyConfigured as exc:
+        return [*errors, Error(str(exc), id="dataflows.E020")]
+    return errors + source.check()
 
 
 def _check_backend(config: Mapping[str, Any]) -> list[CheckMessage]:
@@ -221,3 +243,42 @@ def check_heartbeat_security(app_configs: Any = None, **kwargs: Any) -> list[Che
             )
         )
     return warnings
+
+
+#: The apps the REST API needs in INSTALLED_APPS (drf_spectacular for the Swagger UI page).
+API_URLCONF = "django_dataflows.api.urls"
+API_APPS = ("rest_framework", "django_filters", "drf_spectacular")
+
+
+def _includes_api(patterns: Iterable[Any]) -> bool:
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            module = pattern.urlconf_name
+            name = module if isinstance(module, str) else getattr(module, "__name__", "")
+            if name == API_URLCONF or _includes_api(pattern.url_patterns):
+                return True
+    return False
+
+
+@register(Tags.urls)
+def check_api_apps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The REST API is included in the URLs, but the apps it needs are not installed."""
+    try:
+        included = _includes_api(get_resolver().url_patterns)
+    except Exception:  # a broken URLconf is reported by Django's own check
+        return []
+    if not included:
+        return []
+    missing = [app for app in API_APPS if not apps.is_installed(app)]
+    if not missing:
+        return []
+    return [
+        Error(
+            f"The django-dataflows REST API ({API_URLCONF}) is in your URLs, but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in "
+            "INSTALLED_APPS.",
+            hint=f"Add {', '.join(repr(app) for app in missing)} to INSTALLED_APPS "
+            "(installed with the 'api' extra: pip install 'django-dataflows[api]').",
+            id="dataflows.E030",
+        )
+    ]

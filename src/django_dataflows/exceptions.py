@@ -51,3 +51,17 @@ class EnqueueFailed(DataFlowError):
 
 class PermanentFlowError(DataFlowError):
     """Raise from ``Flow.run()`` for an error that retrying cannot fix: the run is not retried."""
+
+
+class InvalidRunState(DataFlowError):
+    """A run-control call that the run's current state forbids (the API answers 409).
+
+    ``run_id``, ``status`` (the run's status when the call was refused) and ``action``
+    (``"cancel"``, ``"pause"``, ``"resume"`` or ``"retry"``) say what was refused.
+    """
+
+    def __init__(self, run_id: int, status: str, action: str, reason: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.action = action
+        super().__init__(f"Cannot {action} run {run_id}: {reason}")

@@ -7,21 +7,21 @@ import math
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
-from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Q
-from django.db.models.functions import Now
+from django.db import IntegrityError, connection, connections, models, transaction
+from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Min, Q, Window
+from django.db.models.functions import Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows import signals
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
+from django_dataflows.exceptions import EnqueueFailed, InvalidRunState, RunAlreadyActive
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.validators import (
     validate_json_object,
@@ -51,6 +51,8 @@ FINISHED_STATUSES = (
     RunStatus.CANCELLED,
     RunStatus.TIMED_OUT,
 )
+#: Finished statuses the success rate counts (a cancelled run is neither success nor failure).
+RATED_STATUSES = (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMED_OUT)
 
 
 class RunTrigger(models.TextChoices):
@@ -369,6 +371,95 @@ def _listened() -> bool:
     return signals.runs_changed.has_listeners()
 
 
+class RunStats(TypedDict):
+    """What :meth:`DataFlowRunQuerySet.stats` returns."""
+
+    total: int
+    pending: int
+    in_progress: int
+    paused: int
+    success: int
+    failed: int
+    cancelled: int
+    timed_out: int
+    success_rate: float | None
+    avg_duration_ms: float | None
+    min_duration_ms: int | None
+    max_duration_ms: int | None
+    p50_duration_ms: float | None
+    p95_duration_ms: float | None
+
+
+#: The percentiles stats() reports, by key.
+PERCENTILES = {"p50_duration_ms": 0.5, "p95_duration_ms": 0.95}
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's exact, interpolated ``percentile_cont(p) WITHIN GROUP (ORDER BY x)``."""
+
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"A percentile is a fraction from 0 to 1, not {fraction!r}.")
+        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+
+
+def _percentile_positions(count: int, fraction: float) -> tuple[int, int, float]:
+    """Where ``percentile_cont`` reads in ``count`` sorted values: two ranks and a weight.
+
+    The same float arithmetic as PostgreSQL's, so both databases give the same answer.
+    """
+    position = (count - 1) * fraction
+    lower = math.floor(position)
+    return lower, min(lower + 1, count - 1), position - lower
+
+
+def _interpolate(lower_value: float, upper_value: float, weight: float) -> float:
+    return float(lower_value + (upper_value - lower_value) * weight)
+
+
+def _stats_aggregates(with_percentiles: bool) -> dict[str, Aggregate]:
+    """Every figure of :class:`RunStats` that one aggregate query can compute."""
+    timed = Q(status__in=RATED_STATUSES, duration_ms__isnull=False)
+    aggregates: dict[str, Aggregate] = {"total": Count("pk")}
+    for status in RunStatus:
+        aggregates[status.value] = Count("pk", filter=Q(status=status))
+    aggregates |= {
+        "timed_count": Count("pk", filter=timed),
+        "avg_duration_ms": Avg("duration_ms", filter=timed),
+        "min_duration_ms": Min("duration_ms", filter=timed),
+        "max_duration_ms": Max("duration_ms", filter=timed),
+    }
+    if with_percentiles:
+        for key, fraction in PERCENTILES.items():
+            aggregates[key] = PercentileCont("duration_ms", fraction, filter=timed)
+    return aggregates
+
+
+def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> RunStats:
+    rated = sum(row[status] for status in RATED_STATUSES)
+    avg = row["avg_duration_ms"]
+    return RunStats(
+        total=row["total"],
+        pending=row[RunStatus.PENDING],
+        in_progress=row[RunStatus.IN_PROGRESS],
+        paused=row[RunStatus.PAUSED],
+        success=row[RunStatus.SUCCESS],
+        failed=row[RunStatus.FAILED],
+        cancelled=row[RunStatus.CANCELLED],
+        timed_out=row[RunStatus.TIMED_OUT],
+        success_rate=round(100 * row[RunStatus.SUCCESS] / rated, 2) if rated else None,
+        avg_duration_ms=None if avg is None else round(float(avg), 3),
+        min_duration_ms=row["min_duration_ms"],
+        max_duration_ms=row["max_duration_ms"],
+        p50_duration_ms=percentiles["p50_duration_ms"],
+        p95_duration_ms=percentiles["p95_duration_ms"],
+    )
+
+
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
     def update(self, **kwargs: Any) -> int:
         """Update the rows, stamping ``updated_at`` from the database clock.
@@ -393,6 +484,127 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
 
     def finished(self) -> DataFlowRunQuerySet:
         return self.filter(status__in=FINISHED_STATUSES)
+
+    def deleted(self) -> DataFlowRunQuerySet:
+        """Soft-deleted runs: kept for audit until the next ``dataflows_prune``."""
+        return self.filter(deleted_at__isnull=False)
+
+    def stats(self, since: datetime | None = None) -> RunStats:
+        """Counts per status, success rate and durations of these runs, in the database.
+
+        Soft-deleted runs are left out; ``since`` keeps runs created at or after it. The
+        success rate is ``success / (success + failed + timed_out)`` in percent (``None``
+        with none of those): active runs are not rated, cancelled ones are counted but not
+        rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
+        percentiles) are over the same rated runs. One query on PostgreSQL
+        (``percentile_cont``); elsewhere three (the aggregate, then one ordered offset query
+        per percentile), whatever the number of runs.
+        """
+        runs = self._stats_base(since)
+        vendor = connections[runs.db].vendor
+        row = runs.aggregate(**_stats_aggregates(with_percentiles=vendor == "postgresql"))
+        if vendor == "postgresql":
+            return _run_stats(row, {key: row[key] for key in PERCENTILES})
+        count = row["timed_count"]
+        durations = (
+            runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
+            .order_by("duration_ms")
+            .values_list("duration_ms", flat=True)
+        )
+        percentiles: dict[str, float | None] = dict.fromkeys(PERCENTILES)
+        for key, fraction in PERCENTILES.items():
+            if count:
+                lower, upper, weight = _percentile_positions(count, fraction)
+                values: list[int] = [
+                    value for value in durations[lower : upper + 1] if value is not None
+                ]
+                percentiles[key] = _interpolate(values[0], values[-1], weight)
+        return _run_stats(row, percentiles)
+
+    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
+        """:meth:`stats` for each flow of these runs, keyed by flow id, in two queries at most.
+
+        One grouped query on PostgreSQL; elsewhere a grouped aggregate and one window
+        query that reads only the rows each percentile needs. Flows without runs are absent.
+        """
+        runs = self._stats_base(since)
+        vendor = connections[runs.db].vendor
+        rows = runs.values("data_flow_id").annotate(
+            **_stats_aggregates(with_percentiles=vendor == "postgresql")
+        )
+        by_flow: dict[int, dict[str, Any]] = {row["data_flow_id"]: dict(row) for row in rows}
+        if vendor == "postgresql":
+            return {
+                flow_id: _run_stats(row, {key: row[key] for key in PERCENTILES})
+                for flow_id, row in by_flow.items()
+            }
+        ranks = self._percentile_ranks(
+            runs, {pk: row["timed_count"] for pk, row in by_flow.items()}
+        )
+        stats = {}
+        for flow_id, row in by_flow.items():
+            percentiles: dict[str, float | None] = dict.fromkeys(PERCENTILES)
+            count = row["timed_count"]
+            for key, fraction in PERCENTILES.items():
+                if count:
+                    lower, upper, weight = _percentile_positions(count, fraction)
+                    found = ranks[flow_id]
+                    percentiles[key] = _interpolate(found[lower], found[upper], weight)
+            stats[flow_id] = _run_stats(row, percentiles)
+        return stats
+
+    def _stats_base(self, since: datetime | None) -> DataFlowRunQuerySet:
+        runs = self.not_deleted().order_by()
+        return runs if since is None else runs.filter(created_at__gte=since)
+
+    @staticmethod
+    def _percentile_ranks(
+        runs: DataFlowRunQuerySet, counts: dict[int, int]
+    ) -> dict[int, dict[int, int]]:
+        """The durations at the ranks the percentiles read, per flow, in one query."""
+        wanted = {
+            flow_id: sorted(
+                {
+                    rank
+                    for fraction in PERCENTILES.values()
+                    for rank in _percentile_positions(count, fraction)[:2]
+                }
+            )
+            for flow_id, count in counts.items()
+            if count
+        }
+        ranks: dict[int, dict[int, int]] = {flow_id: {} for flow_id in wanted}
+        if not wanted:
+            return ranks
+        ranked = (
+            runs.filter(
+                status__in=RATED_STATUSES, duration_ms__isnull=False, data_flow_id__in=wanted
+            )
+            .annotate(
+                dataflows_rank=Window(
+                    RowNumber(), partition_by=[F("data_flow_id")], order_by=F("duration_ms").asc()
+                )
+            )
+            .values_list("data_flow_id", "duration_ms", "dataflows_rank")
+        )
+        inner_sql, inner_params = ranked.query.sql_with_params()
+        conditions = []
+        params: list[Any] = list(inner_params)
+        for flow_id, wanted_ranks in wanted.items():
+            placeholders = ", ".join(["%s"] * len(wanted_ranks))
+            conditions.append(f"(ranked.flow_id = %s AND ranked.rank_number IN ({placeholders}))")
+            # ROW_NUMBER() counts from 1; percentile positions count from 0.
+            params += [flow_id, *(rank + 1 for rank in wanted_ranks)]
+        sql = (
+            "SELECT ranked.flow_id, ranked.duration, ranked.rank_number "  # noqa: S608
+            f"FROM ({inner_sql}) AS ranked (flow_id, duration, rank_number) "
+            f"WHERE {' OR '.join(conditions)}"
+        )
+        with connections[runs.db].cursor() as cursor:
+            cursor.execute(sql, params)
+            for flow_id, duration, rank_number in cursor.fetchall():
+                ranks[flow_id][rank_number - 1] = duration
+        return ranks
 
     def stuck(self, now: datetime | None = None) -> list[StuckRun]:
         """Active runs past their timeout (the flow's ``timeout``, else ``RUN_TIMEOUT``).
@@ -556,6 +768,27 @@ class DataFlowRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    def soft_delete(self) -> None:
+        """Hide the run from lists and statistics; it stays for audit until ``dataflows_prune``.
+
+        Raises ``InvalidRunState`` for an active run. The check and the write are one
+        conditional update, so a run that becomes active meanwhile is never hidden.
+        Deleting a run that is already deleted does nothing.
+        """
+        hidden = (
+            DataFlowRun.objects.filter(pk=self.pk, deleted_at__isnull=True)
+            .exclude(status__in=ACTIVE_STATUSES)
+            .update(deleted_at=Now())
+        )
+        self.refresh_from_db(fields=["status", "deleted_at", "updated_at"])
+        if not hidden and self.deleted_at is None:
+            raise InvalidRunState(
+                self.pk,
+                self.status,
+                "delete",
+                f"it is {self.status}; only finished runs can be deleted.",
+            )
 
 
 class StepStatus(models.TextChoices):

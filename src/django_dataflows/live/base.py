@@ -24,6 +24,7 @@ from typing import Any
 from django.core.checks import CheckMessage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, connection
+from django.db.models import Prefetch
 
 from django_dataflows.live.payloads import run_payload, step_payload
 from django_dataflows.models import DataFlowRun, DataFlowRunStep
@@ -88,13 +89,10 @@ class RunState:
 
 
 def load_runs(runs: Iterable[DataFlowRun]) -> list[RunState]:
-    """Snapshot these runs and their steps (one query for all the steps)."""
-    runs = list(runs)
-    steps: dict[int, list[DataFlowRunStep]] = {run.pk: [] for run in runs}
-    for step in DataFlowRunStep.objects.filter(run__in=list(steps)).order_by("run", "position"):
-        steps[step.run_id].append(step)
+    """Snapshot these runs and their steps (prefetch the steps: ``runs_queryset()`` does)."""
     states = []
     for run in runs:
+        steps = list(run.steps.all())
         states.append(
             RunState(
                 run_id=run.pk,
@@ -102,10 +100,10 @@ def load_runs(runs: Iterable[DataFlowRun]) -> list[RunState]:
                 status=run.status,
                 finished=not run.is_active,
                 updated=to_micros(run.updated_at),
-                payload=run_payload(run, steps[run.pk], backtrace=True),
+                payload=run_payload(run, backtrace=True),
                 steps=tuple(
                     StepState(step.pk, to_micros(step.updated_at), step_payload(step))
-                    for step in steps[run.pk]
+                    for step in steps
                 ),
             )
         )
@@ -113,7 +111,9 @@ def load_runs(runs: Iterable[DataFlowRun]) -> list[RunState]:
 
 
 def runs_queryset() -> Any:
-    return DataFlowRun.objects.not_deleted().select_related("data_flow")
+    """Runs as streams show them: not soft-deleted, with their flow and steps."""
+    steps = Prefetch("steps", queryset=DataFlowRunStep.objects.order_by("position"))
+    return DataFlowRun.objects.not_deleted().select_related("data_flow").prefetch_related(steps)
 
 
 def load_run_ids(run_ids: Iterable[int]) -> list[RunState]:
@@ -270,6 +270,7 @@ class EventSource:
     def publish(self, run_ids: list[int]) -> None:
         """Tell every process's listener that these runs changed (after commit)."""
 
-    def check(self) -> list[CheckMessage]:
+    @classmethod
+    def check(cls) -> list[CheckMessage]:
         """System check messages about this source's configuration."""
         return []

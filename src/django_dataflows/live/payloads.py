@@ -1,14 +1,16 @@
 """Runs and steps as the REST API shows them, for the live status events.
 
-Built from the models alone, so live status works without Django REST framework; the
-fields are those of the API's run representation (``docs/reference/api.md``), pinned by
-a test against the API's serializers when they are installed.
+With Django REST framework installed, the API's own serializers shape them; without it
+(live status does not need the ``api`` extra) the same fields are built here, and a test
+pins that both agree.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+
+from django.apps import apps
 
 from django_dataflows.models import DataFlowRun, DataFlowRunStep
 
@@ -20,8 +22,36 @@ def _time(value: datetime | None) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+def _use_api() -> bool:
+    return apps.is_installed("rest_framework")
+
+
 def step_payload(step: DataFlowRunStep) -> dict[str, Any]:
     """A step as the API shows it, plus ``run`` (its run's id)."""
+    if _use_api():
+        from django_dataflows.api.serializers import RunStepSerializer
+
+        return {"run": step.run_id, **RunStepSerializer(step).data}
+    return builtin_step_payload(step)
+
+
+def run_payload(run: DataFlowRun, *, backtrace: bool) -> dict[str, Any]:
+    """A run as the API shows it; ``error_backtrace`` only when ``backtrace`` (staff).
+
+    Its steps are read through ``run.steps.all()``: prefetch them.
+    """
+    if _use_api():
+        from django_dataflows.api.serializers import DataFlowRunSerializer
+
+        data = dict(DataFlowRunSerializer(run).data)
+        if backtrace:
+            data["error_backtrace"] = run.error_backtrace
+        return data
+    return builtin_run_payload(run, list(run.steps.all()), backtrace=backtrace)
+
+
+def builtin_step_payload(step: DataFlowRunStep) -> dict[str, Any]:
+    """:func:`step_payload` without Django REST framework."""
     return {
         "run": step.run_id,
         "name": step.name,
@@ -35,10 +65,10 @@ def step_payload(step: DataFlowRunStep) -> dict[str, Any]:
     }
 
 
-def run_payload(
+def builtin_run_payload(
     run: DataFlowRun, steps: list[DataFlowRunStep], *, backtrace: bool
 ) -> dict[str, Any]:
-    """A run as the API shows it; ``error_backtrace`` only when ``backtrace`` (staff)."""
+    """:func:`run_payload` without Django REST framework."""
     payload: dict[str, Any] = {
         "id": run.pk,
         "flow": run.data_flow_id,
@@ -58,7 +88,7 @@ def run_payload(
         "queue": run.queue,
         "progress": run.progress,
         "steps": [
-            {key: value for key, value in step_payload(step).items() if key != "run"}
+            {key: value for key, value in builtin_step_payload(step).items() if key != "run"}
             for step in steps
         ],
         "cancel_requested": run.cancel_requested_at is not None,

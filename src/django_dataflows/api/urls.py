@@ -1,0 +1,75 @@
+"""``path("dataflows/api/", include("django_dataflows.api.urls"))``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.urls import include, path, re_path
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from django_dataflows.api import views
+
+app_name = "dataflows_api"
+
+
+class Router(SimpleRouter):
+    # Numeric ids only: anything else falls through to the JSON 404 at the end.
+    def get_lookup_regex(self, viewset: object, lookup_prefix: str = "") -> str:
+        return rf"(?P<{lookup_prefix}pk>[0-9]+)"
+
+
+router = Router()
+router.register("flows", views.DataFlowViewSet, basename="flow")
+router.register("runs", views.DataFlowRunViewSet, basename="run")
+
+#: The API's own endpoints: what the schema describes.
+api_urlpatterns = [
+    path("", include(router.urls)),
+    path("flow-types/", views.FlowTypeListView.as_view(), name="flow-types"),
+    path("stats/", views.StatsView.as_view(), name="stats"),
+]
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI 3 schema of this API only, with its own URL prefix as the server."""
+
+    schema = AutoSchema()
+    patterns = api_urlpatterns
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        prefix = request.path.removesuffix("schema/").rstrip("/")
+        self.custom_settings = {
+            "TITLE": "django-dataflows API",
+            "DESCRIPTION": "Flows, runs, run control and statistics of django-dataflows.",
+            "SERVERS": [{"url": prefix or "/"}],
+            "COMPONENT_SPLIT_REQUEST": True,
+        }
+        response: HttpResponseBase = super().get(request, *args, **kwargs)  # type: ignore[no-untyped-call]
+        return response
+
+
+class SwaggerView(SpectacularSwaggerView):
+    """Swagger UI for the schema above."""
+
+    schema = AutoSchema()
+
+
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Unknown paths under the API answer JSON too."""
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
+urlpatterns = [
+    *api_urlpatterns,
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path(
+        "schema/swagger-ui/",
+        SwaggerView.as_view(url_name="dataflows_api:schema"),
+        name="swagger-ui",
+    ),
+    # Keep last: the live-status URLs and anything else belong above it.
+    re_path(r"^(?P<path>.*)$", not_found),
+]
