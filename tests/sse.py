@@ -103,10 +103,13 @@ class SSEClient:
     def body(self) -> bytes:
         return self.file.read()
 
-    def next_event(self) -> Event | None:
+    def next_event(self, timeout: float = 15) -> Event | None:
         """The next event (comments are kept in ``comments``); ``None`` at the end."""
         fields: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
         while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"No event within {timeout} s")
             raw = self.file.readline()
             if not raw:
                 self.closed = True
@@ -131,7 +134,7 @@ class SSEClient:
         deadline = time.monotonic() + timeout
         events: list[Event] = []
         while time.monotonic() < deadline:
-            event = self.next_event()
+            event = self.next_event(max(0.0, deadline - time.monotonic()))
             if event is None:
                 break
             events.append(event)

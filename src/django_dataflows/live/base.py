@@ -24,7 +24,7 @@ from typing import Any
 from django.core.checks import CheckMessage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, connection
-from django.db.models import Prefetch
+from django.db.models import IntegerField, Prefetch, Value
 
 from django_dataflows.live.payloads import run_payload, step_payload
 from django_dataflows.models import DataFlowRun, DataFlowRunStep
@@ -136,6 +136,34 @@ def database_now() -> datetime:
     return moment
 
 
+RUN, STEP = 0, 1
+
+
+def changed_rows(since: datetime) -> list[tuple[int, int, int, datetime, str]]:
+    """``(kind, pk, run id, updated_at, status)`` of runs and steps changed since ``since``.
+
+    One statement (``UNION ALL`` of two index range scans).
+    """
+    runs: Any = (
+        DataFlowRun.objects.filter(updated_at__gte=since)
+        .annotate(kind=Value(RUN, output_field=IntegerField()))
+        .values_list("kind", "pk", "pk", "updated_at", "status")
+        .order_by()
+    )
+    steps: Any = (
+        DataFlowRunStep.objects.filter(updated_at__gte=since)
+        .annotate(kind=Value(STEP, output_field=IntegerField()))
+        .values_list("kind", "pk", "run_id", "updated_at", "status")
+        .order_by()
+    )
+    return list(runs.union(steps, all=True))
+
+
+def load_changed_since(since: datetime) -> list[RunState]:
+    """Snapshot the runs that changed (themselves or a step) since ``since``."""
+    return load_run_ids(run_id for _kind, _pk, run_id, _at, _status in changed_rows(since))
+
+
 Deliver = Callable[[list[RunState]], None]
 
 
@@ -201,6 +229,11 @@ class ThreadListener(Listener):
         finally:
             self.cleanup()
             connection.close()
+
+    def catch_up(self, since: datetime) -> None:
+        """Deliver what changed since ``since``: writes published while this listener was
+        not yet subscribed (starting, or reconnecting) are not lost."""
+        self.source.deliver(load_changed_since(since - LOOKBACK))
 
     def listen(self) -> None:
         """Run until :attr:`stopping` is set; raise to be restarted after a pause."""

@@ -10,9 +10,6 @@ loaded once and handed to every stream that wants them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
-
-from django.db.models import IntegerField, Value
 
 from django_dataflows.conf import app_settings
 from django_dataflows.live.base import (
@@ -20,32 +17,10 @@ from django_dataflows.live.base import (
     EventSource,
     Listener,
     ThreadListener,
+    changed_rows,
     database_now,
     load_run_ids,
 )
-from django_dataflows.models import DataFlowRun, DataFlowRunStep
-
-RUN, STEP = 0, 1
-
-
-def changed_rows(since: datetime) -> list[tuple[int, int, int, datetime, str]]:
-    """``(kind, pk, run id, updated_at, status)`` of runs and steps changed since ``since``.
-
-    One statement (``UNION ALL`` of two index range scans).
-    """
-    runs: Any = (
-        DataFlowRun.objects.filter(updated_at__gte=since)
-        .annotate(kind=Value(RUN, output_field=IntegerField()))
-        .values_list("kind", "pk", "pk", "updated_at", "status")
-        .order_by()
-    )
-    steps: Any = (
-        DataFlowRunStep.objects.filter(updated_at__gte=since)
-        .annotate(kind=Value(STEP, output_field=IntegerField()))
-        .values_list("kind", "pk", "run_id", "updated_at", "status")
-        .order_by()
-    )
-    return list(runs.union(steps, all=True))
 
 
 class Poller(ThreadListener):

@@ -13,7 +13,13 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 from django.db import connection
 
-from django_dataflows.live.base import EventSource, Listener, ThreadListener, load_run_ids
+from django_dataflows.live.base import (
+    EventSource,
+    Listener,
+    ThreadListener,
+    database_now,
+    load_run_ids,
+)
 
 CHANNEL = "dataflows_runs"
 #: NOTIFY payloads must stay under 8,000 bytes; ids are sent in chunks well below that.
@@ -30,6 +36,7 @@ class NotifyListener(ThreadListener):
     def listen(self) -> None:
         import psycopg
 
+        started = database_now()
         settings = connection.settings_dict
         self.conn: Any = psycopg.connect(
             dbname=settings["NAME"],
@@ -40,6 +47,7 @@ class NotifyListener(ThreadListener):
             autocommit=True,
         )
         self.conn.execute(f"LISTEN {CHANNEL}")
+        self.catch_up(started)
         while not self.stopping.is_set():
             run_ids: set[int] = set()
             for notify in self.conn.notifies(timeout=0.5, stop_after=1):

@@ -18,7 +18,15 @@ from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage, Error
 
 from django_dataflows.conf import app_settings
-from django_dataflows.live.base import EventSource, Listener, ThreadListener, load_run_ids
+from django_dataflows.live.base import (
+    LOOKBACK,
+    EventSource,
+    Listener,
+    ThreadListener,
+    database_now,
+    load_changed_since,
+    load_run_ids,
+)
 
 logger = logging.getLogger("django_dataflows.live")
 
@@ -38,10 +46,12 @@ class ThreadRedisListener(ThreadListener):
     def listen(self) -> None:
         import redis
 
+        started = database_now()
         client: Any = redis.Redis.from_url(app_settings.EVENTS_REDIS_URL)
         self.client = client
         self.pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(CHANNEL)
+        self.catch_up(started)
         while not self.stopping.is_set():
             message = self.pubsub.get_message(timeout=0.5)
             if message and message["type"] == "message":
@@ -79,10 +89,13 @@ class AsyncRedisListener(Listener):
     async def _listen(self) -> None:
         import redis.asyncio
 
+        started = await sync_to_async(database_now)()
         client: Any = redis.asyncio.Redis.from_url(app_settings.EVENTS_REDIS_URL)
         pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(CHANNEL)
+            # What was published before the subscription took effect is read back.
+            self.source.deliver(await sync_to_async(load_changed_since)(started - LOOKBACK))
             async for message in pubsub.listen():
                 if message["type"] == "message":
                     states = await sync_to_async(load_run_ids)(split_ids(message["data"]))
