@@ -91,6 +91,7 @@ docs: $(STAMP)  ## Build the documentation into docs/_build/html (a warning fail
 bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis); figures are printed, never asserted.
 	@DATABASE_URL=$(POSTGRES_URL)_bench $(BIN)/python bench/heartbeat.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_celery $(BIN)/python bench/celery_throughput.py
+	@DATABASE_URL=$(POSTGRES_URL)_bench_writes $(BIN)/python bench/run_writes.py
 
 clean:  ## Remove the virtualenv and build leftovers.
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist docs/_build example_project/var test-artifacts

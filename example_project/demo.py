@@ -95,7 +95,11 @@ def create_admin_user() -> None:
 def describe_runs(result: HeartbeatResult) -> list[str]:
     """One line per run the heartbeat started, with its outcome so far."""
     lines = []
-    runs = DataFlowRun.objects.filter(pk__in=result.run_ids).select_related("data_flow")
+    runs = (
+        DataFlowRun.objects.filter(pk__in=result.run_ids)
+        .select_related("data_flow")
+        .prefetch_related("steps")
+    )
     for run in runs.order_by("pk"):
         if run.is_active:
             outcome = "queued for a worker" if run.task_id else "not finished yet"
@@ -104,6 +108,17 @@ def describe_runs(result: HeartbeatResult) -> list[str]:
         if len(outcome) > 110:
             outcome = outcome[:107] + "..."
         lines.append(f"      {run.data_flow.name}: {run.status} - {outcome}")
+        steps = [
+            f"{step.name} {step.status}"
+            + (f" ({step.duration_ms} ms)" if step.duration_ms is not None else "")
+            for step in run.steps.all()
+        ]
+        if steps:
+            lines.append(f"        steps: {', '.join(steps)}")
+        if run.progress:
+            progress = run.progress
+            total = f" of {progress['total']}" if progress.get("total") else ""
+            lines.append(f"        progress: {progress['done']}{total} {progress['message']}")
     return lines
 
 

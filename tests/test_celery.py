@@ -481,13 +481,14 @@ def test_failed_attempts_are_retried_with_backoff_until_one_succeeds(workers, ce
         max_retries=3,
     )
 
-    data_flow.trigger_run()
+    data_flow.trigger_run(input={"batch": 7})
 
     wait_for(
         lambda: data_flow.runs.filter(status=RunStatus.SUCCESS).first(),
         what=f"a successful attempt\n{workers.logs()}",
     )
     runs = list(data_flow.runs.order_by("attempt"))
+    assert [r.input for r in runs] == [{"batch": 7}] * 3  # every attempt gets the same input
     assert [(r.attempt, r.status, r.trigger) for r in runs] == [
         (1, RunStatus.FAILED, RunTrigger.MANUAL),
         (2, RunStatus.FAILED, RunTrigger.RETRY),
@@ -599,3 +600,42 @@ def test_a_flow_past_its_timeout_is_stopped_by_the_soft_time_limit(workers, cele
     assert data_flow.runs.count() == 1
     data_flow.refresh_from_db()
     assert data_flow.last_run_status == RunStatus.TIMED_OUT
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_paused_on_a_worker_resumes_there_without_running_its_done_step_again(
+    workers, celery_backend
+):
+    from django_dataflows.executor import FlowExecutor
+
+    data_flow = DataFlowFactory(
+        flow="tests.testapp.flows.ThreeSteps", configuration={"wait_in": "one"}
+    )
+    run = data_flow.trigger_run()
+    wait_for(
+        lambda: run.steps.filter(name="one", status="in_progress").exists(),
+        what=f"step one to start on the worker\n{workers.logs()}",
+    )
+
+    FlowExecutor.pause(run)  # step one outlives the request; the next checkpoint pauses
+    paused = wait_for_run(run, workers, RunStatus.PAUSED)
+    assert list(paused.steps.values_list("name", "status")) == [
+        ("one", "success"),
+        ("two", "pending"),
+        ("three", "pending"),
+    ]
+
+    FlowExecutor.resume(paused)
+
+    done = wait_for_run(run, workers, RunStatus.SUCCESS)
+    assert done.result == {"one": {"value": 42}, "two": 43, "three": "done"}
+    ran = list(
+        Record.objects.filter(run_id=run.pk, label__startswith="step:")
+        .values_list("label", flat=True)
+        .order_by("pk")
+    )
+    assert ran == ["step:one", "step:two", "step:three"]
+    assert data_flow.runs.count() == 1

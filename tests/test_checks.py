@@ -7,7 +7,9 @@ from django.apps import apps
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from django_dataflows.checks import check_heartbeat_security, check_settings
+from django_dataflows import Flow
+from django_dataflows import flows as flow_registry
+from django_dataflows.checks import check_flows, check_heartbeat_security, check_settings
 
 GOOD_TOKEN = "k" * 40
 
@@ -107,3 +109,72 @@ def test_the_deploy_warning_shows_in_check_deploy(settings):
 
     with pytest.raises(SystemCheckError, match=r"dataflows\.W001"):
         call_command("check", "--deploy", "--fail-level", "WARNING")
+
+
+@pytest.fixture
+def restore_registry():
+    saved = dict(flow_registry._registry)
+    yield
+    flow_registry._registry.clear()
+    flow_registry._registry.update(saved)
+
+
+def test_registered_flows_of_the_test_app_pass():
+    assert check_flows() == []
+
+
+def test_an_invalid_configuration_schema_is_an_error_naming_the_flow(restore_registry):
+    class BadSchema(Flow):
+        configuration_schema = {"type": "object", "properties": {"n": {"type": "number-ish"}}}
+
+        def run(self) -> None:
+            return None
+
+    [error] = check_flows()
+
+    assert error.id == "dataflows.E020"
+    assert "BadSchema.configuration_schema is not a valid JSON Schema" in error.msg
+    assert "properties/n/type" in error.msg
+
+
+def test_a_configuration_schema_that_is_not_a_dict_is_an_error(restore_registry):
+    class ListSchema(Flow):
+        configuration_schema = ["batch_size"]  # type: ignore[assignment]
+
+        def run(self) -> None:
+            return None
+
+    [error] = check_flows()
+
+    assert error.id == "dataflows.E020"
+    assert "must be a JSON Schema (a dict), not list" in error.msg
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (("extract", "lod"), "names 'lod', which is not a method of the flow"),
+        (("extract", "checkpoint"), "names 'checkpoint', which is not a method of the flow"),
+        ("extract", "must be a tuple of method names"),
+        (("extract", "extract"), "names a step twice"),
+    ],
+)
+def test_steps_that_name_no_method_are_an_error(restore_registry, steps, message):
+    class Stepped(Flow):
+        def extract(self) -> None:
+            return None
+
+    Stepped.steps = steps
+
+    [error] = check_flows()
+
+    assert error.id == "dataflows.E021"
+    assert message in error.msg
+
+
+def test_the_flow_checks_run_at_start_up(restore_registry):
+    class Broken(Flow):
+        steps = ("missing",)
+
+    with pytest.raises(SystemCheckError, match=r"dataflows\.E021"):
+        call_command("check")

@@ -78,6 +78,42 @@ def test_run_with_enqueue_refuses_while_a_run_is_active(dummy_backend):
         run_command("dataflows_run", "busy", "--enqueue")
 
 
+def test_run_with_input_gives_the_flow_its_input():
+    DataFlowFactory(name="echo", flow="tests.testapp.flows.EchoInput")
+
+    out, _ = run_command("dataflows_run", "echo", "--input", '{"day": "2026-01-01"}')
+
+    run = DataFlowRun.objects.get()
+    assert run.input == {"day": "2026-01-01"}
+    assert run.result == {"input": {"day": "2026-01-01"}}
+    assert '"day": "2026-01-01"' in out
+
+
+def test_run_with_enqueue_stores_the_input(dummy_backend):
+    DataFlowFactory(name="echo", flow="tests.testapp.flows.EchoInput")
+
+    run_command("dataflows_run", "echo", "--enqueue", "--input", '{"n": 3}')
+
+    assert DataFlowRun.objects.get().input == {"n": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{day: 1}", "--input is not valid JSON: Expecting property name"),
+        ("[1, 2]", "--input must be a JSON object"),
+        ('{"x": NaN}', "--input: The run input cannot be stored as JSON"),
+    ],
+)
+def test_run_with_bad_input_is_a_clear_error_and_starts_nothing(text, message):
+    DataFlowFactory(name="echo", flow="tests.testapp.flows.EchoInput")
+
+    with pytest.raises(CommandError, match=message):
+        run_command("dataflows_run", "echo", "--input", text)
+
+    assert not DataFlowRun.objects.exists()
+
+
 # -- dataflows_list -----------------------------------------------------------------
 
 

@@ -267,3 +267,39 @@ def test_the_check_reports_queue_names_too_long_for_django_tasks_db(settings):
 
     assert error.id == "dataflows.E114"
     assert repr(long_name) in error.msg
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_paused_on_the_worker_resumes_without_running_its_done_step_again(
+    db_worker, tasks_backend
+):
+    from django_dataflows.executor import FlowExecutor
+
+    data_flow = DataFlowFactory(
+        flow="tests.testapp.flows.ThreeSteps", configuration={"wait_in": "one"}
+    )
+    run = data_flow.trigger_run()
+    wait_for(
+        lambda: run.steps.filter(name="one", status="in_progress").exists(),
+        what=f"step one to start on the worker\n{db_worker.log()}",
+    )
+
+    FlowExecutor.pause(run)
+    paused = wait_for(
+        lambda: DataFlowRun.objects.filter(pk=run.pk, status=RunStatus.PAUSED).first(),
+        what=f"the run to pause\n{db_worker.log()}",
+    )
+    assert list(paused.steps.values_list("status", flat=True)) == ["success", "pending", "pending"]
+
+    resumed = FlowExecutor.resume(paused)
+
+    assert resumed.task_id != run.task_id  # a new task of the framework
+    task = wait_for_task(resumed.task_id, db_worker)
+    assert task.status == "SUCCESSFUL"
+    done = DataFlowRun.objects.get(pk=run.pk)
+    assert done.status == RunStatus.SUCCESS
+    assert done.result == {"one": {"value": 42}, "two": 43, "three": "done"}
+    ran = Record.objects.filter(run_id=run.pk).order_by("pk").values_list("label", flat=True)
+    assert list(ran) == ["step:one", "step:two", "step:three"]

@@ -110,6 +110,11 @@ def flow_result(process: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(process.stdout.split("Result: ", 1)[1])
 
 
+def import_result(process: subprocess.CompletedProcess[str]) -> Any:
+    """What the stepped import loaded: its ``load`` step's result."""
+    return flow_result(process)["load"]
+
+
 def csv_rows() -> list[dict[str, str]]:
     with CSV_FILE.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -185,7 +190,7 @@ def test_demo_runs_again_on_its_own_database_without_duplicating_anything(tmp_pa
 
 
 def test_import_flow_loads_the_first_days_of_the_csv_file(env):
-    result = flow_result(run_flow(env, IMPORT))
+    result = import_result(run_flow(env, IMPORT))
 
     assert result == {
         "imported": 20,
@@ -206,7 +211,7 @@ def test_import_flow_loads_the_first_days_of_the_csv_file(env):
 def test_second_import_run_imports_only_the_next_days(env):
     run_flow(env, IMPORT)
 
-    result = flow_result(run_flow(env, IMPORT))
+    result = import_result(run_flow(env, IMPORT))
 
     assert result == {
         "imported": 20,
@@ -225,9 +230,9 @@ def test_import_flow_imports_nothing_once_the_file_is_used_up(env):
         f"answer = DataFlow.objects.filter(name={IMPORT!r})"
         ".update(configuration={'csv_file': 'observations.csv', 'days_per_run': 1000})",
     )
-    everything = flow_result(run_flow(env, IMPORT))
+    everything = import_result(run_flow(env, IMPORT))
 
-    nothing_new = flow_result(run_flow(env, IMPORT))
+    nothing_new = import_result(run_flow(env, IMPORT))
 
     assert everything["imported"] == len(csv_rows())
     assert nothing_new == {"imported": 0, "first_day": None, "last_day": None, "days_left": 0}
@@ -244,7 +249,24 @@ def test_import_flow_refuses_a_file_outside_its_data_directory(env):
     process = run_flow(env, IMPORT)
 
     assert process.returncode == 1
-    assert "No data file '../models.py' in the weather data directory" in process.stderr
+    assert "csv_file: '../models.py' does not match" in process.stderr
+
+
+def test_import_flow_runs_in_three_steps_keeps_its_cursor_in_state_and_reports_progress(env):
+    run_flow(env, IMPORT)
+
+    answer = query(
+        env,
+        "from django_dataflows.models import DataFlowRun\n"
+        f"run = DataFlowRun.objects.filter(data_flow__name={IMPORT!r}).latest()\n"
+        "answer = [list(run.steps.values_list('name', 'status')), run.progress, "
+        "run.data_flow.state]",
+    )
+
+    steps, progress, state = answer
+    assert steps == [["download", "success"], ["parse", "success"], ["load", "success"]]
+    assert progress == {"done": 5, "total": 5, "message": "days loaded"}
+    assert state == {"last_imported_day": "2024-01-05"}
 
 
 # -- the summary flow ------------------------------------------------------------------
@@ -417,7 +439,7 @@ def test_seed_reset_data_empties_the_weather_tables(env):
 
     assert process.returncode == 0, process.stderr
     assert "Deleted 20 observation(s) and 5 daily summary row(s)." in process.stdout
-    assert flow_result(run_flow(env, IMPORT))["first_day"] == "2024-01-01"
+    assert import_result(run_flow(env, IMPORT))["first_day"] == "2024-01-01"
 
 
 def test_example_system_checks_pass(env):
@@ -487,7 +509,7 @@ def test_example_flows_run_on_postgresql(tmp_path, postgres_example_url):
     env = example_env(tmp_path / "unused.sqlite3", DATABASE_URL=postgres_example_url)
 
     demo = run({**env, "DEMO_NO_SERVE": "1"}, "-m", "example_project.demo")
-    second_import = flow_result(run_flow(env, IMPORT))
+    second_import = import_result(run_flow(env, IMPORT))
     summary = flow_result(run_flow(env, SUMMARISE))
 
     assert demo.returncode == 0, demo.stderr

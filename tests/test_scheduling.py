@@ -232,9 +232,8 @@ def test_a_late_worker_cannot_run_a_timed_out_run(settings):
     settings.DATAFLOWS = {"RUN_TIMEOUT": 60}
     data_flow = DataFlowFactory()
     run = data_flow.create_pending_run()
-    DataFlowRun.objects.filter(pk=run.pk).update(
-        created_at=timezone.now() - datetime.timedelta(minutes=2)
-    )
+    long_ago = timezone.now() - datetime.timedelta(minutes=2)
+    DataFlowRun.objects.filter(pk=run.pk).update(created_at=long_ago, activated_at=long_ago)
     FlowExecutor.time_out_stuck_runs()
 
     with pytest.raises(RunNotPending):

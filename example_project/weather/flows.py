@@ -6,8 +6,9 @@ app), which registers every ``Flow`` subclass in it. The ``seed`` command create
 
 Each flow is written so that running it twice, or again after a crash, does no harm:
 
-- the import finds where it stopped from the data it already holds (the last imported
-  date), writes each chunk in one transaction, and a unique constraint forbids duplicates;
+- the import keeps its cursor (the last imported day) in ``self.state``, which is saved
+  only with a successful run; it writes day by day, and a unique constraint (with ignored
+  conflicts) makes a re-run after a crash write nothing twice;
 - the summary recomputes only the days whose observations changed since they were last
   summarised, with an upsert;
 - the quality check only reads.
@@ -16,10 +17,10 @@ Each flow is written so that running it twice, or again after a crash, does no h
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db import transaction
 from django.db.models import Avg, Count, Exists, F, Max, Min, OuterRef, Q, Sum
@@ -49,6 +50,11 @@ class CsvRow:
     temp_max_c: float
     precipitation_mm: float
     wind_speed_kmh: float
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> CsvRow:
+        """A row from its stored step result (dates are stored as ISO strings)."""
+        return cls(**{**stored, "date": date.fromisoformat(stored["date"])})
 
 
 def data_file(name: str) -> Path:
@@ -83,45 +89,75 @@ def read_rows(path: Path) -> list[CsvRow]:
 
 
 class ImportObservations(Flow):
-    """Import the next days of weather observations from a CSV file.
+    """Import the next days of weather observations from a CSV file, in three steps.
 
-    Configuration: ``csv_file`` (a file in ``weather/data/``) and ``days_per_run``. Each
-    run imports the ``days_per_run`` days that follow the last imported date, so every run
-    brings new rows until the file is used up (the file stands in for a feed that grows).
+    ``download`` fetches the file (here: finds it in ``weather/data/``), ``parse`` picks the
+    ``days_per_run`` days after the cursor, ``load`` writes them day by day with progress and
+    a checkpoint per day, so the run can be paused or cancelled between days. The cursor (the
+    last imported day) lives in ``self.state``: it moves only when the whole run succeeds,
+    and a re-run after a crash writes nothing twice (a unique constraint, ignored conflicts).
     """
 
     verbose_name = "Import weather observations"
+    configuration_schema: ClassVar[dict[str, Any] | None] = {
+        "type": "object",
+        "properties": {
+            "csv_file": {"type": "string", "pattern": r"^[\w.-]+\.csv$"},
+            "days_per_run": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": False,
+    }
+    steps = ("download", "parse", "load")
 
-    def run(self) -> dict[str, Any]:
+    def download(self) -> dict[str, Any]:
         path = data_file(self.configuration.get("csv_file", "observations.csv"))
-        days_per_run = int(self.configuration.get("days_per_run", 5))
-        last_imported = Observation.objects.aggregate(last=Max("date"))["last"]
+        return {"file": path.name, "bytes": path.stat().st_size}
+
+    def parse(self) -> dict[str, Any]:
+        path = data_file(self.results["download"]["file"])
+        cursor = self.state.get("last_imported_day")
         new_rows = [
-            row for row in read_rows(path) if last_imported is None or row.date > last_imported
+            row for row in read_rows(path) if cursor is None or row.date.isoformat() > cursor
         ]
         new_days = sorted({row.date for row in new_rows})
-        days = set(new_days[:days_per_run])
-        batch = [row for row in new_rows if row.date in days]
-        # All of a chunk or nothing: a crash half-way leaves the last imported date where it
-        # was, so the next run imports the same chunk again instead of skipping part of it.
-        with transaction.atomic():
-            stations = self._stations(batch)
-            Observation.objects.bulk_create(
-                Observation(
-                    station=stations[row.station_code],
-                    date=row.date,
-                    temp_min_c=row.temp_min_c,
-                    temp_max_c=row.temp_max_c,
-                    precipitation_mm=row.precipitation_mm,
-                    wind_speed_kmh=row.wind_speed_kmh,
-                )
-                for row in batch
-            )
+        days = set(new_days[: int(self.configuration.get("days_per_run", 5))])
+        self.progress(len(new_rows), message="rows after the cursor")
         return {
-            "imported": len(batch),
-            "first_day": min(days).isoformat() if days else None,
-            "last_day": max(days).isoformat() if days else None,
+            "rows": [asdict(row) for row in new_rows if row.date in days],
             "days_left": len(new_days) - len(days),
+        }
+
+    def load(self) -> dict[str, Any]:
+        parsed = self.results["parse"]
+        rows = [CsvRow.from_stored(row) for row in parsed["rows"]]
+        days = sorted({row.date for row in rows})
+        stations = self._stations(rows)
+        for done, day in enumerate(days, start=1):
+            self.checkpoint()  # between days: a pause or cancel takes effect here
+            with transaction.atomic():
+                Observation.objects.bulk_create(
+                    [
+                        Observation(
+                            station=stations[row.station_code],
+                            date=row.date,
+                            temp_min_c=row.temp_min_c,
+                            temp_max_c=row.temp_max_c,
+                            precipitation_mm=row.precipitation_mm,
+                            wind_speed_kmh=row.wind_speed_kmh,
+                        )
+                        for row in rows
+                        if row.date == day
+                    ],
+                    ignore_conflicts=True,  # a re-run after a crash writes nothing twice
+                )
+            self.progress(done, total=len(days), message="days loaded")
+        if days:
+            self.state["last_imported_day"] = days[-1].isoformat()  # saved with success only
+        return {
+            "imported": len(rows),
+            "first_day": days[0].isoformat() if days else None,
+            "last_day": days[-1].isoformat() if days else None,
+            "days_left": parsed["days_left"],
         }
 
     @staticmethod

@@ -42,9 +42,16 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from django_dataflows.admin_control import (
+    DataFlowRunStepInline,
+    RunControlAdminMixin,
+    RunWithInputAdminMixin,
+    progress_html,
+)
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.models import (
+    ACTIVE_STATUSES,
     DataFlow,
     DataFlowRun,
     Heartbeat,
@@ -375,7 +382,7 @@ def _count_recent_runs(since: datetime, statuses: tuple[str, ...]) -> Coalesce:
 
 
 @admin.register(DataFlow)
-class DataFlowAdmin(_DataFlowModelAdmin):
+class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
     form = DataFlowForm
     list_display = (
         "name",
@@ -389,7 +396,7 @@ class DataFlowAdmin(_DataFlowModelAdmin):
     )
     list_filter = ("enabled", "last_run_status", "flow")
     search_fields = ("name", "description")
-    actions = ("run_now", "enable", "disable")
+    actions = ("run_now", "run_with_input", "enable", "disable")
     readonly_fields = (
         "interval_display",
         "last_status",
@@ -482,7 +489,7 @@ class DataFlowAdmin(_DataFlowModelAdmin):
 
     # -- actions ----------------------------------------------------------------------
 
-    @admin.action(description=_("Run now"), permissions=["change"])
+    @admin.action(description=_("Run now"), permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
         for data_flow in queryset:
             try:
@@ -572,7 +579,7 @@ class DataFlowAdmin(_DataFlowModelAdmin):
                 "active": _admin_url(
                     "dataflowrun_changelist",
                     site=self.admin_site,
-                    query={"status__in": ",".join((RunStatus.PENDING, RunStatus.IN_PROGRESS))},
+                    query={"status__in": ",".join(ACTIVE_STATUSES)},
                 ),
                 "failures": _admin_url(
                     "dataflowrun_changelist",
@@ -635,13 +642,18 @@ class DataFlowAdmin(_DataFlowModelAdmin):
 
 
 @admin.register(DataFlowRun)
-class DataFlowRunAdmin(_DataFlowRunModelAdmin):
-    """The run history: read-only; only superusers may delete runs."""
+class DataFlowRunAdmin(RunControlAdminMixin, _DataFlowRunModelAdmin):
+    """The run history: read-only; only superusers may delete runs.
+
+    Users with ``dataflows.run_dataflow`` may cancel, pause, resume and retry runs (actions,
+    and buttons on the run page).
+    """
 
     list_display = (
         "id",
         "flow_link",
         "status_display",
+        "progress_display",
         "trigger",
         "triggered_by",
         "created_at",
@@ -655,7 +667,13 @@ class DataFlowRunAdmin(_DataFlowRunModelAdmin):
     list_select_related = ("data_flow", "triggered_by")
     search_fields = ("data_flow__name", "error_message", "task_id")
     date_hierarchy = "created_at"
+    actions = ("cancel_runs", "pause_runs", "resume_runs", "retry_runs")
+    inlines = (DataFlowRunStepInline,)
     readonly_fields = (
+        "input_display",
+        "progress_display",
+        "cancel_requested_at",
+        "pause_requested_at",
         "flow_link",
         "status_display",
         "trigger",
@@ -697,9 +715,24 @@ class DataFlowRunAdmin(_DataFlowRunModelAdmin):
                     ]
                 },
             ),
+            (_("Input and progress"), {"fields": ["input_display", "progress_display"]}),
             (_("Outcome"), {"fields": outcome}),
+            (_("Control"), {"fields": ["cancel_requested_at", "pause_requested_at"]}),
             (_("Backend"), {"fields": ["queue", "task_id"]}),
         ]
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: DataFlowRun | None = None,
+    ) -> HttpResponse:
+        if obj is not None and obj.pk is not None:
+            context.update(self.run_controls_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -731,6 +764,16 @@ class DataFlowRunAdmin(_DataFlowRunModelAdmin):
         if not obj.error_backtrace:
             return "-"
         return format_html('<pre class="dataflows-pre">{}</pre>', obj.error_backtrace)
+
+    @admin.display(description=_("input"))
+    def input_display(self, obj: DataFlowRun) -> str:
+        if not obj.input:
+            return "-"
+        return format_html('<pre class="dataflows-pre">{}</pre>', pretty_json(obj.input))
+
+    @admin.display(description=_("progress"))
+    def progress_display(self, obj: DataFlowRun) -> str:
+        return progress_html(obj.progress)
 
     @admin.display(description=_("result"))
     def result_display(self, obj: DataFlowRun) -> str:

@@ -18,8 +18,9 @@ from django.urls import URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from django_dataflows.conf import DEFAULTS
+from django_dataflows.flows import Flow, registered_flows
 from django_dataflows.security import invalid_network_entries
-from django_dataflows.validators import queue_name_error, queue_name_syntax_error
+from django_dataflows.validators import queue_name_error, queue_name_syntax_error, schema_error
 
 MIN_TOKEN_LENGTH = 32
 KEYGEN_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
@@ -214,6 +215,58 @@ def _check_flow_modules() -> list[CheckMessage]:
         )
         for module, exc in getattr(app_config, "flow_module_errors", [])
     ]
+
+
+@register(Tags.compatibility)
+def check_flows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every registered flow's ``configuration_schema`` and ``steps`` make sense."""
+    errors: list[CheckMessage] = []
+    for path, flow_class in registered_flows().items():
+        problem = schema_error(flow_class.configuration_schema)
+        if problem:
+            errors.append(
+                Error(
+                    f"{path}.configuration_schema is not a valid JSON Schema: {problem}",
+                    hint="See https://json-schema.org/understanding-json-schema/.",
+                    obj=flow_class,
+                    id="dataflows.E020",
+                )
+            )
+        errors += _check_steps(path, flow_class)
+    return errors
+
+
+def _check_steps(path: str, flow_class: type[Flow]) -> list[CheckMessage]:
+    steps = flow_class.steps
+    if not isinstance(steps, tuple | list) or not all(isinstance(name, str) for name in steps):
+        return [
+            Error(
+                f"{path}.steps must be a tuple of method names, not {steps!r}.",
+                obj=flow_class,
+                id="dataflows.E021",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for name in steps:
+        if not callable(getattr(flow_class, name, None)) or name in vars(Flow):
+            errors.append(
+                Error(
+                    f"{path}.steps names {name!r}, which is not a method of the flow.",
+                    hint=f"Define {name}(self) on {flow_class.__name__}, or remove it from steps.",
+                    obj=flow_class,
+                    id="dataflows.E021",
+                )
+            )
+    if len(set(steps)) != len(steps):
+        errors.append(
+            Error(
+                f"{path}.steps names a step twice: {steps!r}.",
+                hint="Step names identify stored results; give each step its own method.",
+                obj=flow_class,
+                id="dataflows.E021",
+            )
+        )
+    return errors
 
 
 @register(Tags.security, deploy=True)

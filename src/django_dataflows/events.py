@@ -14,7 +14,7 @@ from django_dataflows import signals
 from django_dataflows.conf import app_settings
 
 if TYPE_CHECKING:
-    from django_dataflows.models import DataFlowRun
+    from django_dataflows.models import DataFlowRun, DataFlowRunStep
 
 logger = logging.getLogger("django_dataflows.events")
 
@@ -22,6 +22,7 @@ EVENTS: dict[str, Signal] = {
     "run_enqueued": signals.run_enqueued,
     "run_started": signals.run_started,
     "run_finished": signals.run_finished,
+    "run_step_finished": signals.run_step_finished,
 }
 
 
@@ -43,9 +44,14 @@ def run_event_payload(run: DataFlowRun) -> dict[str, Any]:
     }
 
 
-def emit(event: str, run: DataFlowRun) -> None:
-    """Send ``event`` for ``run``; a failing receiver or callback is logged, never raised."""
+def emit(event: str, run: DataFlowRun, *, step: DataFlowRunStep | None = None) -> None:
+    """Send ``event`` for ``run`` (and ``step``, for step events).
+
+    A failing receiver or callback is logged, never raised.
+    """
     payload = run_event_payload(run)
+    if step is not None:
+        payload["step"] = step
     for receiver, response in EVENTS[event].send_robust(sender=type(run.data_flow), **payload):
         if isinstance(response, Exception):
             logger.error(

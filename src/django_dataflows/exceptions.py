@@ -65,3 +65,18 @@ class InvalidRunState(DataFlowError):
         self.status = status
         self.action = action
         super().__init__(f"Cannot {action} run {run_id}: {reason}")
+
+
+class RunInterrupted(BaseException):
+    """Raised by ``Flow.checkpoint()`` when the run has been asked to cancel or pause.
+
+    A ``BaseException``, so that a flow's ``except Exception:`` cannot swallow it. The
+    executor turns it into the state change (``cancelled`` or ``paused``); ``action`` says
+    which: ``"cancel"``, ``"pause"``, or ``"lost"`` when the run was ended meanwhile (for
+    example timed out by the heartbeat), so the body must stop.
+    """
+
+    def __init__(self, run_id: int | None, action: str) -> None:
+        self.run_id = run_id
+        self.action = action
+        super().__init__(f"Run {run_id} was interrupted: {action} requested.")

@@ -7,22 +7,38 @@ per run record.
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from collections import defaultdict
+from contextlib import nullcontext
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.core.serializers.json import DjangoJSONEncoder
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from django_dataflows.events import emit
-from django_dataflows.exceptions import DataFlowError, RunNotPending
+from django_dataflows.exceptions import (
+    DataFlowError,
+    FlowNotRegistered,
+    InvalidRunState,
+    PermanentFlowError,
+    RunInterrupted,
+    RunNotPending,
+)
 from django_dataflows.flows import Flow, FlowContext
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import (
+    DataFlow,
+    DataFlowRun,
+    RunStatus,
+    RunTrigger,
+    StepStatus,
+    hand_to_backend,
+)
+from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
+from django_dataflows.validators import validate_configuration
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -57,12 +73,13 @@ def _flows_without_active_run(pks: list[int]) -> QuerySet[DataFlow]:
 
 
 class FlowExecutor:
-    """Run a data flow and record what happened.
+    """Run a data flow and record what happened; steer runs (cancel, pause, resume, retry).
 
     ``FlowExecutor.execute(data_flow)`` is the single entry point: it records a run,
     instantiates the flow with the DataFlow's configuration, calls ``run()``, stores the
     outcome on the run and the flow, and returns the flow's result. On failure it stores
-    the message and backtrace and re-raises the original exception.
+    the message and backtrace and re-raises the original exception. A run stopped at a
+    checkpoint (cancelled or paused) returns ``None``.
     """
 
     @classmethod
@@ -79,16 +96,24 @@ class FlowExecutor:
         With ``run`` (a pending run created by ``trigger_run``), that run is executed; a run
         that is no longer pending raises ``RunNotPending`` and the flow is not called.
         Without it, a new run is recorded first (``RunAlreadyActive`` if one is active).
+        A run that reaches a checkpoint after a cancel or pause request ends ``cancelled``
+        or ``paused`` and this returns ``None``: nothing failed, so nothing is retried.
         """
         run = cls._take_run(data_flow, run, trigger, user)
-        cls._mark_in_progress(run)
+        session = cls._mark_in_progress(run)
         try:
-            flow = cls._instantiate(data_flow, run)
+            flow = cls._instantiate(data_flow, run, session)
             result = cls._serialisable(flow.run())
+            state = cls._changed_state(flow, data_flow)
+        except RunInterrupted as interruption:
+            session.release_unstarted()
+            cls._record_interruption(run, interruption, session)
+            return None
         except BaseException as exc:
-            cls._record_failure(run, exc)
+            session.release_unstarted()
+            cls._record_failure(run, exc, session)
             raise
-        cls._record_success(run, result)
+        cls._record_success(run, result, state=state, session=session)
         return result
 
     @classmethod
@@ -145,38 +170,95 @@ class FlowExecutor:
         return run
 
     @classmethod
-    def _mark_in_progress(cls, run: DataFlowRun) -> None:
+    def _mark_in_progress(cls, run: DataFlowRun) -> RunSession:
+        """Take the pending run; create its declared steps' rows, or read them on resume."""
         now = timezone.now()
-        if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, started_at=now):
-            run.refresh_from_db(fields=["status"])
-            raise RunNotPending(run.pk, run.status)
+        resumed = run.started_at is not None  # a paused run that was resumed
+        fields: dict[str, Any] = {"activated_at": now}
+        if not resumed:
+            fields["started_at"] = now  # started_at keeps the first start
+        flow_class = cls._flow_class(run.data_flow)
+        session = RunSession(run, tuple(flow_class.steps) if flow_class else ())
+        # One commit for the run and its step rows; a run without steps writes one row.
+        with transaction.atomic() if session.declared and not resumed else nullcontext():
+            if not cls._transition(run, (RunStatus.PENDING,), RunStatus.IN_PROGRESS, **fields):
+                run.refresh_from_db(fields=["status"])
+                raise RunNotPending(run.pk, run.status)
+            if resumed or session.declared:  # a stale run object must not recreate rows
+                session.load()
+            # The default run() starts the first declared step at once.
+            session.create_declared_steps(
+                start_first=flow_class is not None and flow_class.run is Flow.run
+            )
+        # The flow starts from the state the previous successful run left.
+        run.data_flow.state = (
+            DataFlow.objects.filter(pk=run.data_flow_id).values_list("state", flat=True).get()
+        )
         emit("run_started", run)
+        return session
 
     @staticmethod
-    def _instantiate(data_flow: DataFlow, run: DataFlowRun) -> Flow:
+    def _flow_class(data_flow: DataFlow) -> type[Flow] | None:
+        try:
+            return data_flow.flow_class
+        except FlowNotRegistered:
+            return None  # the run fails in _instantiate(), with that error
+
+    @staticmethod
+    def _instantiate(data_flow: DataFlow, run: DataFlowRun, session: RunSession) -> Flow:
         flow_class = data_flow.flow_class  # FlowNotRegistered for anything unregistered
-        return flow_class(data_flow.configuration, context=FlowContext(data_flow, run))
+        # Rows made with objects.create() never went through full_clean().
+        try:
+            validate_configuration(flow_class, data_flow.configuration)
+        except ValidationError as exc:
+            raise PermanentFlowError(
+                "The configuration does not match the flow's configuration_schema: "
+                + "; ".join(exc.messages)
+            ) from exc
+        context = FlowContext(data_flow, run, recorder=session)
+        return flow_class(data_flow.configuration, context=context)
 
     @staticmethod
     def _serialisable(result: Any) -> Any:
-        try:
-            json.dumps(result, cls=DjangoJSONEncoder)
-        except (TypeError, ValueError) as exc:
+        return json_value(result, "The flow returned a result that")
+
+    @staticmethod
+    def _changed_state(flow: Flow, data_flow: DataFlow) -> dict[str, Any] | None:
+        """The flow's new ``state`` to save with its success, or ``None`` if unchanged."""
+        state = flow.state
+        if not isinstance(state, dict):
             raise TypeError(
-                f"The flow returned a result that cannot be stored as JSON: {exc}"
-            ) from exc
-        return result
+                f"self.state must be a JSON object (a dict), not {type(state).__name__}."
+            )
+        json_value(state, "self.state")
+        return None if state == data_flow.state else state
 
     @classmethod
-    def _record_success(cls, run: DataFlowRun, result: Any) -> None:
+    def _record_success(
+        cls,
+        run: DataFlowRun,
+        result: Any,
+        *,
+        state: dict[str, Any] | None = None,
+        session: RunSession | None = None,
+    ) -> None:
+        flow_fields = {} if state is None else {"state": state}
         if not cls._finish(
-            run, (RunStatus.IN_PROGRESS,), RunStatus.SUCCESS, ended_at=timezone.now(), result=result
+            run,
+            (RunStatus.IN_PROGRESS,),
+            RunStatus.SUCCESS,
+            flow_fields=flow_fields,
+            ended_at=timezone.now(),
+            result=result,
+            **(session.final_fields() if session else {}),
         ):
             run.refresh_from_db(fields=["status"])
             logger.warning("Run %s finished after it was marked %s; kept.", run.pk, run.status)
 
     @classmethod
-    def _record_failure(cls, run: DataFlowRun, exc: BaseException) -> None:
+    def _record_failure(
+        cls, run: DataFlowRun, exc: BaseException, session: RunSession | None = None
+    ) -> None:
         status = (
             RunStatus.TIMED_OUT if isinstance(exc, tuple(_timeout_exceptions)) else RunStatus.FAILED
         )
@@ -184,13 +266,57 @@ class FlowExecutor:
             run,
             (RunStatus.IN_PROGRESS,),
             status,
+            close_steps=session is not None and session.has_steps,
             ended_at=timezone.now(),
             error_message=str(exc) or type(exc).__name__,
             error_backtrace="".join(traceback.format_exception(exc)),
+            **(session.final_fields() if session else {}),
         ):
             logger.error(
                 "Data flow %r run %s %s: %s", run.data_flow.name, run.pk, status.label, exc
             )
+
+    @classmethod
+    def _record_interruption(
+        cls, run: DataFlowRun, interruption: RunInterrupted, session: RunSession
+    ) -> None:
+        """The body stopped at a checkpoint: the run becomes ``paused`` or ``cancelled``."""
+        extra = session.final_fields()
+        if interruption.action == "pause" and cls._pause_now(run, **extra):
+            logger.info("Data flow %r run %s paused.", run.data_flow.name, run.pk)
+            return
+        # Cancelled, or asked to pause and then to cancel before the pause took effect.
+        if cls._finish(
+            run,
+            (RunStatus.IN_PROGRESS,),
+            RunStatus.CANCELLED,
+            close_steps=True,
+            ended_at=timezone.now(),
+            error_message=CANCELLED_AT_CHECKPOINT,
+            **extra,
+        ):
+            logger.info("Data flow %r run %s cancelled.", run.data_flow.name, run.pk)
+        else:  # the run was ended meanwhile (timed out by a heartbeat): keep that
+            run.refresh_from_db(fields=["status"])
+            logger.warning("Run %s stopped at a checkpoint; it is %s.", run.pk, run.status)
+
+    @classmethod
+    def _pause_now(cls, run: DataFlowRun, **fields: Any) -> bool:
+        """in_progress → paused, unless a cancel was requested meanwhile (then it wins)."""
+        with transaction.atomic():
+            paused = DataFlowRun.objects.filter(
+                pk=run.pk, status=RunStatus.IN_PROGRESS, cancel_requested_at__isnull=True
+            ).update(status=RunStatus.PAUSED, pause_requested_at=None, **fields)
+            if paused:
+                DataFlow.objects.filter(pk=run.data_flow_id).update(
+                    last_run_status=RunStatus.PAUSED
+                )
+        if paused:
+            run.status, run.pause_requested_at = RunStatus.PAUSED, None
+            run.data_flow.last_run_status = RunStatus.PAUSED
+            for name, value in fields.items():
+                setattr(run, name, value)
+        return bool(paused)
 
     # -- transitions outside execute() ----------------------------------------------
 
@@ -231,23 +357,144 @@ class FlowExecutor:
         DataFlowRun.objects.filter(pk=run.pk).update(**fields)
         run.task_id, run.queue = fields["task_id"], fields["queue"]
 
+    # -- run control ----------------------------------------------------------------
+
     @classmethod
-    def cancel(cls, run: DataFlowRun, reason: str = "Cancelled.") -> bool:
-        """Cancel a pending or in-progress run; ``False`` if it had already finished."""
-        return cls._finish(
-            run,
-            (RunStatus.PENDING, RunStatus.IN_PROGRESS),
-            RunStatus.CANCELLED,
-            last_run_at=False,
-            ended_at=timezone.now(),
-            error_message=reason,
+    def cancel(cls, run: DataFlowRun, reason: str = "Cancelled.") -> DataFlowRun:
+        """Cancel ``run`` and return it, up to date.
+
+        A pending or paused run ends ``cancelled`` at once. An in-progress run is asked to
+        stop (``cancel_requested_at``): it ends ``cancelled`` at its next checkpoint, and
+        keeps its flow's active slot until then, so two bodies of one flow never overlap.
+        ``InvalidRunState`` if the run has finished or a cancel was already requested.
+        """
+        for _attempt in range(3):  # the run may move on between the two conditional updates
+            now = timezone.now()
+            if cls._finish(
+                run,
+                (RunStatus.PENDING, RunStatus.PAUSED),
+                RunStatus.CANCELLED,
+                last_run_at=False,
+                close_steps=True,
+                ended_at=now,
+                error_message=reason,
+                cancel_requested_at=now,
+            ):
+                break
+            if cls._request(run, "cancel_requested_at", now):
+                break
+            previous = run.status
+            run.refresh_from_db()
+            if run.status == previous or run.status not in ACTIVE:
+                raise cls._refusal(run, "cancel")
+        else:  # pragma: no cover - three state changes in a row between our updates
+            raise cls._refusal(run, "cancel")
+        run.refresh_from_db()
+        return run
+
+    @classmethod
+    def pause(cls, run: DataFlowRun) -> DataFlowRun:
+        """Ask the in-progress ``run`` to pause at its next checkpoint; return it, up to date.
+
+        It then becomes ``paused``: still active (the heartbeat skips its flow), never timed
+        out, and continued by :meth:`resume`. ``InvalidRunState`` for a run that is not in
+        progress, or that was already asked to pause or cancel.
+        """
+        if not DataFlowRun.objects.filter(
+            pk=run.pk,
+            status=RunStatus.IN_PROGRESS,
+            pause_requested_at__isnull=True,
+            cancel_requested_at__isnull=True,
+        ).update(pause_requested_at=timezone.now()):
+            run.refresh_from_db()
+            raise cls._refusal(run, "pause")
+        run.refresh_from_db()
+        return run
+
+    @classmethod
+    def resume(cls, run: DataFlowRun) -> DataFlowRun:
+        """Continue the paused ``run``: it becomes ``pending`` and goes to the backend again.
+
+        The executor then skips the declared steps that already succeeded, and the flow
+        gets the same input and the stored results of those steps. Returns the run, up to
+        date (with the in-process backend it has run by then). ``InvalidRunState`` unless
+        the run is paused; ``EnqueueFailed`` if the backend refused it.
+        """
+        with transaction.atomic():
+            if not cls._transition(
+                run,
+                (RunStatus.PAUSED,),
+                RunStatus.PENDING,
+                activated_at=timezone.now(),
+                pause_requested_at=None,
+            ):
+                run.refresh_from_db()
+                raise cls._refusal(run, "resume")
+            DataFlow.objects.filter(pk=run.data_flow_id).update(
+                last_run_status=RunStatus.IN_PROGRESS
+            )
+        run.refresh_from_db()
+        hand_to_backend(run)
+        if not transaction.get_connection().in_atomic_block:
+            run.refresh_from_db()
+        return run
+
+    @classmethod
+    def retry(
+        cls,
+        run: DataFlowRun,
+        *,
+        user: AbstractBaseUser | AnonymousUser | None = None,
+    ) -> DataFlowRun:
+        """Start a new run like the ``failed``, ``timed_out`` or ``cancelled`` ``run``.
+
+        The new run (trigger ``retry``, the same input, ``attempt + 1``) is returned. It is
+        refused like any start while the flow has an active run (``RunAlreadyActive``);
+        ``InvalidRunState`` for a run that is active or succeeded.
+        """
+        run.refresh_from_db()
+        if run.status not in RETRYABLE:
+            raise cls._refusal(run, "retry")
+        return run.data_flow.trigger_run(
+            trigger=RunTrigger.RETRY, user=user, input=run.input, attempt=run.attempt + 1
         )
+
+    @staticmethod
+    def _request(run: DataFlowRun, field: str, now: datetime) -> bool:
+        """Set the request ``field`` on the in-progress run, once: a conditional update."""
+        return bool(
+            DataFlowRun.objects.filter(
+                pk=run.pk, status=RunStatus.IN_PROGRESS, **{f"{field}__isnull": True}
+            ).update(**{field: now})
+        )
+
+    @staticmethod
+    def _refusal(run: DataFlowRun, action: str) -> InvalidRunState:
+        """The ``InvalidRunState`` saying why ``action`` cannot apply to ``run`` now."""
+        status = run.status
+        if action == "cancel" and status == RunStatus.IN_PROGRESS:
+            reason = "a cancel was already requested; it ends at its next checkpoint."
+        elif action == "pause" and status == RunStatus.IN_PROGRESS:
+            asked = "cancel" if run.cancel_requested_at else "pause"
+            reason = f"a {asked} was already requested; it takes effect at its next checkpoint."
+        else:
+            allowed = {
+                "cancel": "pending, in_progress or paused",
+                "pause": "in_progress",
+                "resume": "paused",
+                "retry": "failed, timed_out or cancelled",
+            }[action]
+            reason = f"it is {status}, not {allowed}."
+        return InvalidRunState(run.pk, status, action, reason)
 
     @classmethod
     def time_out_stuck_runs(cls, now: datetime | None = None) -> int:
         """End runs past their timeout (``DataFlowRun.objects.stuck()``) as ``timed_out``.
 
-        Either kind of stuck run would otherwise block its flow forever. Returns how many.
+        Either kind of stuck run would otherwise block its flow forever. An in-progress run
+        that was asked to cancel ends ``cancelled`` instead: its body never reached a
+        checkpoint (its worker was probably lost). Paused runs never time out. Returns how
+        many runs were ended.
         """
         now = now or timezone.now()
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -255,6 +502,15 @@ class FlowExecutor:
             groups[(stuck.status, stuck.timeout)].append(stuck.pk)
         count = 0
         for (status, timeout), pks in groups.items():
+            if status == RunStatus.IN_PROGRESS:
+                count += DataFlowRun.objects.filter(
+                    pk__in=pks, status=status, cancel_requested_at__isnull=False
+                ).update(
+                    status=RunStatus.CANCELLED,
+                    ended_at=now,
+                    error_message=f"Cancelled: no checkpoint was reached within the "
+                    f"{timeout}-second timeout; its worker was probably lost.",
+                )
             message = (
                 f"Timed out: still in progress after the {timeout}-second timeout; "
                 "its worker was probably lost."
@@ -269,7 +525,7 @@ class FlowExecutor:
             cls._after_bulk_finish(
                 DataFlowRun.objects.filter(
                     pk__in=[pk for pks in groups.values() for pk in pks],
-                    status=RunStatus.TIMED_OUT,
+                    status__in=(RunStatus.TIMED_OUT, RunStatus.CANCELLED),
                     ended_at=now,
                 ).select_related("data_flow")
             )
@@ -285,17 +541,25 @@ class FlowExecutor:
         status: str,
         *,
         last_run_at: bool = True,
+        flow_fields: dict[str, Any] | None = None,
+        close_steps: bool = False,
         **fields: Any,
     ) -> bool:
         """End ``run`` as ``status`` if it is still in ``expected``; tell its flow; signal.
 
-        The run and its flow change in one transaction (one commit, never one without the
-        other); ``run_finished`` is sent after it. ``False`` if the run had moved on.
+        The run, its flow (with ``flow_fields``, such as the flow's new ``state``) and,
+        with ``close_steps``, its unfinished steps change in one transaction (one commit,
+        never one without the other); ``run_finished`` is sent after it. ``False`` if the
+        run had moved on. The run's ``duration_ms`` is stored with its end.
         """
+        if "ended_at" in fields:
+            fields["duration_ms"] = milliseconds(run.started_at, fields["ended_at"])
         with transaction.atomic():
             done = cls._transition(run, expected, status, **fields)
             if done:
-                cls._update_flow(run, last_run_at=last_run_at)
+                cls._update_flow(run, last_run_at=last_run_at, **(flow_fields or {}))
+                if close_steps:
+                    _close_unfinished_steps([run.pk], status)
         if done:
             emit("run_finished", run)
         return done
@@ -315,8 +579,8 @@ class FlowExecutor:
         return bool(updated)
 
     @staticmethod
-    def _update_flow(run: DataFlowRun, *, last_run_at: bool = True) -> None:
-        fields: dict[str, Any] = {"last_run_status": run.status}
+    def _update_flow(run: DataFlowRun, *, last_run_at: bool = True, **extra: Any) -> None:
+        fields: dict[str, Any] = {"last_run_status": run.status, **extra}
         if last_run_at and run.started_at is not None:
             fields["last_run_at"] = run.started_at
         _flows_without_active_run([run.data_flow_id]).update(**fields)
@@ -325,10 +589,37 @@ class FlowExecutor:
 
     @staticmethod
     def _after_bulk_finish(runs: Iterable[DataFlowRun]) -> None:
-        runs = list(runs)
-        _flows_without_active_run([run.data_flow_id for run in runs]).update(
-            last_run_status=RunStatus.TIMED_OUT
-        )
+        by_status: dict[str, list[DataFlowRun]] = defaultdict(list)
         for run in runs:
-            run.data_flow.last_run_status = RunStatus.TIMED_OUT
+            by_status[run.status].append(run)
+        for status, finished in by_status.items():
+            _flows_without_active_run([run.data_flow_id for run in finished]).update(
+                last_run_status=status
+            )
+            _close_unfinished_steps([run.pk for run in finished], status)
+        for run in [run for finished in by_status.values() for run in finished]:
+            run.data_flow.last_run_status = run.status
+            if run.started_at is not None and run.ended_at is not None:
+                run.duration_ms = milliseconds(run.started_at, run.ended_at)
+                DataFlowRun.objects.filter(pk=run.pk).update(duration_ms=run.duration_ms)
             emit("run_finished", run)
+
+
+#: What a run cancelled at a checkpoint says.
+CANCELLED_AT_CHECKPOINT = "Cancelled: stopped at a checkpoint."
+#: Run statuses that can be retried.
+RETRYABLE = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED)
+ACTIVE = (RunStatus.PENDING, RunStatus.IN_PROGRESS, RunStatus.PAUSED)
+#: What an unfinished step of a run that ended with this status becomes.
+_STEP_STATUS_FOR_RUN: dict[str, str] = {
+    RunStatus.CANCELLED: StepStatus.CANCELLED,
+    RunStatus.FAILED: StepStatus.FAILED,
+    RunStatus.TIMED_OUT: StepStatus.FAILED,
+}
+
+
+def _close_unfinished_steps(run_ids: list[int], run_status: str) -> None:
+    """A run ended: its running step ends like the run; the steps never reached are skipped."""
+    step_status = _STEP_STATUS_FOR_RUN.get(run_status, StepStatus.FAILED)
+    message = "" if step_status == StepStatus.CANCELLED else f"The run ended {run_status}."
+    close_steps(run_ids, step_status, message)

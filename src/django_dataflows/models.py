@@ -21,12 +21,19 @@ from django.utils.translation import gettext_lazy as _
 
 from django_dataflows import signals
 from django_dataflows.conf import app_settings
-from django_dataflows.exceptions import EnqueueFailed, InvalidRunState, RunAlreadyActive
+from django_dataflows.exceptions import (
+    EnqueueFailed,
+    FlowNotRegistered,
+    InvalidRunState,
+    RunAlreadyActive,
+)
 from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.validators import (
+    configuration_errors,
     validate_json_object,
     validate_queue_name,
     validate_registered_flow,
+    validate_run_input,
 )
 
 if TYPE_CHECKING:
@@ -223,6 +230,18 @@ class DataFlow(models.Model):
             raise ValidationError(errors)
         super().clean_fields(exclude=exclude)
 
+    def clean(self) -> None:
+        """Check the configuration against the flow's ``configuration_schema``."""
+        super().clean()
+        if self.flow and isinstance(self.configuration, dict):
+            try:
+                flow_class = self.flow_class
+            except FlowNotRegistered:
+                return  # reported on the flow field
+            messages = configuration_errors(flow_class, self.configuration)
+            if messages:
+                raise ValidationError({"configuration": messages})
+
     def _schedule_changed(self) -> bool:
         """Is this a new flow, or does the save change ``run_interval`` or ``enabled``?"""
         if self._state.adding or self.pk is None:
@@ -268,13 +287,17 @@ class DataFlow(models.Model):
         *,
         attempt: int = 1,
         now: datetime | None = None,
+        input: dict[str, Any] | None = None,
     ) -> DataFlowRun:
         """Record a new pending run and move the schedule; raise ``RunAlreadyActive``.
 
         A run started by hand pushes the next scheduled run to at least ``run_interval``
         later, as a scheduled one would (the heartbeat claims scheduled runs in bulk in
-        :mod:`django_dataflows.scheduling`).
+        :mod:`django_dataflows.scheduling`). ``input`` (a JSON object, else
+        ``ValidationError``) is stored on the run as ``self.input`` of the flow.
         """
+        input = {} if input is None else input
+        validate_run_input(input)
         run = DataFlowRun(
             data_flow=self,
             status=RunStatus.PENDING,
@@ -282,6 +305,7 @@ class DataFlow(models.Model):
             triggered_by_id=user.pk if user is not None and user.is_authenticated else None,
             queue=self.effective_queue,
             attempt=attempt,
+            input=input,
         )
         run.activated_at = run.created_at
         with transaction.atomic():
@@ -315,25 +339,40 @@ class DataFlow(models.Model):
         self,
         trigger: str = RunTrigger.MANUAL,
         user: AbstractBaseUser | AnonymousUser | None = None,
+        *,
+        input: dict[str, Any] | None = None,
+        attempt: int = 1,
     ) -> DataFlowRun:
         """Start a run: record it as pending and hand it to the backend after commit.
 
-        This is the one way a run starts. With the default in-process backend and no
-        surrounding transaction the run has finished when this returns; the returned
-        object is refreshed to show it. Raises ``RunAlreadyActive`` if a run is active, and
-        ``EnqueueFailed`` if the backend refused the run. Inside a transaction (for example
-        with ``ATOMIC_REQUESTS``) the run is handed over when it commits; a refusal then is
-        logged and recorded on the run, as nobody is left to catch it.
+        This is the one way a run starts. ``input`` is the run's own parameters (a JSON
+        object, else ``ValidationError``; the flow reads it as ``self.input``). With the
+        default in-process backend and no surrounding transaction the run has finished
+        when this returns; the returned object is refreshed to show it. Raises
+        ``RunAlreadyActive`` if a run is active, and ``EnqueueFailed`` if the backend
+        refused the run. Inside a transaction (for example with ``ATOMIC_REQUESTS``) the
+        run is handed over when it commits; a refusal then is logged and recorded on the
+        run, as nobody is left to catch it.
         """
-        from django_dataflows.backends import dispatch
-
-        run = self.create_pending_run(trigger=trigger, user=user)
-        if transaction.get_connection().in_atomic_block:
-            transaction.on_commit(partial(_dispatch_after_commit, run))
-            return run
-        dispatch(run)
-        run.refresh_from_db()
+        run = self.create_pending_run(trigger=trigger, user=user, input=input, attempt=attempt)
+        hand_to_backend(run)
         return run
+
+
+def hand_to_backend(run: DataFlowRun) -> None:
+    """Hand a pending run to the configured backend, once the transaction has committed.
+
+    Outside a transaction it is handed over now (the in-process backend runs it here), and
+    ``run`` is refreshed to show what happened; ``EnqueueFailed`` if the backend refused.
+    Inside one, it is handed over on commit and a refusal is recorded on the run.
+    """
+    from django_dataflows.backends import dispatch
+
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(partial(_dispatch_after_commit, run))
+        return
+    dispatch(run)
+    run.refresh_from_db()
 
 
 def _dispatch_after_commit(run: DataFlowRun) -> None:
@@ -616,12 +655,14 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         now = now or timezone.now()
         default_timeout = app_settings.RUN_TIMEOUT
         stuck = []
-        rows = self.active().values_list(
-            "pk", "status", "started_at", "created_at", "data_flow__timeout"
+        # A paused run never times out: nothing runs it until it is resumed.
+        rows = self.filter(status__in=(RunStatus.PENDING, RunStatus.IN_PROGRESS)).values_list(
+            "pk", "status", "activated_at", "started_at", "created_at", "data_flow__timeout"
         )
-        for pk, status, started_at, created_at, timeout in rows:
+        for pk, status, activated_at, started_at, created_at, timeout in rows:
             timeout = timeout or default_timeout
-            since = started_at if status == RunStatus.IN_PROGRESS else created_at
+            # From the latest move into pending or in progress (a resumed run starts anew).
+            since = activated_at or (started_at if status == RunStatus.IN_PROGRESS else created_at)
             if since is not None and since + timedelta(seconds=timeout) <= now:
                 stuck.append(StuckRun(pk, status, timeout))
         return stuck
@@ -841,8 +882,6 @@ class DataFlowRunStep(models.Model):
         verbose_name = _("run step")
         verbose_name_plural = _("run steps")
         ordering = ("run", "position")
-        # Live status polls steps by updated_at, like runs.
-        indexes = (models.Index(fields=("updated_at",), name="dataflows_step_updated_idx"),)
         constraints = (
             models.UniqueConstraint(fields=("run", "position"), name="dataflows_step_position"),
             models.CheckConstraint(

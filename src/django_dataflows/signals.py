@@ -7,6 +7,11 @@ class and these keyword arguments:
     ``run`` (the ``DataFlowRun``), ``data_flow``, ``flow_name``, ``run_id``, ``attempt``,
     ``status``, and ``duration`` (a ``timedelta`` once the run has ended, else ``None``).
 
+``run_step_finished``
+    The same, plus ``step``: the ``DataFlowRunStep`` that has just ended (``success``,
+    ``failed`` or ``cancelled``), with its ``name``, ``position``, ``status``,
+    ``duration_ms``, ``result`` and ``error_message``.
+
 ``heartbeat_finished``
     ``result`` (the :class:`~django_dataflows.scheduling.HeartbeatResult`).
 
@@ -27,5 +32,6 @@ from django.dispatch import Signal
 run_enqueued = Signal()
 run_started = Signal()
 run_finished = Signal()
+run_step_finished = Signal()
 heartbeat_finished = Signal()
 runs_changed = Signal()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from django_dataflows import Flow, PermanentFlowError
 from tests.testapp.models import Record
@@ -138,3 +138,152 @@ class NoOp(Flow):
 
     def run(self) -> None:
         return None
+
+
+# -- Flows of the run-control tests (tests/test_steps.py, tests/test_run_control.py) --------
+
+
+def _request(flow: Flow, action: str) -> None:
+    """Ask the executor to ``action`` ("pause" or "cancel") the flow's own run."""
+    from django_dataflows.executor import FlowExecutor
+
+    assert flow.context is not None
+    getattr(FlowExecutor, action)(flow.context.run)
+
+
+def _wait_for_pause_request(flow: Flow, seconds: float = 30.0) -> None:
+    """Block until someone asks the run to pause (bounded): a step that outlives a request."""
+    import time
+
+    from django_dataflows.models import DataFlowRun
+
+    assert flow.context is not None
+    deadline = time.monotonic() + seconds
+    run = DataFlowRun.objects.filter(pk=flow.context.run.pk)
+    while not run.filter(pause_requested_at__isnull=False).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("nobody asked the run to pause")
+        time.sleep(0.05)
+
+
+class ThreeSteps(Flow):
+    """Three declared steps; each records that it ran. Step two reads step one's result.
+
+    Configuration: ``request`` ("pause" or "cancel") is asked for from inside ``request_in``
+    (a step name); ``wait_in`` (a step name) blocks until a pause is requested; ``fail_in``
+    (a step name) raises there; ``checkpoint_in`` (a step name) calls a checkpoint in it.
+    """
+
+    steps = ("one", "two", "three")
+
+    def _ran(self, name: str) -> None:
+        run_id = self.context.run.pk if self.context else None
+        Record.objects.create(label=f"step:{name}", run_id=run_id)
+        if self.configuration.get("request_in") == name:
+            _request(self, self.configuration["request"])
+        if self.configuration.get("wait_in") == name:
+            _wait_for_pause_request(self)
+        if self.configuration.get("checkpoint_in") == name:
+            self.checkpoint()  # as a long loop inside the step would
+        if self.configuration.get("fail_in") == name:
+            raise ValueError(f"step {name} broke")
+
+    def one(self) -> dict[str, int]:
+        self._ran("one")
+        return {"value": self.input.get("start", 41) + 1}
+
+    def two(self) -> int:
+        self._ran("two")
+        return int(self.results["one"]["value"]) + 1
+
+    def three(self) -> str:
+        self._ran("three")
+        return "done"
+
+
+class CustomSteps(Flow):
+    """A custom run() with ``with self.step()`` blocks."""
+
+    def run(self) -> dict[str, Any]:
+        with self.step("fetch") as step:
+            step.result = [1, 2, 3]
+        with self.step("sum") as step:
+            step.result = sum(self.results["fetch"])
+        return {"total": self.results["sum"]}
+
+
+class LoopsUntilStopped(Flow):
+    """Reports progress and checks in a loop until cancelled or paused (bounded)."""
+
+    def run(self) -> dict[str, int]:
+        import time
+
+        assert self.context is not None
+        Record.objects.create(label="loop started", run_id=self.context.run.pk)
+        for i in range(int(self.configuration.get("iterations", 3000))):
+            self.checkpoint()
+            self.progress(i + 1, total=None, message="looping")
+            time.sleep(0.01)
+        return {"finished": True}
+
+
+class SwallowsEverything(Flow):
+    """Catches ``Exception`` around a checkpoint: an interruption must still get through."""
+
+    def run(self) -> str:
+        _request(self, "cancel")
+        try:
+            self.checkpoint()
+        except Exception:
+            return "swallowed"
+        return "not interrupted"
+
+
+class KeepsCursor(Flow):
+    """Moves ``state["cursor"]`` on by ``step`` each run; fails afterwards if told to."""
+
+    def run(self) -> dict[str, int]:
+        cursor = int(self.state.get("cursor", 0)) + int(self.configuration.get("step", 1))
+        self.state["cursor"] = cursor
+        if self.configuration.get("fail"):
+            raise ValueError("failed after moving the cursor")
+        return {"cursor": cursor}
+
+
+class BadState(Flow):
+    """Replaces its state with something that is not a JSON object."""
+
+    def run(self) -> None:
+        self.state = ["not", "an", "object"]  # type: ignore[assignment]
+
+
+class BadStepResult(Flow):
+    """A step whose result cannot be stored as JSON."""
+
+    steps = ("make", "after")
+
+    def make(self) -> object:
+        return object()
+
+    def after(self) -> None:
+        Record.objects.create(label="after ran")
+
+
+class EchoInput(Flow):
+    """Return the run's input."""
+
+    def run(self) -> dict[str, Any]:
+        return {"input": self.input}
+
+
+class WithSchema(Flow):
+    """A flow whose configuration must have a positive integer batch_size."""
+
+    configuration_schema: ClassVar[dict[str, Any] | None] = {
+        "type": "object",
+        "properties": {"batch_size": {"type": "integer", "minimum": 1}},
+        "required": ["batch_size"],
+    }
+
+    def run(self) -> dict[str, Any]:
+        return {"batch_size": self.configuration["batch_size"]}

@@ -200,7 +200,9 @@ def schedule_retry(run: DataFlowRun, exc: BaseException) -> DataFlowRun | None:
         logger.info("Run %s of %r not retried: the flow is disabled.", run.pk, data_flow.name)
         return None
     try:
-        retry = data_flow.create_pending_run(trigger=RunTrigger.RETRY, attempt=run.attempt + 1)
+        retry = data_flow.create_pending_run(
+            trigger=RunTrigger.RETRY, attempt=run.attempt + 1, input=run.input
+        )
     except RunAlreadyActive:
         logger.info("Run %s of %r not retried: another run is active.", run.pk, data_flow.name)
         return None

@@ -24,7 +24,7 @@ from typing import Any
 from django.core.checks import CheckMessage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, connection
-from django.db.models import IntegerField, Prefetch, Value
+from django.db.models import Prefetch
 
 from django_dataflows.live.payloads import run_payload, step_payload
 from django_dataflows.models import DataFlowRun, DataFlowRunStep
@@ -136,32 +136,21 @@ def database_now() -> datetime:
     return moment
 
 
-RUN, STEP = 0, 1
+def changed_rows(since: datetime) -> list[tuple[int, datetime, str]]:
+    """``(pk, updated_at, status)`` of the runs changed since ``since``: one index range scan.
 
-
-def changed_rows(since: datetime) -> list[tuple[int, int, int, datetime, str]]:
-    """``(kind, pk, run id, updated_at, status)`` of runs and steps changed since ``since``.
-
-    One statement (``UNION ALL`` of two index range scans).
+    A write to a step stamps its run's ``updated_at`` too (a database trigger, migration
+    ``0003_runcontrol``), so changed steps are found through their runs.
     """
-    runs: Any = (
-        DataFlowRun.objects.filter(updated_at__gte=since)
-        .annotate(kind=Value(RUN, output_field=IntegerField()))
-        .values_list("kind", "pk", "pk", "updated_at", "status")
-        .order_by()
+    rows = DataFlowRun.objects.filter(updated_at__gte=since).values_list(
+        "pk", "updated_at", "status"
     )
-    steps: Any = (
-        DataFlowRunStep.objects.filter(updated_at__gte=since)
-        .annotate(kind=Value(STEP, output_field=IntegerField()))
-        .values_list("kind", "pk", "run_id", "updated_at", "status")
-        .order_by()
-    )
-    return list(runs.union(steps, all=True))
+    return list(rows.order_by())
 
 
 def load_changed_since(since: datetime) -> list[RunState]:
     """Snapshot the runs that changed (themselves or a step) since ``since``."""
-    return load_run_ids(run_id for _kind, _pk, run_id, _at, _status in changed_rows(since))
+    return load_run_ids(pk for pk, _at, _status in changed_rows(since))
 
 
 Deliver = Callable[[list[RunState]], None]

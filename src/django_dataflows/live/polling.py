@@ -1,10 +1,11 @@
 """Live status by database polling: any database, no extra service (the default).
 
 One poller thread per process serves every open stream: each ``SSE_POLL_INTERVAL`` it
-runs one query (runs and steps whose indexed ``updated_at`` is at or after the cursor,
-less :data:`~django_dataflows.live.base.LOOKBACK`), whatever the number of clients. Rows
-it has already seen, with the same ``updated_at`` and status, are skipped; the rest are
-loaded once and handed to every stream that wants them.
+runs one query (the runs whose indexed ``updated_at`` is at or after the cursor, less
+:data:`~django_dataflows.live.base.LOOKBACK`; a step's write stamps its run), whatever the
+number of clients. Runs it has already seen with the same ``updated_at`` and status are
+skipped; the rest are loaded once, with their steps, and handed to every stream that wants
+them.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ class Poller(ThreadListener):
     name = "poller"
 
     def listen(self) -> None:
-        seen: dict[tuple[int, int], tuple[datetime, str]] = {}
+        seen: dict[int, tuple[datetime, str]] = {}
         cursor = database_now()
         while not self.stopping.is_set():
             since = cursor - LOOKBACK
             changed: set[int] = set()
-            for kind, pk, run_id, updated_at, status in changed_rows(since):
-                if seen.get((kind, pk)) != (updated_at, status):
-                    seen[(kind, pk)] = (updated_at, status)
-                    changed.add(run_id)
+            for pk, updated_at, status in changed_rows(since):
+                if seen.get(pk) != (updated_at, status):
+                    seen[pk] = (updated_at, status)
+                    changed.add(pk)
                 cursor = max(cursor, updated_at)
             # What falls out of the window is never read again.
             horizon = cursor - LOOKBACK

@@ -55,7 +55,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reset-data",
             action="store_true",
-            help="Delete every station, observation and daily summary first.",
+            help="Delete every station, observation and daily summary first, and reset the "
+            "import's cursor.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -74,6 +75,8 @@ class Command(BaseCommand):
         summaries = DailySummary.objects.all().delete()[0]
         observations = Observation.objects.count()
         Station.objects.all().delete()  # cascades to the observations
+        # The import's cursor lives in its state: back to the first day.
+        DataFlow.objects.filter(flow=ImportObservations.flow_path()).update(state={})
         self.stdout.write(
             f"  Deleted {observations} observation(s) and {summaries} daily summary row(s)."
         )

@@ -6,6 +6,7 @@ import contextlib
 import json
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -28,6 +29,13 @@ class Command(BaseCommand):
             action="store_true",
             help="Hand the run to the configured backend instead of running it here.",
         )
+        parser.add_argument(
+            "--input",
+            metavar="JSON",
+            default=None,
+            help="The run's input, a JSON object the flow reads as self.input, "
+            'such as \'{"day": "2026-01-01"}\'.',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
@@ -35,10 +43,13 @@ class Command(BaseCommand):
             data_flow = DataFlow.objects.get(name=name)
         except DataFlow.DoesNotExist:
             raise CommandError(f"No data flow named {name!r}.") from None
+        run_input = self._parse_input(options["input"])
         try:
-            run = self._start(data_flow, enqueue=options["enqueue"])
+            run = self._start(data_flow, enqueue=options["enqueue"], run_input=run_input)
         except RunAlreadyActive as exc:
             raise CommandError(str(exc)) from exc
+        except ValidationError as exc:
+            raise CommandError(f"--input: {' '.join(exc.messages)}") from exc
         self.stdout.write(f"Run {run.pk} of {data_flow.name!r}: {run.status}")
         if run.duration is not None:
             self.stdout.write(f"Duration: {run.duration.total_seconds():.3f}s")
@@ -49,13 +60,30 @@ class Command(BaseCommand):
             self.stderr.write(self.style.ERROR(f"Error: {run.error_message}"))
             raise CommandError(f"Data flow {data_flow.name!r} {run.status}.", returncode=1)
 
-    def _start(self, data_flow: DataFlow, *, enqueue: bool) -> DataFlowRun:
+    @staticmethod
+    def _parse_input(text: str | None) -> dict[str, Any] | None:
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--input is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise CommandError(
+                f'--input must be a JSON object such as \'{{"day": "2026-01-01"}}\', '
+                f"not {type(value).__name__}."
+            )
+        return value
+
+    def _start(
+        self, data_flow: DataFlow, *, enqueue: bool, run_input: dict[str, Any] | None
+    ) -> DataFlowRun:
         if enqueue:
             try:
-                return data_flow.trigger_run(trigger=RunTrigger.COMMAND)
+                return data_flow.trigger_run(trigger=RunTrigger.COMMAND, input=run_input)
             except DataFlowError as exc:
                 raise CommandError(str(exc)) from exc
-        run = data_flow.create_pending_run(trigger=RunTrigger.COMMAND)
+        run = data_flow.create_pending_run(trigger=RunTrigger.COMMAND, input=run_input)
         # A failure is recorded on the run and reported by handle().
         with contextlib.suppress(Exception):
             FlowExecutor.execute(data_flow, run=run)
