@@ -370,3 +370,39 @@ def test_postgres_events_on_another_database_is_reported(settings):
     settings.DATAFLOWS = {"EVENTS": "django_dataflows.live.postgres.PostgresEvents"}
     ids = {message.id for message in run_checks()}
     assert ("dataflows.E022" in ids) == (connection.vendor != "postgresql")
+
+
+# -- admin pages -----------------------------------------------------------------------
+
+
+def test_the_dashboard_draws_its_charts_on_the_server(admin_client):
+    ended = DataFlowRunFactory(status=RunStatus.SUCCESS, duration_ms=1500)
+    DataFlowRunFactory(data_flow=ended.data_flow, status=RunStatus.FAILED, duration_ms=10)
+    response = admin_client.get("/admin/dataflows/dataflowrun/dashboard/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count("<svg") == 4
+    assert ended.data_flow.name in page
+    assert "50 %" in page
+
+
+def test_the_live_runs_page_lists_active_runs_and_points_at_the_stream(admin_client):
+    active = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
+    finished = DataFlowRunFactory(status=RunStatus.SUCCESS)
+    page = admin_client.get("/admin/dataflows/dataflowrun/live/").content.decode()
+    assert f'data-run="{active.pk}"' in page
+    assert f'data-run="{finished.pk}"' not in page
+    assert 'data-stream-url="/dataflows/api/events/"' in page
+
+
+def test_the_run_page_carries_the_live_panel(admin_client):
+    run = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
+    page = admin_client.get(f"/admin/dataflows/dataflowrun/{run.pk}/change/").content.decode()
+    assert f'data-stream-url="/dataflows/api/runs/{run.pk}/events/"' in page
+    assert "django_dataflows/live.js" in page
+
+
+def test_the_live_pages_need_the_view_permission(client):
+    client.force_login(UserFactory(username="staff-only", is_staff=True))
+    assert client.get("/admin/dataflows/dataflowrun/live/").status_code == 403
+    assert client.get("/admin/dataflows/dataflowrun/dashboard/").status_code == 403
