@@ -2,8 +2,9 @@
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/dataflows_bench python bench/heartbeat.py
 
-Builds tables of 100,000 and then 1,000,000 flows (``--sizes``), makes 1,000 (and 0) of
-them due, and measures, in the same run and on the same rows:
+Builds tables of 100,000 and then 1,000,000 flows (``--sizes``), a quarter of them
+(``--cron-share``) on cron schedules in several time zones and the rest on intervals, makes
+1,000 (and 0) of them due, and measures, in the same run and on the same rows:
 
 * the ORM claim + dispatch (``claim_due_flows`` + ``dispatch_runs`` with the dummy
   backend) and the number of SQL statements it sends;
@@ -36,8 +37,17 @@ FLOWS = "dataflows_dataflow"
 RUNS = "dataflows_dataflowrun"
 
 
-def build_flows(count: int) -> None:
-    """Fill the flow table with ``count`` enabled flows, none due (in chunks, with progress)."""
+#: The cron flows' expressions and zones (fixed and wildcard hours, several zones).
+CRON_EXPRESSIONS = ["*/5 * * * *", "30 2 * * 1-5", "0 * * * *", "15 6 * * *", "@daily"]
+CRON_ZONES = ["Europe/Berlin", "America/New_York", "UTC", "Asia/Tokyo", ""]
+
+
+def build_flows(count: int, cron_share: float) -> None:
+    """Fill the flow table with ``count`` enabled flows, none due (in chunks, with progress).
+
+    Every ``1 / cron_share``-th flow is a cron flow; the others run on intervals.
+    """
+    every = max(1, round(1 / cron_share)) if cron_share > 0 else 0
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {RUNS}, {FLOWS} RESTART IDENTITY CASCADE")
         chunk = 100_000
@@ -45,11 +55,26 @@ def build_flows(count: int) -> None:
             stop = min(start + chunk, count)
             cursor.execute(
                 f"""INSERT INTO {FLOWS} (name, description, flow, enabled, configuration,
-                        run_interval, queue, last_run_status, next_run_at, created_at, updated_at)
+                        run_interval, cron, timezone, queue, last_run_status, next_run_at,
+                        created_at, updated_at, alert_emails, consecutive_failures, state)
                     SELECT 'flow-' || i, '', 'tests.testapp.flows.CountRows', true, '{{}}',
-                        60 + i %% 3600, '', '', now() + interval '1 day', now(), now()
-                    FROM generate_series(%s, %s) AS i""",
-                [start + 1, stop],
+                        CASE WHEN is_cron THEN NULL ELSE 60 + i %% 3600 END,
+                        CASE WHEN is_cron THEN (%s::text[])[1 + (i / %s) %% %s] ELSE '' END,
+                        CASE WHEN is_cron THEN (%s::text[])[1 + i %% %s] ELSE '' END,
+                        '', '', now() + interval '1 day', now(), now(), '', 0, '{{}}'
+                    FROM generate_series(%s, %s) AS i,
+                         LATERAL (SELECT %s > 0 AND i %% GREATEST(%s, 1) = 0) AS kind(is_cron)""",
+                [
+                    CRON_EXPRESSIONS,
+                    max(every, 1),
+                    len(CRON_EXPRESSIONS),
+                    CRON_ZONES,
+                    len(CRON_ZONES),
+                    start + 1,
+                    stop,
+                    every,
+                    every,
+                ],
             )
             say(f"  inserted {stop:,}/{count:,} flows")
         cursor.execute(f"VACUUM ANALYZE {FLOWS}")
@@ -58,7 +83,7 @@ def build_flows(count: int) -> None:
 def make_due(count: int) -> None:
     """Reset every flow to not due, clear runs, then make ``count`` spread-out flows due."""
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {RUNS}")
+        cursor.execute(f"TRUNCATE {RUNS} CASCADE")
         cursor.execute(
             f"UPDATE {FLOWS} SET next_run_at = now() + interval '1 day' "
             "WHERE next_run_at <= now() + interval '1 hour'"
@@ -81,16 +106,18 @@ def orm_claim(batch: int) -> int:
 
 
 RAW_SELECT = f"""
-    SELECT id, next_run_at, run_interval, queue FROM {FLOWS}
+    SELECT id, next_run_at, run_interval, queue, cron, timezone FROM {FLOWS}
     WHERE enabled AND next_run_at <= %s ORDER BY next_run_at, id LIMIT %s
     FOR UPDATE SKIP LOCKED"""
 RAW_BUSY = f"""
     SELECT data_flow_id FROM {RUNS}
     WHERE data_flow_id = ANY(%s) AND status IN ('pending', 'in_progress')"""
 RAW_INSERT = f"""
-    INSERT INTO {RUNS} (data_flow_id, status, trigger, scheduled_for, created_at, error_message,
-                        error_backtrace, attempt, task_id, queue)
-    SELECT f, 'pending', 'schedule', s, %s, '', '', 1, replace(gen_random_uuid()::text, '-', ''), q
+    INSERT INTO {RUNS} (data_flow_id, status, trigger, scheduled_for, created_at, activated_at,
+                        error_message, error_backtrace, attempt, task_id, queue, input, progress,
+                        redeliveries)
+    SELECT f, 'pending', 'schedule', s, %s, %s, '', '', 1,
+           replace(gen_random_uuid()::text, '-', ''), q, '{{}}', '{{}}', 0
     FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS t(f, s, q)
     RETURNING id"""
 RAW_UPDATE = f"""
@@ -102,6 +129,7 @@ def raw_claim(batch: int) -> int:
     from django.utils import timezone
 
     from django_dataflows.models import next_slot_after
+    from django_dataflows.schedules import next_cron_slot
 
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -115,9 +143,14 @@ def raw_claim(batch: int) -> int:
         ids = [row[0] for row in claim]
         slots = [row[1] for row in claim]
         queues = [row[3] or "default" for row in claim]
-        cursor.execute(RAW_INSERT, [now, ids, slots, queues])
+        cursor.execute(RAW_INSERT, [now, now, ids, slots, queues])
         cursor.fetchall()
-        nexts = [next_slot_after(row[1], row[2], now) for row in claim]
+        nexts = [
+            next_cron_slot(row[4], row[5], max(row[1], now))
+            if row[4]
+            else next_slot_after(row[1], row[2], now)
+            for row in claim
+        ]
         cursor.execute(RAW_UPDATE, [now, ids, nexts])
     return len(claim)
 
@@ -135,21 +168,41 @@ def measure(label: str, claim: Callable[[int], int], due: int, repeat: int) -> t
     return statistics.median(times), statements
 
 
+def measure_overdue(repeat: int) -> tuple[float, int]:
+    """The heartbeat's other per-call query: overdue flows (none watched here)."""
+    from django.utils import timezone
+
+    from django_dataflows.scheduling import announce_overdue_flows
+
+    times, statements = [], 0
+    for _ in range(repeat):
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            announce_overdue_flows(timezone.now())
+            times.append(time.perf_counter() - started)
+        statements = len(queries)
+    return statistics.median(times), statements
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--due", type=int, nargs="+", default=[1000, 0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cron-share", type=float, default=0.25)
     args = parser.parse_args()
 
     settings.DATAFLOWS = {"BACKEND": "django_dataflows.backends.dummy.DummyBackend"}
     ensure_database()
     backend = get_backend()
-    say(f"PostgreSQL {connection.cursor().connection.info.server_version}, median of {args.repeat}")
+    say(
+        f"PostgreSQL {connection.cursor().connection.info.server_version}, median of "
+        f"{args.repeat}, {args.cron_share:.0%} cron flows"
+    )
     results: dict[tuple[int, int], float] = {}
     for size in args.sizes:
         say(f"Building {size:,} flows…")
-        build_flows(size)
+        build_flows(size, args.cron_share)
         for due in args.due:
             orm, orm_statements = measure("orm", orm_claim, due, args.repeat)
             backend.clear()  # type: ignore[attr-defined]
@@ -161,6 +214,11 @@ def main() -> None:
                 f"({orm_statements} statements) | raw SQL {raw * 1000:8.2f} ms "
                 f"({raw_statements} statements) | ORM/raw {ratio:.2f}x"
             )
+        overdue, overdue_statements = measure_overdue(args.repeat)
+        say(
+            f"{size:>9,} flows | overdue check {overdue * 1000:8.2f} ms "
+            f"({overdue_statements} statement)"
+        )
     if len(args.sizes) > 1:
         small, large = args.sizes[0], args.sizes[-1]
         for due in args.due:

@@ -108,7 +108,14 @@ STATIC_URL = "static/"
 
 DATAFLOWS: dict[str, Any] = {
     "HEARTBEAT_TOKEN": os.environ.get("DATAFLOWS_HEARTBEAT_TOKEN") or None,
+    # Failure, overdue and recovery alerts go here unless a flow lists its own addresses.
+    "ALERT_EMAILS": ["data-team@example.com"],
 }
+# The demo writes alert e-mails to files in var/mail/ instead of sending them (the console
+# backend would mix them into the JSON that dataflows_heartbeat prints).
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = os.environ.get("EXAMPLE_MAIL_DIR") or str(BASE_DIR / "var" / "mail")
+DEFAULT_FROM_EMAIL = "dataflows@example.com"
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL")
 if CELERY_BROKER_URL:

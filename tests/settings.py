@@ -124,7 +124,8 @@ if find_spec("rest_framework") is not None:
     INSTALLED_APPS += ["drf_spectacular"]
     REST_FRAMEWORK = {
         "DEFAULT_AUTHENTICATION_CLASSES": [
-            "rest_framework.authentication.SessionAuthentication",
+            # Token first: an anonymous request is then challenged (401, WWW-Authenticate).
             "rest_framework.authentication.TokenAuthentication",
+            "rest_framework.authentication.SessionAuthentication",
         ],
     }

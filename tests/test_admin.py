@@ -857,3 +857,119 @@ def test_the_lists_make_as_many_queries_for_many_rows_as_for_few(admin_client, u
 
     assert DataFlowRun.objects.count() == 50 * 20
     assert many == few, f"{few} queries for 5 flows x 2 runs, {many} for 50 x 20"
+
+
+# -- schedules: cron, the schedule-kind switch, the next slots, the overdue badge ----------
+
+
+def cron_form(**overrides):
+    cron = {
+        "schedule_kind": "cron",
+        "run_interval": "",
+        "cron": "30 2 * * 1-5",
+        "timezone": "Europe/Berlin",
+    }
+    return valid_form(**{**cron, **overrides})
+
+
+def test_adding_a_cron_flow_saves_it(admin_client):
+    response = admin_client.post(ADD_FLOW, cron_form(alert_after="3600"))
+
+    assert response.status_code == 302
+    data_flow = DataFlow.objects.get()
+    assert (data_flow.cron, data_flow.timezone, data_flow.run_interval) == (
+        "30 2 * * 1-5",
+        "Europe/Berlin",
+        None,
+    )
+    assert data_flow.alert_after == 3600
+
+
+def test_the_schedule_kind_switch_clears_the_other_kinds_field(admin_client):
+    admin_client.post(ADD_FLOW, cron_form(run_interval="-5"))
+    admin_client.post(ADD_FLOW, valid_form(name="interval", schedule_kind="interval", cron="oops"))
+
+    assert list(DataFlow.objects.order_by("name").values_list("name", "cron", "run_interval")) == [
+        ("interval", "", 300),
+        ("orders", "30 2 * * 1-5", None),
+    ]
+
+
+def test_the_switch_starts_on_the_flows_kind(admin_client):
+    data_flow = DataFlowFactory(run_interval=None, cron="0 6 * * *")
+
+    html = admin_client.get(flow_url(data_flow)).content.decode()
+
+    assert re.search(r'value="cron"[^>]*checked', html)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "error"),
+    [
+        ({"cron": "61 * * * *"}, "cron", "bad minute"),
+        ({"cron": "@reboot"}, "cron", "@reboot is not supported"),
+        ({"cron": ""}, "cron", "Set a cron expression or a run interval."),
+        ({"timezone": "Mars/Olympus"}, "timezone", "is not a known time zone"),
+        ({"alert_after": "0"}, "alert_after", "greater than or equal to 1"),
+        ({"alert_after": "-1"}, "alert_after", "greater than or equal to"),
+        ({"alert_emails": "ops@example.com nope@"}, "alert_emails", "'nope@' is not a valid"),
+    ],
+)
+def test_bad_schedule_input_is_a_field_error_on_the_form(admin_client, data, field, error):
+    response = admin_client.post(ADD_FLOW, cron_form(**data))
+
+    assert response.status_code == 200
+    assert error in " ".join(form_errors(response)[field])
+    assert not DataFlow.objects.exists()
+
+
+def test_without_the_switch_both_schedules_is_a_field_error(admin_client):
+    data = cron_form()
+    del data["schedule_kind"]
+    data["run_interval"] = "60"
+
+    response = admin_client.post(ADD_FLOW, data)
+
+    assert "not both" in " ".join(form_errors(response)["cron"])
+    assert not DataFlow.objects.exists()
+
+
+def test_the_change_page_says_the_schedule_in_words_and_the_next_slots_in_both_zones(
+    admin_client,
+):
+    data_flow = DataFlowFactory(run_interval=None, cron="30 2 * * 1-5", timezone="Europe/Berlin")
+
+    response = admin_client.get(flow_url(data_flow))
+
+    html = response.content.decode()
+    assert "At 02:30 on Monday through Friday (Europe/Berlin)" in html
+    upcoming = response.context["upcoming_runs"]
+    assert len(upcoming) == 5
+    moment, _relative, local, utc = upcoming[0]
+    assert local.endswith("(Europe/Berlin)")
+    assert " 02:30 " in local
+    assert utc == f"{moment:%Y-%m-%d %H:%M} UTC"
+    assert local in html
+    assert utc in html
+
+
+def test_a_stored_invalid_cron_is_shown_not_crashed_on(admin_client):
+    data_flow = DataFlowFactory(run_interval=None, cron="0 6 * * *")
+    DataFlow.objects.filter(pk=data_flow.pk).update(cron="61 * * * *")
+
+    change = admin_client.get(flow_url(data_flow)).content.decode()
+    listing = admin_client.get(FLOWS).content.decode()
+
+    assert "The stored schedule is invalid, so the heartbeat skips this data flow" in change
+    assert "invalid schedule" in listing
+
+
+def test_an_overdue_flow_has_a_red_badge_in_the_list(admin_client):
+    late = DataFlowFactory(name="late", alert_after=60)
+    DataFlow.objects.filter(pk=late.pk).update(created_at=ago(minutes=5))
+    DataFlowFactory(name="fine", alert_after=3600)
+
+    html = admin_client.get(FLOWS).content.decode()
+
+    assert html.count("dataflows-badge--overdue") == 1
+    assert "overdue since" in html

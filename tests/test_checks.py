@@ -45,6 +45,8 @@ def test_default_settings_pass():
         ({"HEARTBEAT_TOKEN": 1234}, ["dataflows.E008"]),
         ({"CALLBACKS": ["no.such.callback"]}, ["dataflows.E009"]),
         ({"CALLBACKS": ["django_dataflows.conf.DEFAULTS"]}, ["dataflows.E009"]),
+        ({"ALERT_EMAILS": ["ops@example.com", "not an address"]}, ["dataflows.E020"]),
+        ({"ALERT_EMAILS": 42}, ["dataflows.E020"]),
     ],
 )
 def test_each_misconfiguration_has_its_id(settings, dataflows, expected):
@@ -66,6 +68,7 @@ def test_valid_settings_of_every_kind_pass(settings):
         "RETRY_BACKOFF": 0.5,
         "RUN_TIMEOUT": 60,
         "CALLBACKS": ["tests.test_executor.record_callback"],
+        "ALERT_EMAILS": ["ops@example.com"],
     }
 
     assert check_settings() == []

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from django_dataflows.models import DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 
 pytestmark = pytest.mark.django_db
@@ -128,17 +128,49 @@ def test_list_shows_a_table_of_flows():
     assert lines[0].split() == [
         "NAME",
         "ENABLED",
-        "INTERVAL",
+        "SCHEDULE",
         "LAST",
         "STATUS",
         "LAST",
         "RUN",
         "NEXT",
         "RUN",
+        "OVERDUE",
     ]
     assert lines[1].split()[:4] == ["archive", "no", "60s", "never"]
-    assert lines[1].endswith("disabled")
+    assert lines[1].split()[-2:] == ["disabled", "-"]
     assert lines[2].split()[:4] == ["orders", "yes", "300s", "success"]
+
+
+def test_list_shows_a_cron_schedule_with_its_zone():
+    DataFlowFactory(
+        name="nightly", run_interval=None, cron="30 2 * * 1-5", timezone="Europe/Berlin"
+    )
+
+    out, _ = run_command("dataflows_list")
+
+    assert "nightly  yes      30 2 * * 1-5 (Europe/Berlin)  never run" in out
+
+
+def test_list_overdue_prints_overdue_flows_and_exits_1():
+    late = DataFlowFactory(name="late", alert_after=60)
+    DataFlow.objects.filter(pk=late.pk).update(
+        created_at=timezone.now() - datetime.timedelta(minutes=5)
+    )
+    DataFlowFactory(name="fresh", alert_after=3600)
+
+    with pytest.raises(CommandError, match=r"1 data flow\(s\) overdue") as raised:
+        run_command("dataflows_list", "--overdue")
+
+    assert raised.value.returncode == 1
+
+
+def test_list_overdue_with_none_overdue_exits_0():
+    DataFlowFactory(name="fresh", alert_after=3600)
+
+    assert run_command("dataflows_list", "--overdue")[0] == (
+        "No overdue data flows.\nLast heartbeat: never\n"
+    )
 
 
 def test_list_with_enabled_only_and_when_empty():

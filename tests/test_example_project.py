@@ -26,6 +26,7 @@ CSV_FILE = REPO_ROOT / "example_project" / "weather" / "data" / "observations.cs
 IMPORT = "Import weather observations"
 SUMMARISE = "Summarise daily weather"
 CHECK = "Check observation quality"
+NIGHTLY = "Nightly weather summary (Berlin)"
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,7 @@ def example_env(database: Path, **extra: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="example_project.settings",
         EXAMPLE_SQLITE_PATH=str(database),
+        EXAMPLE_MAIL_DIR=str(database.parent / "mail"),
         PYTHONPATH=str(REPO_ROOT),
         **extra,
     )
@@ -176,13 +178,13 @@ def test_demo_runs_again_on_its_own_database_without_duplicating_anything(tmp_pa
 
     assert process.returncode == 0, process.stderr
     assert "The database is up to date." in process.stdout
-    assert process.stdout.count("exists, left unchanged") == 3
+    assert process.stdout.count("exists, left unchanged") == 4
     assert "User 'admin' exists already" in process.stdout
     assert (
         query(
             env, "from django_dataflows.models import DataFlow\nanswer = DataFlow.objects.count()"
         )
-        == 3
+        == 4
     )
 
 
@@ -379,8 +381,12 @@ def test_heartbeat_command_runs_every_due_flow_and_prints_the_counts(env):
         "flows_skipped": 0,
         "flows_failed": 1,
         "runs_timed_out": 0,
+        "flows_overdue": 0,
         "enqueue_failures": 0,
     }
+    mails = "".join(path.read_text() for path in Path(env["EXAMPLE_MAIL_DIR"]).iterdir())
+    assert f"Subject: [dataflows] {CHECK}: run" in mails  # the failure alert
+    assert "To: data-team@example.com" in mails
     runs = query(
         env,
         "from django_dataflows.models import DataFlowRun\n"
@@ -400,7 +406,8 @@ def test_heartbeat_right_after_another_finds_nothing_due(env):
         env,
         "from django.utils import timezone\n"
         "from django_dataflows.models import DataFlow\n"
-        "answer = DataFlow.objects.update(run_interval=3600, next_run_at=timezone.now())",
+        "answer = DataFlow.objects.filter(cron='').update(\n"
+        "    run_interval=3600, next_run_at=timezone.now())",
     )
     first = json.loads(manage(env, "dataflows_heartbeat").stdout)
 
@@ -423,12 +430,26 @@ def test_seed_twice_keeps_three_flows_and_the_edits_made_to_them(env):
     process = manage(env, "seed")
 
     assert process.returncode == 0, process.stderr
-    assert process.stdout.count("exists, left unchanged") == 3
+    assert process.stdout.count("exists, left unchanged") == 4
     assert query(
         env,
         "from django_dataflows.models import DataFlow\n"
         "answer = sorted(DataFlow.objects.values_list('name', 'run_interval'))",
-    ) == [[CHECK, 45], [IMPORT, 20], [SUMMARISE, 600]]
+    ) == [[CHECK, 45], [IMPORT, 20], [NIGHTLY, None], [SUMMARISE, 600]]
+
+
+def test_the_nightly_flow_runs_on_berlin_time_with_a_dead_mans_switch(env):
+    answer = query(
+        env,
+        "import zoneinfo\n"
+        "from django_dataflows.models import DataFlow\n"
+        f"flow = DataFlow.objects.get(name={NIGHTLY!r})\n"
+        "berlin = zoneinfo.ZoneInfo('Europe/Berlin')\n"
+        "slots = [slot.astimezone(berlin).strftime('%H:%M') for slot in flow.upcoming_runs(2)]\n"
+        "answer = [flow.cron, flow.timezone, flow.alert_after, flow.is_overdue, slots]",
+    )
+
+    assert answer == ["30 2 * * *", "Europe/Berlin", 93600, False, ["02:30", "02:30"]]
 
 
 def test_seed_reset_data_empties_the_weather_tables(env):

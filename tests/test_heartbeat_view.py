@@ -284,3 +284,23 @@ def test_a_backend_that_refuses_runs_makes_a_503_with_the_counts(client, due, se
     assert response.json()["flows_failed"] == 1
     assert response.json()["enqueue_failures"] == 1
     assert due.runs.get().status == RunStatus.FAILED
+
+
+def test_the_url_without_its_trailing_slash_runs_the_heartbeat_instead_of_redirecting(client, due):
+    # APPEND_SLASH would answer 301, which `curl -f` counts as success though nothing ran.
+    response = client.post("/dataflows/heartbeat", REMOTE_ADDR="127.0.0.1")
+
+    assert response.status_code == 200
+    assert response.json()["flows_triggered"] == 1
+    assert due.runs.get().status == RunStatus.SUCCESS
+
+
+def test_a_get_without_the_slash_is_refused_not_redirected(client, due):
+    response = client.get("/dataflows/heartbeat", REMOTE_ADDR="127.0.0.1")
+
+    assert response.status_code == 405
+    assert not DataFlowRun.objects.exists()
+
+
+def test_the_answer_counts_overdue_flows(client, due):
+    assert post(client).json()["flows_overdue"] == 0

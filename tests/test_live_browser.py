@@ -139,7 +139,8 @@ def watch(page, base_url, run_id, start, finish, new_run, other_run_starts) -> N
     page.screenshot(path=ARTIFACTS / "live-runs.png", full_page=True)
 
     page.goto(f"{base_url}/admin/dataflows/dataflowrun/dashboard/")
-    expect(page.locator("#dataflows-chart-week svg.dataflows-chart rect")).to_have_count(2)
+    # One bar segment per run here: the two of two days ago and the two watched above.
+    expect(page.locator("#dataflows-chart-week svg.dataflows-chart rect")).to_have_count(4)
     expect(page.locator("#dataflows-chart-duration svg")).to_contain_text("invoices-live")
     expect(page.locator("#dataflows-chart-success svg")).to_contain_text("50 %")
     page.screenshot(path=ARTIFACTS / "live-dashboard.png", full_page=True)

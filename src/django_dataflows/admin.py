@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC as datetime_utc
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -54,11 +55,14 @@ from django_dataflows.live.admin_views import LiveRunAdminMixin
 from django_dataflows.models import (
     ACTIVE_STATUSES,
     DataFlow,
+    DataFlowQuerySet,
     DataFlowRun,
     Heartbeat,
+    RunStats,
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.schedules import describe_cron, get_zone, zone_name
 
 if TYPE_CHECKING:
     from django.forms.widgets import _OptAttrs
@@ -117,6 +121,24 @@ def describe_interval(seconds: int) -> str:
     return gettext("every %(interval)s") % {"interval": " ".join(parts)}
 
 
+def describe_schedule(data_flow: DataFlow) -> str:
+    """The flow's schedule in words, an invalid one shown as such (never an exception)."""
+    if data_flow.cron:
+        error = data_flow.schedule_error
+        if error:
+            return format_html(
+                '<span class="dataflows-badge dataflows-badge--failed" title="{}">{}</span> '
+                "<code>{}</code>",
+                error,
+                gettext("invalid schedule"),
+                data_flow.cron,
+            )
+        return describe_cron(data_flow.cron, data_flow.timezone)
+    if data_flow.run_interval is None:
+        return gettext("no schedule")
+    return describe_interval(data_flow.run_interval)
+
+
 def format_duration(duration: timedelta | None) -> str:
     """A run's duration for people: ``850 ms``, ``12.3 s``, ``4 min 5 s``, ``2 h 3 min``."""
     if duration is None:
@@ -131,6 +153,19 @@ def format_duration(duration: timedelta | None) -> str:
         return gettext("%(min)d min %(s)d s") % {"min": minutes, "s": secs}
     hours, minutes = divmod(minutes, 60)
     return gettext("%(h)d h %(min)d min") % {"h": hours, "min": minutes}
+
+
+def format_milliseconds(milliseconds: float | None) -> str:
+    """A duration in ms from the statistics, as ``format_duration`` shows run durations."""
+    if milliseconds is None:
+        return "-"
+    return format_duration(timedelta(milliseconds=milliseconds))
+
+
+def flow_stats(data_flow: DataFlow) -> RunStats | None:
+    """The statistics the flow changelist attached to ``data_flow`` (7 days), if any."""
+    stats: RunStats | None = getattr(data_flow, "dataflows_stats", None)
+    return stats
 
 
 def relative_time(moment: datetime, now: datetime | None = None) -> SafeString:
@@ -206,14 +241,15 @@ class Health:
 def collect_health(now: datetime | None = None) -> Health:
     """The health box's figures, in four queries whatever the number of flows and runs."""
     now = now or timezone.now()
-    shortest = DataFlow.objects.enabled().aggregate(shortest=Min("run_interval"))["shortest"]
+    enabled = DataFlow.objects.enabled().aggregate(shortest=Min("run_interval"), count=Count("pk"))
+    shortest = enabled["shortest"]  # None when every enabled flow is on a cron schedule
     stale_after = HEARTBEAT_STALE_MINIMUM
     if shortest is not None:
         stale_after = max(stale_after, timedelta(seconds=HEARTBEAT_STALE_INTERVALS * shortest))
     return Health(
         last_heartbeat=Heartbeat.last(),
         stale_after=stale_after,
-        has_enabled_flows=shortest is not None,
+        has_enabled_flows=bool(enabled["count"]),
         stuck_runs=len(DataFlowRun.objects.stuck(now)),
         recent_failures=DataFlowRun.objects.filter(
             status__in=FAILURE_STATUSES, ended_at__gte=now - FAILURE_WINDOW
@@ -280,6 +316,13 @@ class DataFlowForm(_DataFlowModelForm):
     """
 
     flow = forms.ChoiceField(label=_("Flow"), widget=FlowSelect)
+    schedule_kind = forms.ChoiceField(
+        label=_("Schedule kind"),
+        choices=(("interval", _("Every N seconds")), ("cron", _("Cron expression"))),
+        widget=forms.RadioSelect(attrs={"class": "dataflows-schedule-kind"}),
+        required=False,
+        help_text=_("The other kind's field is ignored (and cleared) when you save."),
+    )
 
     class Meta:
         model = DataFlow
@@ -289,6 +332,11 @@ class DataFlowForm(_DataFlowModelForm):
             "flow",
             "enabled",
             "run_interval",
+            "cron",
+            "timezone",
+            "alert_after",
+            "alert_emails",
+            "disable_after_failures",
             "configuration",
             "queue",
             "max_retries",
@@ -298,13 +346,30 @@ class DataFlowForm(_DataFlowModelForm):
         widgets = {
             "configuration": forms.Textarea(
                 attrs={"rows": 10, "cols": 80, "class": "vLargeTextField dataflows-json"}
-            )
+            ),
+            "alert_emails": forms.Textarea(attrs={"rows": 2, "cols": 60}),
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if "flow" in self.fields:
             self._offer_registered_flows()
+        if "schedule_kind" in self.fields:
+            self.fields["schedule_kind"].initial = "cron" if self.instance.cron else "interval"
+
+    def clean(self) -> dict[str, Any]:
+        """Apply the schedule-kind switch: the other kind's field is emptied.
+
+        Without the switch in the data (a script posting the form), both fields are kept
+        and the model's rule (exactly one of the two) decides.
+        """
+        cleaned = super().clean() or {}
+        kind = cleaned.get("schedule_kind")
+        dropped = {"cron": "run_interval", "interval": "cron"}.get(kind or "")
+        if dropped is not None and dropped in self.fields:
+            cleaned[dropped] = None if dropped == "run_interval" else ""
+            self.errors.pop(dropped, None)  # a mistake in a field that is switched off
+        return cleaned
 
     def _offer_registered_flows(self) -> None:
         field = self.fields["flow"]
@@ -372,7 +437,10 @@ def _count_recent_runs(since: datetime, statuses: tuple[str, ...]) -> Coalesce:
     """A correlated subquery counting one flow's runs: no join, no GROUP BY on flows."""
     runs = (
         DataFlowRun.objects.filter(
-            data_flow=OuterRef("pk"), created_at__gte=since, status__in=statuses
+            data_flow=OuterRef("pk"),
+            created_at__gte=since,
+            status__in=statuses,
+            deleted_at__isnull=True,
         )
         .order_by()
         .values("data_flow")
@@ -389,50 +457,58 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         "name",
         "flow_display",
         "enabled",
+        "overdue_display",
         "interval_display",
         "last_status",
         "last_run_display",
         "next_run_display",
         "success_rate",
+        "p50_display",
+        "p95_display",
     )
     list_filter = ("enabled", "last_run_status", "flow")
     search_fields = ("name", "description")
     actions = ("run_now", "run_with_input", "enable", "disable")
     readonly_fields = (
         "interval_display",
+        "overdue_display",
+        "consecutive_failures",
         "last_status",
         "last_run_at",
         "next_run_at",
         "created_at",
         "updated_at",
+        "statistics_display",
     )
 
     class Media:
         css = {"all": ("django_dataflows/admin.css",)}
+        js = ("django_dataflows/schedule_kind.js",)
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlow | None = None) -> Any:
-        schedule = ["run_interval"]
+        schedule = ["schedule_kind", "run_interval", "cron", "timezone"]
+        alerts = ["alert_after", "alert_emails", "disable_after_failures"]
         if obj is not None:
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
+            alerts += ["overdue_display", "consecutive_failures"]
         fieldsets: list[tuple[Any, dict[str, Any]]] = [
             (None, {"fields": ["name", "description", "flow", "enabled"]}),
             (_("Schedule"), {"fields": schedule}),
+            (_("Alerts"), {"fields": alerts}),
             (_("Configuration"), {"fields": ["configuration"]}),
             (_("Execution"), {"fields": ["queue", "max_retries", "timeout"]}),
         ]
         if obj is not None:
             fieldsets.append((_("History"), {"fields": ["created_at", "updated_at"]}))
+            fieldsets.append((_("Statistics"), {"fields": ["statistics_display"]}))
         return fieldsets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DataFlow]:
         since = timezone.now() - SUCCESS_RATE_WINDOW
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                recent_rated=_count_recent_runs(since, RATED_STATUSES),
-                recent_succeeded=_count_recent_runs(since, (RunStatus.SUCCESS,)),
-            )
+        flows = cast(DataFlowQuerySet, super().get_queryset(request))
+        return flows.with_overdue_since().annotate(
+            recent_rated=_count_recent_runs(since, RATED_STATUSES),
+            recent_succeeded=_count_recent_runs(since, (RunStatus.SUCCESS,)),
         )
 
     # -- columns ----------------------------------------------------------------------
@@ -447,9 +523,24 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             gettext("not registered"),
         )
 
-    @admin.display(description=_("interval"), ordering="run_interval")
+    @admin.display(description=_("schedule"), ordering="run_interval")
     def interval_display(self, obj: DataFlow) -> str:
-        return describe_interval(obj.run_interval)
+        return describe_schedule(obj)
+
+    @admin.display(description=_("overdue"))
+    def overdue_display(self, obj: DataFlow) -> str:
+        if not obj.is_overdue:
+            return ""
+        since = obj.compute_overdue_since()
+        return format_html(
+            '<span class="dataflows-badge dataflows-badge--overdue" title="{}">{}</span>',
+            gettext("No successful run for %(seconds)s seconds (alert after).")
+            % {"seconds": obj.alert_after},
+            gettext("overdue since %(when)s")
+            % {"when": date_format(timezone.localtime(since), "DATETIME_FORMAT")}
+            if since
+            else gettext("overdue"),
+        )
 
     @admin.display(description=_("last status"), ordering="last_run_status")
     def last_status(self, obj: DataFlow) -> str:
@@ -474,19 +565,72 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         ordering=Cast(F("recent_succeeded"), FloatField()) / NullIf(F("recent_rated"), Value(0)),
     )
     def success_rate(self, obj: DataFlow) -> str:
-        rated: int = getattr(obj, "recent_rated", 0)
-        if not rated:
+        stats = flow_stats(obj)
+        rated = stats["success"] + stats["failed"] + stats["timed_out"] if stats else 0
+        if not stats or stats["success_rate"] is None:
             return format_html('<span class="dataflows-quiet">{}</span>', gettext("no runs"))
-        succeeded: int = getattr(obj, "recent_succeeded", 0)
         return format_html(
             '<span title="{}">{}%</span>',
             gettext(
                 "%(succeeded)d of the %(rated)d runs finished in the last 7 days succeeded "
                 "(cancelled runs are not counted)."
             )
-            % {"succeeded": succeeded, "rated": rated},
-            round(100 * succeeded / rated),
+            % {"succeeded": stats["success"], "rated": rated},
+            round(stats["success_rate"]),
         )
+
+    @admin.display(description=_("p50 (7 days)"))
+    def p50_display(self, obj: DataFlow) -> str:
+        stats = flow_stats(obj)
+        return format_milliseconds(stats["p50_duration_ms"] if stats else None)
+
+    @admin.display(description=_("p95 (7 days)"))
+    def p95_display(self, obj: DataFlow) -> str:
+        stats = flow_stats(obj)
+        return format_milliseconds(stats["p95_duration_ms"] if stats else None)
+
+    @admin.display(description=_("statistics"))
+    def statistics_display(self, obj: DataFlow) -> str:
+        since = timezone.now() - SUCCESS_RATE_WINDOW
+        rows = (
+            (gettext("last 7 days"), obj.runs.stats(since=since)),
+            (gettext("all time"), obj.runs.stats()),
+        )
+        return format_html(
+            '<table class="dataflows-stats"><thead><tr><th></th><th>{}</th><th>{}</th>'
+            "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            gettext("runs"),
+            gettext("success rate"),
+            gettext("p50"),
+            gettext("p95"),
+            gettext("max"),
+            format_html_join(
+                "",
+                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        label,
+                        stats["total"],
+                        "-" if stats["success_rate"] is None else f"{stats['success_rate']:g}%",
+                        format_milliseconds(stats["p50_duration_ms"]),
+                        format_milliseconds(stats["p95_duration_ms"]),
+                        format_milliseconds(stats["max_duration_ms"]),
+                    )
+                    for label, stats in rows
+                ),
+            ),
+        )
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """Attach each listed flow's statistics, for the whole page in at most two queries."""
+        changelist = super().get_changelist_instance(request)
+        flows = list(changelist.result_list)  # evaluated once; the template reuses it
+        stats = DataFlowRun.objects.filter(
+            data_flow__in=[flow.pk for flow in flows]
+        ).stats_per_flow(since=timezone.now() - SUCCESS_RATE_WINDOW)
+        for flow in flows:
+            flow.dataflows_stats = stats.get(flow.pk)
+        return changelist
 
     # -- actions ----------------------------------------------------------------------
 
@@ -626,9 +770,10 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             if can_view_runs
             else None,
             "upcoming_runs": [
-                (moment, relative_time(moment, now))
+                (moment, relative_time(moment, now), *_in_zone_and_utc(obj, moment))
                 for moment in obj.upcoming_runs(UPCOMING_RUNS_SHOWN, now=now)
             ],
+            "schedule_error": obj.schedule_error,
         }
 
     def _can_view_runs(self, request: HttpRequest) -> bool:
@@ -639,7 +784,45 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         return run_admin.has_view_permission(request)
 
 
+def _in_zone_and_utc(data_flow: DataFlow, moment: datetime) -> tuple[str, str]:
+    """``moment`` on the flow's wall clock (its zone named) and in UTC."""
+    if data_flow.cron:  # upcoming_runs() is empty when the zone is invalid
+        label = zone_name(data_flow.timezone)
+        local = moment.astimezone(get_zone(data_flow.timezone))
+    else:
+        label = timezone.get_current_timezone_name()
+        local = timezone.localtime(moment)
+    return (
+        f"{local:%Y-%m-%d %H:%M %Z} ({label})",
+        f"{moment.astimezone(datetime_utc):%Y-%m-%d %H:%M} UTC",
+    )
+
+
 # -- DataFlowRun ------------------------------------------------------------------------
+
+
+class DeletedRunsFilter(admin.SimpleListFilter):
+    """Soft-deleted runs are hidden unless asked for; they stay until ``dataflows_prune``."""
+
+    title = _("deleted")
+    parameter_name = "deleted"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", gettext("Deleted only")), ("all", gettext("All, deleted included"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(deleted_at__isnull=False)
+        if self.value() == "all":
+            return queryset
+        return queryset.filter(deleted_at__isnull=True)
+
+    def choices(self, changelist: Any) -> Any:
+        choices = iter(super().choices(changelist))
+        default = next(choices)  # Django calls it "All"; here it hides deleted runs
+        default["display"] = gettext("Not deleted")
+        yield default
+        yield from choices
 
 
 @admin.register(DataFlowRun)
@@ -664,7 +847,7 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
         "attempt",
     )
     list_display_links = ("id",)
-    list_filter = ("status", "trigger", "data_flow")
+    list_filter = ("status", "trigger", "data_flow", DeletedRunsFilter)
     list_select_related = ("data_flow", "triggered_by")
     search_fields = ("data_flow__name", "error_message", "task_id")
     date_hierarchy = "created_at"

@@ -1,4 +1,4 @@
-"""App configuration: discovers flows and registers the system checks."""
+"""App configuration: discovers flows, registers the system checks, connects the alerts."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ class DataFlowsConfig(AppConfig):
     flow_module_errors: list[tuple[str, Exception]]
 
     def ready(self) -> None:
-        from django_dataflows import checks  # noqa: F401 - registers the checks
+        from django_dataflows import alerts, checks  # noqa: F401 - checks registers itself
         from django_dataflows.conf import app_settings
         from django_dataflows.flows import autodiscover
 
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         connect_live_publisher()
+        alerts.connect()
 
 
 def connect_live_publisher() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import validate_email
 from django.urls import URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
@@ -64,6 +65,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_callbacks(config)
     errors += _check_flow_modules()
     errors += _check_live(config)
+    errors += _check_alert_emails(config)
     return errors
 
 
@@ -77,13 +79,13 @@ def _check_live(config: Mapping[str, Any]) -> list[CheckMessage]:
             errors.append(
                 Error(
                     f"DATAFLOWS[{key!r}] must be a positive number of seconds, not {value!r}.",
-                    id="dataflows.E021",
+                    id="dataflows.E041",
                 )
             )
     try:
         source = load_event_source_class(str(_get(config, "EVENTS")))
     except ImproperlyConfigured as exc:
-        return [*errors, Error(str(exc), id="dataflows.E020")]
+        return [*errors, Error(str(exc), id="dataflows.E040")]
     return errors + source.check()
 
 
@@ -266,6 +268,31 @@ def _check_steps(path: str, flow_class: type[Flow]) -> list[CheckMessage]:
                 id="dataflows.E021",
             )
         )
+    return errors
+
+
+def _check_alert_emails(config: Mapping[str, Any]) -> list[CheckMessage]:
+    addresses = _get(config, "ALERT_EMAILS")
+    if isinstance(addresses, str):
+        addresses = [addresses]
+    if not isinstance(addresses, list | tuple):
+        return [
+            Error(
+                f"DATAFLOWS['ALERT_EMAILS'] must be a list of e-mail addresses, not {addresses!r}.",
+                id="dataflows.E020",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for address in addresses:
+        try:
+            validate_email(address)
+        except ValidationError:
+            errors.append(
+                Error(
+                    f"DATAFLOWS['ALERT_EMAILS'] has an invalid e-mail address: {address!r}.",
+                    id="dataflows.E020",
+                )
+            )
     return errors
 
 

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "EVENTS_REDIS_URL": "redis://127.0.0.1:6379/0",
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
+    "ALERT_EMAILS": [],
 }
 
 
@@ -113,6 +114,12 @@ class DataFlowsSettings:
     @property
     def SSE_POLL_INTERVAL(self) -> float:
         return float(self._get("SSE_POLL_INTERVAL"))
+
+    @property
+    def ALERT_EMAILS(self) -> list[str]:
+        value = self._get("ALERT_EMAILS") or []
+        # A single address given as a string is one recipient, not a list of characters.
+        return [value] if isinstance(value, str) else list(value)
 
 
 app_settings = DataFlowsSettings()

@@ -10,12 +10,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypedDict
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import EmptyResultSet, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
-from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, Min, Q, Window
-from django.db.models.functions import Now, RowNumber
+from django.db.models import ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Window
+from django.db.models.functions import Coalesce, Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -28,6 +28,13 @@ from django_dataflows.exceptions import (
     RunAlreadyActive,
 )
 from django_dataflows.flows import Flow, get_flow_class
+from django_dataflows.schedules import (
+    InvalidSchedule,
+    next_cron_slot,
+    upcoming_cron_slots,
+    validate_cron,
+    validate_timezone,
+)
 from django_dataflows.validators import (
     configuration_errors,
     validate_json_object,
@@ -83,6 +90,55 @@ def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
     return slot + timedelta(seconds=missed * interval)
 
 
+def next_slot_for(data_flow: DataFlow, slot: datetime, now: datetime) -> datetime:
+    """The flow's next slot after claiming ``slot`` at ``now`` (missed slots collapse).
+
+    Raises ``InvalidSchedule`` for a cron expression or zone stored without validation.
+    """
+    if data_flow.cron:
+        return next_cron_slot(data_flow.cron, data_flow.timezone, max(slot, now))
+    if data_flow.run_interval is None:
+        raise InvalidSchedule(f"Data flow {data_flow.name!r} has neither cron nor run_interval.")
+    return next_slot_after(slot, data_flow.run_interval, now)
+
+
+def split_alert_emails(value: str) -> list[str]:
+    """The addresses in an ``alert_emails`` value (commas, semicolons or whitespace)."""
+    return [address for address in value.replace(";", ",").replace(",", " ").split() if address]
+
+
+def validate_alert_emails(value: str) -> None:
+    for address in split_alert_emails(value):
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise ValidationError(
+                _("%(address)s is not a valid e-mail address."),
+                code="invalid_email",
+                params={"address": repr(address)},
+            ) from None
+
+
+class Seconds(Func):
+    """An integer column of seconds as a duration, to add to a datetime in SQL.
+
+    Databases without an interval type (SQLite, MySQL) store durations as microseconds.
+    """
+
+    output_field = models.DurationField()
+    template = "(%(expressions)s * 1000000)"
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler, connection, template="(%(expressions)s * INTERVAL '1 second')", **extra
+        )
+
+    def as_oracle(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler, connection, template="NUMTODSINTERVAL(%(expressions)s, 'SECOND')", **extra
+        )
+
+
 class DataFlowQuerySet(models.QuerySet["DataFlow"]):
     def enabled(self) -> DataFlowQuerySet:
         return self.filter(enabled=True)
@@ -91,9 +147,50 @@ class DataFlowQuerySet(models.QuerySet["DataFlow"]):
         """Enabled flows whose ``next_run_at`` has come (uses the due index)."""
         return self.filter(enabled=True, next_run_at__lte=now or timezone.now())
 
+    def with_overdue_since(self) -> DataFlowQuerySet:
+        """Annotate ``overdue_since``: when each flow is (or will be) overdue.
 
-#: DataFlow fields written by the scheduler and the executor, never by a plain save().
-SCHEDULER_FIELDS = frozenset({"next_run_at", "last_run_at", "last_run_status", "state"})
+        That is ``alert_after`` seconds after its last successful run ended, or after it was
+        created if it never succeeded; ``None`` without ``alert_after``. One correlated
+        subquery per flow, on the (data_flow, created_at) index: runs of one flow never
+        overlap, so its newest successful run is also the one that ended last.
+        """
+        last_success = (
+            DataFlowRun.objects.filter(data_flow=OuterRef("pk"), status=RunStatus.SUCCESS)
+            .order_by("-created_at")
+            .values("ended_at")[:1]
+        )
+        return self.annotate(
+            overdue_since=ExpressionWrapper(
+                Coalesce(Subquery(last_success), F("created_at")) + Seconds(F("alert_after")),
+                output_field=models.DateTimeField(),
+            )
+        )
+
+    def overdue(self, now: datetime | None = None) -> DataFlowQuerySet:
+        """Enabled flows with ``alert_after`` and no successful run for that long.
+
+        Each row carries ``overdue_since``, the instant it became overdue.
+        """
+        return (
+            self.filter(enabled=True, alert_after__isnull=False)
+            .with_overdue_since()
+            .filter(Q(overdue_since__lte=now or timezone.now()))
+        )
+
+
+#: DataFlow fields written by the scheduler, the executor and the alerts, never by a plain
+#: save().
+SCHEDULER_FIELDS = frozenset(
+    {
+        "next_run_at",
+        "last_run_at",
+        "last_run_status",
+        "state",
+        "consecutive_failures",
+        "overdue_episode_since",
+    }
+)
 
 
 def row_lock(queryset: models.QuerySet[Any]) -> models.QuerySet[Any]:
@@ -108,7 +205,7 @@ def row_lock(queryset: models.QuerySet[Any]) -> models.QuerySet[Any]:
 
 
 class DataFlow(models.Model):
-    """A flow to run every ``run_interval`` seconds, with its configuration."""
+    """A flow to run on a schedule (``run_interval`` or ``cron``), with its configuration."""
 
     name = models.CharField(_("name"), max_length=200, unique=True)
     description = models.TextField(_("description"), blank=True)
@@ -129,8 +226,10 @@ class DataFlow(models.Model):
     )
     run_interval = models.PositiveIntegerField(
         _("run interval"),
+        null=True,
+        blank=True,
         validators=[MinValueValidator(1)],
-        help_text=_("Seconds between scheduled runs."),
+        help_text=_("Seconds between scheduled runs; empty for a cron schedule."),
     )
     queue = models.CharField(
         _("queue"),
@@ -168,6 +267,67 @@ class DataFlow(models.Model):
             "with a successful run, never by a plain save()."
         ),
     )
+    # The schedule fields below come after every use of django.utils.timezone in this class
+    # body: the field named ``timezone`` shadows the module from here on.
+    cron = models.CharField(
+        _("cron expression"),
+        max_length=100,
+        blank=True,
+        validators=[validate_cron],
+        help_text=_(
+            "Five fields (minute hour day-of-month month day-of-week), e.g. 30 2 * * 1-5, or "
+            "@hourly, @daily, @weekly, @monthly, @yearly; empty for an interval schedule."
+        ),
+    )
+    timezone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        blank=True,
+        validators=[validate_timezone],
+        help_text=_(
+            "IANA name the cron expression is read in, e.g. Europe/Berlin; empty means "
+            "settings.TIME_ZONE."
+        ),
+    )
+    alert_after = models.PositiveIntegerField(
+        _("alert after"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_(
+            "Seconds without a successful run after which the flow is overdue "
+            "(a dead man's switch); empty for never."
+        ),
+    )
+    alert_emails = models.TextField(
+        _("alert e-mails"),
+        blank=True,
+        validators=[validate_alert_emails],
+        help_text=_(
+            "Addresses told when a run fails, the flow is overdue, or it recovers (commas or "
+            "new lines); empty means DATAFLOWS['ALERT_EMAILS']."
+        ),
+    )
+    disable_after_failures = models.PositiveSmallIntegerField(
+        _("disable after failures"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_("Disable the flow after this many consecutive failed runs; empty for never."),
+    )
+    consecutive_failures = models.PositiveIntegerField(
+        _("consecutive failures"),
+        default=0,
+        editable=False,
+        help_text=_("Failed runs since the last success (the current failure episode)."),
+    )
+    overdue_episode_since = models.DateTimeField(
+        _("overdue episode since"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the overdue episode already announced began; cleared by a success."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -178,10 +338,31 @@ class DataFlow(models.Model):
         verbose_name_plural = _("data flows")
         ordering = ("name",)
         permissions = (("run_dataflow", _("Can run data flows and control their runs")),)
-        indexes = (models.Index(fields=("enabled", "next_run_at"), name="dataflows_due_idx"),)
+        indexes = (
+            models.Index(fields=("enabled", "next_run_at"), name="dataflows_due_idx"),
+            # Every heartbeat looks for overdue flows: only watched flows are read.
+            models.Index(
+                fields=("alert_after",),
+                condition=Q(enabled=True, alert_after__isnull=False),
+                name="dataflows_watched_idx",
+            ),
+        )
         constraints = (
             models.CheckConstraint(
                 condition=Q(run_interval__gte=1), name="dataflows_run_interval_positive"
+            ),
+            models.CheckConstraint(
+                condition=(Q(cron="") & Q(run_interval__isnull=False))
+                | (~Q(cron="") & Q(run_interval__isnull=True)),
+                name="dataflows_one_schedule",
+                violation_error_message=_("Set either a cron expression or a run interval."),
+            ),
+            models.CheckConstraint(
+                condition=Q(alert_after__gte=1), name="dataflows_alert_after_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(disable_after_failures__gte=1),
+                name="dataflows_disable_after_failures_positive",
             ),
         )
 
@@ -228,33 +409,114 @@ class DataFlow(models.Model):
             errors["configuration"] = validate_json_object.message
         if errors:
             raise ValidationError(errors)
+        if isinstance(self.cron, str):
+            self.cron = self.cron.strip()
+        if isinstance(self.timezone, str):
+            self.timezone = self.timezone.strip()
         super().clean_fields(exclude=exclude)
 
     def clean(self) -> None:
-        """Check the configuration against the flow's ``configuration_schema``."""
+        """A flow has exactly one schedule (``cron`` or ``run_interval``), and a
+        configuration its flow's ``configuration_schema`` accepts.
+
+        A schedule error goes on both fields, so whichever of the two a form shows carries it.
+        """
         super().clean()
+        errors: dict[str, Any] = {}
+        if self.cron and self.run_interval is not None:
+            message = _("Set either a cron expression or a run interval, not both.")
+        elif not self.cron and self.run_interval is None:
+            message = _("Set a cron expression or a run interval.")
+        else:
+            message = None
+        if message is not None:
+            errors["cron"] = ValidationError(message, code="schedule")
+            errors["run_interval"] = ValidationError(message, code="schedule")
         if self.flow and isinstance(self.configuration, dict):
             try:
                 flow_class = self.flow_class
             except FlowNotRegistered:
-                return  # reported on the flow field
-            messages = configuration_errors(flow_class, self.configuration)
-            if messages:
-                raise ValidationError({"configuration": messages})
+                flow_class = None  # reported on the flow field
+            if flow_class is not None:
+                messages = configuration_errors(flow_class, self.configuration)
+                if messages:
+                    errors["configuration"] = messages
+        if errors:
+            raise ValidationError(errors)
+
+    #: The fields that define when a flow runs: changing one recomputes ``next_run_at``.
+    SCHEDULE_FIELDS = ("run_interval", "cron", "timezone", "enabled")
 
     def _schedule_changed(self) -> bool:
-        """Is this a new flow, or does the save change ``run_interval`` or ``enabled``?"""
+        """Is this a new flow, or does the save change its schedule or ``enabled``?"""
         if self._state.adding or self.pk is None:
             return True
-        stored = DataFlow.objects.filter(pk=self.pk).values_list("run_interval", "enabled").first()
-        return stored != (self.run_interval, self.enabled)
+        stored = DataFlow.objects.filter(pk=self.pk).values_list(*self.SCHEDULE_FIELDS).first()
+        return stored != tuple(getattr(self, name) for name in self.SCHEDULE_FIELDS)
 
     def compute_next_run_at(self, now: datetime | None = None) -> datetime:
-        """When the flow is next due: ``run_interval`` after its last run, or now if never run."""
+        """When the flow is next due.
+
+        An interval flow: ``run_interval`` after its last run, or now if never run. A cron
+        flow: its first slot after now (a cron schedule is a wall-clock promise: enabling
+        or editing it never starts a catch-up run). A cron stored invalid (bypassing
+        validation) is due now, so the heartbeat reports it rather than forgetting it.
+        """
         now = now or timezone.now()
-        if self.last_run_at is None:
+        if self.cron:
+            try:
+                return next_cron_slot(self.cron, self.timezone, now)
+            except InvalidSchedule:
+                return now
+        if self.last_run_at is None or self.run_interval is None:
             return now
         return max(self.last_run_at + timedelta(seconds=self.run_interval), now)
+
+    @property
+    def schedule_error(self) -> str | None:
+        """Why the stored schedule cannot be evaluated, or ``None`` (for the admin)."""
+        if not self.cron and self.run_interval is None:
+            return str(_("The flow has neither a cron expression nor a run interval."))
+        if not self.cron:
+            return None
+        try:
+            next_cron_slot(self.cron, self.timezone, timezone.now())
+        except InvalidSchedule as exc:
+            return str(exc)
+        return None
+
+    @property
+    def alert_recipients(self) -> list[str]:
+        """Who is told about failures: the flow's ``alert_emails``, else the default list."""
+        return split_alert_emails(self.alert_emails) or list(app_settings.ALERT_EMAILS)
+
+    def compute_overdue_since(self) -> datetime | None:
+        """When the flow is (or will be) overdue; ``None`` without ``alert_after``."""
+        if "overdue_since" in self.__dict__:  # annotated by with_overdue_since()
+            value: datetime | None = self.__dict__["overdue_since"]
+            return value
+        if self.alert_after is None or self.pk is None:
+            return None
+        last_success = (
+            self.runs.filter(status=RunStatus.SUCCESS)
+            .order_by("-created_at")
+            .values_list("ended_at", flat=True)
+            .first()
+        )
+        base = last_success or self.created_at
+        return base + timedelta(seconds=self.alert_after)
+
+    @property
+    def is_overdue(self) -> bool:
+        """Has this enabled flow gone ``alert_after`` seconds without a successful run?
+
+        Uses the ``overdue_since`` annotation of ``with_overdue_since()`` / ``overdue()``
+        when present (no query per flow in a list), else one query.
+        """
+        if not self.enabled or self.alert_after is None:
+            return False
+        since = self.compute_overdue_since()
+        return since is not None and since <= timezone.now()
 
     @property
     def flow_class(self) -> type[Flow]:
@@ -274,10 +536,22 @@ class DataFlow(models.Model):
         return app_settings.MAX_RETRIES if self.max_retries is None else self.max_retries
 
     def upcoming_runs(self, count: int = 5, now: datetime | None = None) -> list[datetime]:
-        """The next ``count`` scheduled times (empty when disabled)."""
+        """The next ``count`` scheduled times (empty when disabled or invalid).
+
+        A cron flow's come from the expression alone, strictly after ``now``; an interval
+        flow's start at ``next_run_at`` (or ``now``, if that has passed).
+        """
+        now = now or timezone.now()
         if not self.enabled:
             return []
-        first = max(self.next_run_at, now or timezone.now())
+        if self.cron:
+            try:
+                return upcoming_cron_slots(self.cron, self.timezone, now, count)
+            except InvalidSchedule:
+                return []
+        if self.run_interval is None:
+            return []
+        first = max(self.next_run_at, now)
         return [first + timedelta(seconds=i * self.run_interval) for i in range(count)]
 
     def create_pending_run(
@@ -291,10 +565,11 @@ class DataFlow(models.Model):
     ) -> DataFlowRun:
         """Record a new pending run and move the schedule; raise ``RunAlreadyActive``.
 
-        A run started by hand pushes the next scheduled run to at least ``run_interval``
-        later, as a scheduled one would (the heartbeat claims scheduled runs in bulk in
-        :mod:`django_dataflows.scheduling`). ``input`` (a JSON object, else
-        ``ValidationError``) is stored on the run as ``self.input`` of the flow.
+        A run started by hand pushes an interval flow's next scheduled run to at least
+        ``run_interval`` later, as a scheduled one would; it never moves a cron flow's next
+        slot (the heartbeat claims scheduled runs in bulk in :mod:`django_dataflows.scheduling`).
+        ``input`` (a JSON object, else ``ValidationError``) is stored on the run as
+        ``self.input`` of the flow.
         """
         input = {} if input is None else input
         validate_run_input(input)
@@ -327,7 +602,11 @@ class DataFlow(models.Model):
             now = now or timezone.now()
             self.last_run_at = now
             self.last_run_status = RunStatus.IN_PROGRESS
-            self.next_run_at = max(next_run_at, now + timedelta(seconds=self.run_interval))
+            self.next_run_at = (
+                next_run_at
+                if self.cron or self.run_interval is None
+                else max(next_run_at, now + timedelta(seconds=self.run_interval))
+            )
             DataFlow.objects.filter(pk=self.pk).update(
                 last_run_at=self.last_run_at,
                 last_run_status=self.last_run_status,
@@ -433,19 +712,6 @@ class RunStats(TypedDict):
 PERCENTILES = {"p50_duration_ms": 0.5, "p95_duration_ms": 0.95}
 
 
-class PercentileCont(Aggregate):
-    """PostgreSQL's exact, interpolated ``percentile_cont(p) WITHIN GROUP (ORDER BY x)``."""
-
-    function = "PERCENTILE_CONT"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
-        if not 0 <= fraction <= 1:
-            raise ValueError(f"A percentile is a fraction from 0 to 1, not {fraction!r}.")
-        super().__init__(expression, fraction=repr(float(fraction)), **extra)
-
-
 def _percentile_positions(count: int, fraction: float) -> tuple[int, int, float]:
     """Where ``percentile_cont`` reads in ``count`` sorted values: two ranks and a weight.
 
@@ -460,22 +726,75 @@ def _interpolate(lower_value: float, upper_value: float, weight: float) -> float
     return float(lower_value + (upper_value - lower_value) * weight)
 
 
-def _stats_aggregates(with_percentiles: bool) -> dict[str, Aggregate]:
-    """Every figure of :class:`RunStats` that one aggregate query can compute."""
-    timed = Q(status__in=RATED_STATUSES, duration_ms__isnull=False)
-    aggregates: dict[str, Aggregate] = {"total": Count("pk")}
-    for status in RunStatus:
-        aggregates[status.value] = Count("pk", filter=Q(status=status))
-    aggregates |= {
-        "timed_count": Count("pk", filter=timed),
-        "avg_duration_ms": Avg("duration_ms", filter=timed),
-        "min_duration_ms": Min("duration_ms", filter=timed),
-        "max_duration_ms": Max("duration_ms", filter=timed),
-    }
-    if with_percentiles:
-        for key, fraction in PERCENTILES.items():
-            aggregates[key] = PercentileCont("duration_ms", fraction, filter=timed)
-    return aggregates
+#: What one statistics row holds, in order, after the flow id of a per-flow row.
+_STATS_COLUMNS = (
+    "total",
+    *RunStatus.values,
+    "timed_count",
+    "avg_duration_ms",
+    "min_duration_ms",
+    "max_duration_ms",
+)
+
+
+#: Up to this many rated runs, PostgreSQL sorts them for ``percentile_cont`` in memory;
+#: beyond, reading two offsets of the rated-duration index is faster (``bench/stats.py``).
+SORTED_PERCENTILES_LIMIT = 100_000
+
+
+def _sorted_percentiles(rated: models.QuerySet[Any]) -> dict[str, float | None]:
+    """PostgreSQL's ``percentile_cont`` over the durations of ``rated`` runs (one query)."""
+    inner_sql, params = rated.values("duration_ms").query.sql_with_params()
+    fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
+    sql = (
+        f"SELECT PERCENTILE_CONT(ARRAY[{fractions}]) "  # noqa: S608 - no user input
+        f"WITHIN GROUP (ORDER BY runs.duration_ms) FROM ({inner_sql}) runs"
+    )
+    with connections[rated.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        (values,) = cursor.fetchone() or (None,)
+    return _postgres_percentiles({"percentiles": values})
+
+
+#: The statistics row of no runs at all.
+_NO_RUNS: dict[str, Any] = {
+    **dict.fromkeys(_STATS_COLUMNS, 0),
+    **dict.fromkeys(("avg_duration_ms", "min_duration_ms", "max_duration_ms")),
+}
+
+
+def _stats_sql(inner_sql: str, *, percentiles: bool, per_flow: bool) -> tuple[str, list[Any]]:
+    """One aggregate statement over the rows ``inner_sql`` selects (flow, status, duration).
+
+    Written out rather than built from ORM aggregates: Django takes longer to resolve
+    fourteen filtered aggregates than PostgreSQL takes to compute them over a flow's runs
+    (``bench/stats.py``). Plain ``CASE`` expressions run on every database; the ordered-set
+    aggregate ignores the NULLs they give for runs that are not rated.
+    """
+    rated = "runs.status IN (%s, %s, %s) AND runs.duration_ms IS NOT NULL"
+    rated_duration = f"CASE WHEN {rated} THEN runs.duration_ms END"
+    columns = ["runs.data_flow_id"] if per_flow else []
+    columns.append("COUNT(*)")
+    params: list[Any] = []
+    for status in RunStatus.values:
+        columns.append("COUNT(CASE WHEN runs.status = %s THEN 1 END)")
+        params.append(status)
+    for function in ("COUNT", "AVG", "MIN", "MAX"):
+        columns.append(f"{function}({rated_duration})")
+        params += RATED_STATUSES
+    if percentiles:
+        fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
+        columns.append(
+            f"PERCENTILE_CONT(ARRAY[{fractions}]) WITHIN GROUP (ORDER BY {rated_duration})"
+        )
+        params += RATED_STATUSES
+    sql = f"SELECT {', '.join(columns)} FROM ({inner_sql}) runs"  # noqa: S608 - no user input
+    return (sql + " GROUP BY runs.data_flow_id" if per_flow else sql), params
+
+
+def _postgres_percentiles(row: dict[str, Any]) -> dict[str, float | None]:
+    values = row.get("percentiles") or [None] * len(PERCENTILES)
+    return dict(zip(PERCENTILES, values, strict=True))
 
 
 def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> RunStats:
@@ -535,29 +854,31 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         success rate is ``success / (success + failed + timed_out)`` in percent (``None``
         with none of those): active runs are not rated, cancelled ones are counted but not
         rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
-        percentiles) are over the same rated runs. One query on PostgreSQL
-        (``percentile_cont``); elsewhere three (the aggregate, then one ordered offset query
-        per percentile), whatever the number of runs.
+        percentiles) are over the same rated runs.
+
+        At most three queries, whatever the number of runs: the counts and averages, then
+        the percentiles: on PostgreSQL one ``percentile_cont`` for up to
+        ``SORTED_PERCENTILES_LIMIT`` rated runs; beyond that (and on other databases) one
+        ordered ``OFFSET`` query per percentile, which reads the partial index of rated
+        durations instead of sorting a million values.
         """
         runs = self._stats_base(since)
-        vendor = connections[runs.db].vendor
-        row = runs.aggregate(**_stats_aggregates(with_percentiles=vendor == "postgresql"))
-        if vendor == "postgresql":
-            return _run_stats(row, {key: row[key] for key in PERCENTILES})
+        rows = self._stats_rows(runs, percentiles=False, per_flow=False)
+        row = rows[0] if rows else _NO_RUNS
         count = row["timed_count"]
-        durations = (
-            runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
-            .order_by("duration_ms")
-            .values_list("duration_ms", flat=True)
-        )
         percentiles: dict[str, float | None] = dict.fromkeys(PERCENTILES)
+        if not count:
+            return _run_stats(row, percentiles)
+        rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
+        if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
+            return _run_stats(row, _sorted_percentiles(rated))
+        durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
         for key, fraction in PERCENTILES.items():
-            if count:
-                lower, upper, weight = _percentile_positions(count, fraction)
-                values: list[int] = [
-                    value for value in durations[lower : upper + 1] if value is not None
-                ]
-                percentiles[key] = _interpolate(values[0], values[-1], weight)
+            lower, upper, weight = _percentile_positions(count, fraction)
+            values: list[int] = [
+                value for value in durations[lower : upper + 1] if value is not None
+            ]
+            percentiles[key] = _interpolate(values[0], values[-1], weight)
         return _run_stats(row, percentiles)
 
     def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
@@ -567,14 +888,12 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         query that reads only the rows each percentile needs. Flows without runs are absent.
         """
         runs = self._stats_base(since)
-        vendor = connections[runs.db].vendor
-        rows = runs.values("data_flow_id").annotate(
-            **_stats_aggregates(with_percentiles=vendor == "postgresql")
-        )
-        by_flow: dict[int, dict[str, Any]] = {row["data_flow_id"]: dict(row) for row in rows}
-        if vendor == "postgresql":
+        postgres = connections[runs.db].vendor == "postgresql"
+        rows = self._stats_rows(runs, percentiles=postgres, per_flow=True)
+        by_flow = {row["data_flow_id"]: row for row in rows}
+        if postgres:
             return {
-                flow_id: _run_stats(row, {key: row[key] for key in PERCENTILES})
+                flow_id: _run_stats(row, _postgres_percentiles(row))
                 for flow_id, row in by_flow.items()
             }
         ranks = self._percentile_ranks(
@@ -595,6 +914,27 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
     def _stats_base(self, since: datetime | None) -> DataFlowRunQuerySet:
         runs = self.not_deleted().order_by()
         return runs if since is None else runs.filter(created_at__gte=since)
+
+    @staticmethod
+    def _stats_rows(
+        runs: DataFlowRunQuerySet, *, percentiles: bool, per_flow: bool
+    ) -> list[dict[str, Any]]:
+        """The aggregate rows of ``runs`` (one, or one per flow), as dicts."""
+        try:
+            inner_sql, inner_params = runs.values(
+                "data_flow_id", "status", "duration_ms"
+            ).query.sql_with_params()
+        except EmptyResultSet:  # e.g. filter(data_flow__in=[]): nothing to count
+            return []
+        sql, params = _stats_sql(inner_sql, percentiles=percentiles, per_flow=per_flow)
+        names = (
+            *(["data_flow_id"] if per_flow else []),
+            *_STATS_COLUMNS,
+            *(["percentiles"] if percentiles else []),
+        )
+        with connections[runs.db].cursor() as cursor:
+            cursor.execute(sql, [*params, *inner_params])
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     @staticmethod
     def _percentile_ranks(
@@ -620,24 +960,25 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
                 status__in=RATED_STATUSES, duration_ms__isnull=False, data_flow_id__in=wanted
             )
             .annotate(
-                dataflows_rank=Window(
+                flow_ref=F("data_flow_id"),
+                duration_ref=F("duration_ms"),
+                rank_ref=Window(
                     RowNumber(), partition_by=[F("data_flow_id")], order_by=F("duration_ms").asc()
-                )
+                ),
             )
-            .values_list("data_flow_id", "duration_ms", "dataflows_rank")
+            .values_list("flow_ref", "duration_ref", "rank_ref")
         )
         inner_sql, inner_params = ranked.query.sql_with_params()
         conditions = []
         params: list[Any] = list(inner_params)
         for flow_id, wanted_ranks in wanted.items():
             placeholders = ", ".join(["%s"] * len(wanted_ranks))
-            conditions.append(f"(ranked.flow_id = %s AND ranked.rank_number IN ({placeholders}))")
+            conditions.append(f"(ranked.flow_ref = %s AND ranked.rank_ref IN ({placeholders}))")
             # ROW_NUMBER() counts from 1; percentile positions count from 0.
             params += [flow_id, *(rank + 1 for rank in wanted_ranks)]
         sql = (
-            "SELECT ranked.flow_id, ranked.duration, ranked.rank_number "  # noqa: S608
-            f"FROM ({inner_sql}) AS ranked (flow_id, duration, rank_number) "
-            f"WHERE {' OR '.join(conditions)}"
+            "SELECT ranked.flow_ref, ranked.duration_ref, ranked.rank_ref "  # noqa: S608
+            f"FROM ({inner_sql}) ranked WHERE {' OR '.join(conditions)}"
         )
         with connections[runs.db].cursor() as cursor:
             cursor.execute(sql, params)
@@ -768,6 +1109,26 @@ class DataFlowRun(models.Model):
             models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
             models.Index(fields=("data_flow", "duration_ms"), name="dataflows_run_duration_idx"),
             models.Index(fields=("updated_at",), name="dataflows_run_updated_idx"),
+            # Statistics read these without touching the table (index-only on PostgreSQL,
+            # which alone honours INCLUDE): a time range, and one flow's runs by status.
+            models.Index(
+                fields=("created_at",),
+                include=("data_flow", "status", "duration_ms", "deleted_at"),
+                name="dataflows_run_created_idx",
+            ),
+            models.Index(
+                fields=("data_flow", "status"),
+                include=("duration_ms", "deleted_at", "created_at"),
+                name="dataflows_run_flow_stat_idx",
+            ),
+            # The durations the percentiles of many runs read in order (OFFSET), unsorted.
+            models.Index(
+                fields=("duration_ms",),
+                condition=Q(
+                    status__in=RATED_STATUSES, duration_ms__isnull=False, deleted_at__isnull=True
+                ),
+                name="dataflows_run_rated_ms_idx",
+            ),
         )
         constraints = (
             models.UniqueConstraint(

@@ -28,8 +28,9 @@ from django_dataflows.models import (
     Heartbeat,
     RunStatus,
     RunTrigger,
-    next_slot_after,
+    next_slot_for,
 )
+from django_dataflows.schedules import InvalidSchedule
 
 logger = logging.getLogger("django_dataflows.heartbeat")
 
@@ -53,6 +54,8 @@ class HeartbeatResult:
     flows_skipped: int = 0
     flows_failed: int = 0
     runs_timed_out: int = 0
+    #: Enabled flows with ``alert_after`` and no successful run for that long.
+    flows_overdue: int = 0
     #: Runs the backend refused (broker down): the heartbeat answers 503.
     enqueue_failures: int = 0
     run_ids: list[int] = field(default_factory=list)
@@ -83,7 +86,19 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
         .filter(data_flow__in=[flow.pk for flow in due])
         .values_list("data_flow_id", flat=True)
     )
-    claimed = [flow for flow in due if flow.pk not in busy]
+    claimed = []
+    next_slots: dict[int, datetime] = {}
+    for flow in due:
+        if flow.pk in busy:
+            continue
+        try:
+            next_slots[flow.pk] = next_slot_for(flow, flow.next_run_at, now)
+        except InvalidSchedule as exc:
+            # Stored without validation: skip it (it stays due, so this repeats each
+            # heartbeat until someone fixes it) rather than fail the other flows.
+            logger.error("Data flow %r skipped: its schedule is invalid: %s", flow.name, exc)
+            continue
+        claimed.append(flow)
     runs = [
         DataFlowRun(
             data_flow=flow,
@@ -99,7 +114,7 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     if runs:
         runs = _insert_runs(runs)
         for flow in claimed:
-            flow.next_run_at = next_slot_after(flow.next_run_at, flow.run_interval, now)
+            flow.next_run_at = next_slots[flow.pk]
             flow.last_run_at = now
             flow.last_run_status = RunStatus.IN_PROGRESS
         _advance_schedules(claimed, now)
@@ -212,8 +227,41 @@ def dispatch_runs(runs: list[DataFlowRun]) -> int:
     return refused
 
 
+def announce_overdue_flows(now: datetime) -> int:
+    """Send ``flow_overdue`` once per overdue episode; return how many flows are overdue.
+
+    Announcing stores the instant the episode began in ``overdue_episode_since`` with a
+    conditional update, so one heartbeat announces it however many run at once; the next
+    success clears it (``django_dataflows.alerts``), which ends the episode.
+    """
+    # Names in a tuple, not literals: django-stubs cannot see the annotation.
+    columns = ("pk", "overdue_since", "overdue_episode_since")
+    overdue = list(DataFlow.objects.overdue(now).values_list(*columns))
+    # One query whatever the number of overdue flows; one more per flow just become overdue.
+    starting = {pk: since for pk, since, announced in overdue if announced is None}
+    for pk, since in starting.items():
+        announced = DataFlow.objects.filter(pk=pk, overdue_episode_since__isnull=True).update(
+            overdue_episode_since=since
+        )
+        data_flow = DataFlow.objects.filter(pk=pk).first() if announced else None
+        if data_flow is None:  # another heartbeat announced it, or it was deleted
+            continue
+        logger.warning("Data flow %r is overdue since %s", data_flow.name, since.isoformat())
+        for receiver, response in signals.flow_overdue.send_robust(
+            sender=DataFlow, data_flow=data_flow, since=since
+        ):
+            if isinstance(response, Exception):
+                logger.error(
+                    "Receiver %r of flow_overdue failed",
+                    receiver,
+                    exc_info=(type(response), response, response.__traceback__),
+                )
+    return len(overdue)
+
+
 def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
-    """One heartbeat: reap stuck runs, claim due flows, dispatch, record, signal."""
+    """One heartbeat: reap stuck runs, claim due flows, dispatch, announce overdue flows,
+    record, signal."""
     now = timezone.now()
     result = HeartbeatResult(timestamp=now)
     # Reap first, so a flow freed from a lost run can be claimed by this same heartbeat.
@@ -229,6 +277,7 @@ def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
         result.flows_failed = DataFlowRun.objects.filter(
             pk__in=result.run_ids, status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)
         ).count()
+    result.flows_overdue = announce_overdue_flows(now)
     Heartbeat.record(received_at=now, source=source, client=client, result=result.as_dict())
     # The runs are committed and dispatched by now: a receiver's error is logged, never
     # turned into a failed heartbeat (which cron would report, and retry for nothing).

@@ -20,6 +20,9 @@ class and these keyword arguments:
     ``DataFlowRun`` class after the transaction that wrote those runs or their steps has
     committed. The live status event sources that publish changes (PostgreSQL
     ``LISTEN/NOTIFY``, Redis) listen to it; it is only sent while someone listens.
+``flow_overdue``
+    ``data_flow`` and ``since`` (the instant it became overdue): sent by the heartbeat once
+    per overdue episode, which the flow's next successful run ends.
 
 Receivers run inside the worker that executes the flow. An exception in a receiver is
 logged and never changes the run's outcome.
@@ -35,3 +38,4 @@ run_finished = Signal()
 run_step_finished = Signal()
 heartbeat_finished = Signal()
 runs_changed = Signal()
+flow_overdue = Signal()

@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import F, OrderBy, QuerySet
+from django.utils import timezone
+from django_filters.fields import IsoDateTimeField
 
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 
 #: The orderings of the run list; a tie-breaker on the id keeps pages stable.
 RUN_ORDERING_FIELDS = ("created_at", "started_at", "ended_at", "duration_ms")
 DEFAULT_RUN_ORDERING = "-created_at"
+
+
+#: The largest id a 64-bit primary key column holds; larger ones are a 400, not a crash.
+MAX_ID = 2**63 - 1
+
+
+class IdFilter(django_filters.Filter):
+    """A row id: a whole number from 1 to the largest 64-bit integer."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_ID)
+        super().__init__(*args, **kwargs)
+
+
+class UTCIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 instant, converted to UTC.
+
+    Python accepts offsets up to ±23:59, PostgreSQL only up to ±15:59: passing the offset
+    through would turn a valid instant into a database error.
+    """
+
+    def to_python(self, value: Any) -> datetime | None:
+        moment: datetime | None = super().to_python(value)
+        if moment is None or timezone.is_naive(moment):
+            return moment
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("This date and time is out of range.", code="overflow") from None
+
+
+class InstantFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCIsoDateTimeField
 
 
 class StatusListField(forms.CharField):
@@ -68,7 +107,11 @@ class RunOrderingFilter(django_filters.OrderingFilter):
 
 
 class DataFlowFilterSet(django_filters.FilterSet):
-    enabled = django_filters.BooleanFilter(help_text="Only enabled (true) or disabled (false).")
+    enabled = django_filters.TypedChoiceFilter(
+        choices=(("true", "true"), ("false", "false")),
+        coerce=lambda value: value == "true",
+        help_text="Only enabled (true) or disabled (false) flows.",
+    )
     search = django_filters.CharFilter(
         field_name="name", lookup_expr="icontains", help_text="Part of the flow's name."
     )
@@ -79,16 +122,16 @@ class DataFlowFilterSet(django_filters.FilterSet):
 
 
 class DataFlowRunFilterSet(django_filters.FilterSet):
-    flow = django_filters.NumberFilter(field_name="data_flow_id", help_text="A flow id.")
+    flow = IdFilter(field_name="data_flow_id", help_text="A flow id.")
     status = StatusListFilter(
         help_text=f"One status or a comma-separated list: {', '.join(RunStatus.values)}."
     )
     trigger = django_filters.ChoiceFilter(choices=RunTrigger.choices)
-    triggered_by = django_filters.NumberFilter(field_name="triggered_by_id", help_text="A user id.")
-    created_after = django_filters.IsoDateTimeFilter(
+    triggered_by = IdFilter(field_name="triggered_by_id", help_text="A user id.")
+    created_after = InstantFilter(
         field_name="created_at", lookup_expr="gte", help_text="Created at or after (ISO 8601)."
     )
-    created_before = django_filters.IsoDateTimeFilter(
+    created_before = InstantFilter(
         field_name="created_at", lookup_expr="lt", help_text="Created before (ISO 8601)."
     )
     ordering = RunOrderingFilter(

@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.urls import include, path, re_path
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import SimpleRouter
 
 from django_dataflows.api import views
@@ -37,6 +38,7 @@ class SchemaView(SpectacularAPIView):
     """The OpenAPI 3 schema of this API only, with its own URL prefix as the server."""
 
     schema = AutoSchema()
+    permission_classes = (IsAuthenticated,)
     patterns = api_urlpatterns
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -46,6 +48,11 @@ class SchemaView(SpectacularAPIView):
             "DESCRIPTION": "Flows, runs, run control and statistics of django-dataflows.",
             "SERVERS": [{"url": prefix or "/"}],
             "COMPONENT_SPLIT_REQUEST": True,
+            "ENUM_NAME_OVERRIDES": {
+                "RunStatusEnum": "django_dataflows.models.RunStatus",
+                "StepStatusEnum": "django_dataflows.models.StepStatus",
+                "RunTriggerEnum": "django_dataflows.models.RunTrigger",
+            },
         }
         response: HttpResponseBase = super().get(request, *args, **kwargs)  # type: ignore[no-untyped-call]
         return response
@@ -55,6 +62,7 @@ class SwaggerView(SpectacularSwaggerView):
     """Swagger UI for the schema above."""
 
     schema = AutoSchema()
+    permission_classes = (IsAuthenticated,)
 
 
 def not_found(request: HttpRequest, path: str = "") -> JsonResponse:

@@ -30,6 +30,11 @@ COLOURS = {
 WIDTH, HEIGHT, LEFT, BOTTOM = 720, 180, 40, 22
 
 
+def _n(number: float) -> str:
+    """A coordinate, formatted before ``format_html`` (which escapes its arguments)."""
+    return f"{number:.1f}"
+
+
 def _legend() -> SafeString:
     return format_html(
         '<ul class="dataflows-legend">{}</ul>',
@@ -71,8 +76,7 @@ def runs_per_hour(runs: Any, *, now: datetime, hours: int) -> SafeString:
             label = f"{start + timedelta(hours=index):%a %H:00}: {count} {RunStatus(status).label}"
             parts.append(
                 format_html(
-                    '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}">'
-                    "<title>{}</title></rect>",
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
                     LEFT + index * bar,
                     y,
                     max(bar - 1, 0.5),
@@ -86,8 +90,8 @@ def runs_per_hour(runs: Any, *, now: datetime, hours: int) -> SafeString:
         moment = start + timedelta(hours=index)
         parts.append(
             format_html(
-                '<text x="{:.1f}" y="{}" class="dataflows-axis">{}</text>',
-                LEFT + index * bar,
+                '<text x="{}" y="{}" class="dataflows-axis">{}</text>',
+                _n(LEFT + index * bar),
                 HEIGHT - 6,
                 f"{moment:%H:%M}" if hours <= 24 else f"{moment:%a %d}",
             )
@@ -121,7 +125,7 @@ def _horizontal(
     for name, values in rows:
         parts.append(
             format_html(
-                '<text x="0" y="{:.1f}" class="dataflows-axis">{}</text>', y + 11, name[:28]
+                '<text x="0" y="{}" class="dataflows-axis">{}</text>', _n(y + 11), name[:28]
             )
         )
         for value, colour, label in values:
@@ -129,9 +133,9 @@ def _horizontal(
             text = "-" if value is None else f"{value:,.0f} {unit}"
             parts.append(
                 format_html(
-                    '<rect x="{}" y="{:.1f}" width="{:.1f}" height="{}" fill="{}">'
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
                     "<title>{}: {}</title></rect>"
-                    '<text x="{:.1f}" y="{:.1f}" class="dataflows-axis">{} {}</text>',
+                    '<text x="{}" y="{}" class="dataflows-axis">{} {}</text>',
                     label_width,
                     y,
                     width,

@@ -84,7 +84,7 @@ class PostgresEvents(EventSource):
                     f"{connection.vendor}, not PostgreSQL.",
                     hint="Use django_dataflows.live.polling.PollingEvents (any database) "
                     "or django_dataflows.live.redis.RedisEvents.",
-                    id="dataflows.E022",
+                    id="dataflows.E042",
                 )
             ]
         return []

@@ -148,12 +148,12 @@ class RedisEvents(EventSource):
                 Error(
                     "DATAFLOWS['EVENTS'] is RedisEvents but redis-py is not installed.",
                     hint="pip install 'django-dataflows[redis]'",
-                    id="dataflows.E023",
+                    id="dataflows.E043",
                 )
             ]
         try:
             parse_url: Any = redis.connection.parse_url
             parse_url(app_settings.EVENTS_REDIS_URL)
         except ValueError as exc:
-            return [Error(f"DATAFLOWS['EVENTS_REDIS_URL'] is invalid: {exc}", id="dataflows.E023")]
+            return [Error(f"DATAFLOWS['EVENTS_REDIS_URL'] is invalid: {exc}", id="dataflows.E043")]
         return []

@@ -41,6 +41,18 @@ EXAMPLE_FLOWS: list[dict[str, Any]] = [
         "(DE-BER, 2024-01-03, 99.9 °C) is in the database. Fix it in the admin to see the "
         "next run succeed.",
     },
+    {
+        "name": "Nightly weather summary (Berlin)",
+        "flow": SummariseDailyWeather.flow_path(),
+        # A cron schedule on Berlin's wall clock: 02:30 every night, summer time included.
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        # A dead man's switch: overdue, and an alert e-mail, after 26 hours without success.
+        "alert_after": 26 * 3600,
+        "configuration": {},
+        "description": "The summary again, the way a production site would schedule it: "
+        "nightly at 02:30 Berlin time, overdue if it has not succeeded for 26 hours.",
+    },
 ]
 
 
@@ -69,7 +81,12 @@ class Command(BaseCommand):
                     name=spec["name"], defaults=fields
                 )
                 state = "created" if created else "exists, left unchanged"
-                self.stdout.write(f"  {data_flow.name}: every {data_flow.run_interval}s ({state})")
+                schedule = (
+                    f"cron {data_flow.cron} ({data_flow.timezone})"
+                    if data_flow.cron
+                    else f"every {data_flow.run_interval}s"
+                )
+                self.stdout.write(f"  {data_flow.name}: {schedule} ({state})")
 
     def _reset_data(self) -> None:
         summaries = DailySummary.objects.all().delete()[0]

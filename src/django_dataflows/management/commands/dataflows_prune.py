@@ -1,4 +1,7 @@
-"""``manage.py dataflows_prune --older-than DAYS``: delete old finished runs in batches."""
+"""``manage.py dataflows_prune --older-than DAYS``: delete old finished runs in batches.
+
+Soft-deleted runs (``run.soft_delete()``, ``DELETE`` in the API) go too, whatever their age.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db.models import Q
 from django.utils import timezone
 
 from django_dataflows.models import FINISHED_STATUSES, DataFlowRun
@@ -20,8 +24,8 @@ def _positive_int(value: str) -> int:
 
 class Command(BaseCommand):
     help = (
-        "Delete finished runs created more than DAYS days ago, in batches, showing "
-        "progress. Pending and in-progress runs are never deleted."
+        "Delete finished runs created more than DAYS days ago, and every soft-deleted run, "
+        "in batches, showing progress. Active runs are never deleted."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -40,7 +44,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=options["older_than"])
         statuses = options["status"] or list(FINISHED_STATUSES)
-        runs = DataFlowRun.objects.filter(created_at__lt=cutoff, status__in=statuses)
+        runs = DataFlowRun.objects.filter(
+            Q(created_at__lt=cutoff, status__in=statuses) | Q(deleted_at__isnull=False)
+        )
         total = runs.count()
         if options["dry_run"]:
             self.stdout.write(
