@@ -9,4 +9,4 @@ from django.db import migrations
 class Migration(migrations.Migration):
     dependencies = [("dataflows", "0003_api"), ("dataflows", "0003_runcontrol")]
 
-    operations: list[migrations.operations.base.Operation] = []
+    operations = []
