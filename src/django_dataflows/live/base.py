@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 from django.db.models import Prefetch
 
 from django_dataflows.live.payloads import run_payload, step_payload
@@ -151,6 +152,21 @@ def changed_rows(since: datetime) -> list[tuple[int, datetime, str]]:
 def load_changed_since(since: datetime) -> list[RunState]:
     """Snapshot the runs that changed (themselves or a step) since ``since``."""
     return load_run_ids(pk for pk, _at, _status in changed_rows(since))
+
+
+def run_and_close(function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function`` on a pool thread, then close that thread's database connections
+    (a pool thread may not run Django code again for a long time)."""
+    try:
+        return function(*args)
+    finally:
+        connections.close_all()
+
+
+async def in_pool_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """Run sync (database) code from async code on the event loop's thread pool, not on a
+    request's own thread."""
+    return await sync_to_async(run_and_close, thread_sensitive=False)(function, *args)
 
 
 Deliver = Callable[[list[RunState]], None]

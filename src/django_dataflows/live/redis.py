@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage, Error
 
 from django_dataflows.conf import app_settings
@@ -24,6 +24,7 @@ from django_dataflows.live.base import (
     Listener,
     ThreadListener,
     database_now,
+    in_pool_thread,
     load_changed_since,
     load_run_ids,
 )
@@ -71,7 +72,10 @@ class AsyncRedisListener(Listener):
 
     def __init__(self, source: EventSource, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
-        self.task = loop.create_task(self._main(), name="dataflows-live-redis")
+        # A context of its own: the task outlives the request whose stream started it.
+        self.task = loop.create_task(
+            self._main(), name="dataflows-live-redis", context=contextvars.Context()
+        )
 
     def stop(self) -> None:
         self.task.cancel()
@@ -89,16 +93,16 @@ class AsyncRedisListener(Listener):
     async def _listen(self) -> None:
         import redis.asyncio
 
-        started = await sync_to_async(database_now)()
+        started = await in_pool_thread(database_now)
         client: Any = redis.asyncio.Redis.from_url(app_settings.EVENTS_REDIS_URL)
         pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(CHANNEL)
             # What was published before the subscription took effect is read back.
-            self.source.deliver(await sync_to_async(load_changed_since)(started - LOOKBACK))
+            self.source.deliver(await in_pool_thread(load_changed_since, started - LOOKBACK))
             async for message in pubsub.listen():
                 if message["type"] == "message":
-                    states = await sync_to_async(load_run_ids)(split_ids(message["data"]))
+                    states = await in_pool_thread(load_run_ids, split_ids(message["data"]))
                     self.source.deliver(states)
         finally:
             with contextlib.suppress(Exception):

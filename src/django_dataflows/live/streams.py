@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
 from django.db.models import Q
 
 from django_dataflows.conf import app_settings
@@ -29,6 +30,7 @@ from django_dataflows.live.base import (
     database_now,
     fingerprint,
     from_micros,
+    in_pool_thread,
     load_run_ids,
     load_runs,
     runs_queryset,
@@ -157,13 +159,34 @@ class Stream:
         self._seen = {key: value for key, value in self._seen.items() if value[0] >= horizon}
 
 
+async def release_request_thread() -> None:
+    """Let the thread Django's ASGI handler keeps for this request go.
+
+    Django runs a request's sync parts (middleware, a sync view) on a thread of the
+    request's own (asgiref's ``ThreadSensitiveContext``), kept until the response ends:
+    for a stream, hours of an idle thread and a database connection per client. Close the
+    connections in that thread and let it end; a sync call later in this request (the
+    ``request_finished`` receivers) starts a new one, which ends with the request.
+    """
+    await sync_to_async(connections.close_all)()
+    try:
+        context = SyncToAsync.thread_sensitive_context.get()
+    except LookupError:
+        return
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    if executor is not None:
+        executor.shutdown(wait=False)
+
+
 async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[bytes]:
     """The stream under ASGI: waits on an asyncio queue, holding no thread."""
     batches: asyncio.Queue[list[RunState]] = asyncio.Queue()
     subscriber = stream.subscriber(threadsafe_queue_deliver(asyncio.get_running_loop(), batches))
     source.subscribe(subscriber)
     try:
-        for chunk in await sync_to_async(stream.opening)():
+        opening = await in_pool_thread(stream.opening)
+        await release_request_thread()
+        for chunk in opening:
             yield chunk
         keepalive = app_settings.SSE_KEEPALIVE
         while not stream.finished:
