@@ -24,7 +24,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import close_old_connections, connection, connections
+from django.db import connection, connections
 from django.db.models import Prefetch
 
 from django_dataflows.live.payloads import run_payload, step_payload
@@ -227,12 +227,20 @@ class ThreadListener(Listener):
                 try:
                     self.listen()
                 except Exception:
+                    if self.stopping.is_set():  # e.g. the database went away at shutdown
+                        break
                     logger.exception("Live status %s failed; retrying", self.name)
-                    close_old_connections()
-                    connection.close()
+                    self._close()
                     self.stopping.wait(1.0)
         finally:
-            self.cleanup()
+            with contextlib.suppress(Exception):
+                self.cleanup()
+            self._close()
+
+    @staticmethod
+    def _close() -> None:
+        # A broken connection may fail to close too; the next query opens a new one.
+        with contextlib.suppress(Exception):
             connection.close()
 
     def catch_up(self, since: datetime) -> None:
