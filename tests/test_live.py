@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.checks import run_checks
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 
 from django_dataflows import signals
@@ -406,3 +407,134 @@ def test_the_live_pages_need_the_view_permission(client):
     client.force_login(UserFactory(username="staff-only", is_staff=True))
     assert client.get("/admin/dataflows/dataflowrun/live/").status_code == 403
     assert client.get("/admin/dataflows/dataflowrun/dashboard/").status_code == 403
+
+
+# -- the sources' listeners, in-process --------------------------------------------------
+
+REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS = "django_dataflows.live.redis.RedisEvents"
+POSTGRES = "django_dataflows.live.postgres.PostgresEvents"
+
+
+@pytest.fixture
+def publishing_to(settings):
+    from django_dataflows.apps import connect_live_publisher
+
+    def use(path: str) -> None:
+        settings.DATAFLOWS = {"EVENTS": path, "EVENTS_REDIS_URL": REDIS_URL}
+        connect_live_publisher()
+
+    yield use
+    settings.DATAFLOWS = {}
+    connect_live_publisher()
+
+
+def listen_then_change(source, publishing_to, path: str) -> list:
+    publishing_to(path)
+    run = DataFlowRunFactory(status=RunStatus.PENDING)
+    got: list = []
+    subscriber = Subscriber(got.extend, run_id=run.pk)
+    source.subscribe(subscriber)
+    try:
+        # The listener catches up on changes made before it subscribed, so no sleep.
+        DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.IN_PROGRESS)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(s.status == "in_progress" for s in got):
+            time.sleep(0.05)
+    finally:
+        listener = source._listener
+        source.unsubscribe(subscriber)
+        if hasattr(listener, "thread"):
+            listener.thread.join(10)
+    return [state.status for state in got]
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_the_redis_thread_listener_delivers_what_writers_publish(publishing_to):
+    from django_dataflows.live.redis import RedisEvents
+
+    statuses = listen_then_change(RedisEvents(), publishing_to, REDIS)
+    assert "in_progress" in statuses
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_postgres_listener_delivers_what_writers_notify(publishing_to):
+    from django_dataflows.live.postgres import PostgresEvents
+
+    statuses = listen_then_change(PostgresEvents(), publishing_to, POSTGRES)
+    assert "in_progress" in statuses
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_the_redis_asyncio_listener_delivers_and_unsubscribes(publishing_to):
+    from django_dataflows.live.redis import AsyncRedisListener, RedisEvents
+
+    publishing_to(REDIS)
+    source = RedisEvents()
+    run = DataFlowRunFactory(status=RunStatus.PENDING)
+
+    async def watch() -> list[str]:
+        batches: asyncio.Queue = asyncio.Queue()
+        subscriber = Subscriber(batches.put_nowait, run_id=run.pk)
+        source.subscribe(subscriber)
+        assert isinstance(source._listener, AsyncRedisListener)
+        statuses: list[str] = []
+        try:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(
+                lambda: (
+                    DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCESS),
+                    connection.close(),
+                )
+            )
+            while "success" not in statuses:
+                batch = await asyncio.wait_for(batches.get(), timeout=10)
+                statuses += [state.status for state in batch]
+        finally:
+            listener = source._listener
+            source.unsubscribe(subscriber)
+            with pytest.raises(asyncio.CancelledError):
+                await listener.task
+        return statuses
+
+    assert "success" in asyncio.run(watch())
+
+
+def test_a_redis_publish_that_fails_is_logged_not_raised(settings, caplog):
+    from django_dataflows.live.redis import RedisEvents
+
+    settings.DATAFLOWS = {"EVENTS_REDIS_URL": "redis://127.0.0.1:1/0"}
+    RedisEvents().publish([1, 2])
+    assert "Could not publish run changes [1, 2]" in caplog.text
+
+
+def test_a_wsgi_stream_sends_keep_alives_and_changes(settings):
+    from django_dataflows.live.streams import KEEPALIVE, sync_events
+
+    settings.DATAFLOWS = {"SSE_KEEPALIVE": 0.05}
+    run = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
+    source = PollingEvents()
+    events = sync_events(source, Stream(run_id=run.pk))
+    assert next(events).startswith(b"event: snapshot")
+    assert next(events) == KEEPALIVE
+    (subscriber,) = source._subscribers
+    DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
+    subscriber.deliver(load_run_ids([run.pk]))
+    assert next(events).startswith(b"event: run")
+    with pytest.raises(StopIteration):
+        next(events)  # the run ended: the stream closes
+    assert source.subscriber_count == 0
+
+
+def test_a_reconnect_to_a_finished_run_with_nothing_new_answers_204(watcher_client):
+    run = DataFlowRunFactory(status=RunStatus.SUCCESS)
+    (state,) = load_run_ids([run.pk])
+    url = f"/dataflows/api/runs/{run.pk}/events/"
+    response = watcher_client.get(url, HTTP_LAST_EVENT_ID=str(state.latest))
+    assert response.status_code == 204
+    stream = watcher_client.get(url, HTTP_LAST_EVENT_ID=str(state.latest - 1))
+    assert stream.status_code == 200
+    assert b"event: run" in b"".join(stream.streaming_content)
