@@ -31,7 +31,7 @@ from tests.sse import SSEClient, server_process  # noqa: E402
 
 from django_dataflows.apps import connect_live_publisher  # noqa: E402
 from django_dataflows.conf import app_settings  # noqa: E402
-from django_dataflows.models import DataFlowRun, RunStatus  # noqa: E402
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus  # noqa: E402
 
 SOURCES = {
     "polling": "django_dataflows.live.polling.PollingEvents",
@@ -174,6 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(value) for value in args.clients.split(",")]
     ensure_database()
+    DataFlow.objects.all().delete()  # the benchmark's own database: start empty
     auth = cookie()
     logs = Path(tempfile.mkdtemp(prefix="dataflows-bench-live-"))
     say(f"{args.changes} changes per case; SSE_POLL_INTERVAL {app_settings.SSE_POLL_INTERVAL} s")
