@@ -131,8 +131,8 @@ def test_the_all_runs_stream_sends_active_runs_then_every_change(server, cookie)
     )
     # Only the flow's runs; recent changes from before the connection may come again
     # (delivery is at least once), never another flow's.
-    assert {event.data["flow"] for event in events[1:]} == {flow.pk}
-    assert other.pk not in {event.data["id"] for event in events[1:]}
+    assert {event.data["flow"] for event in events} == {flow.pk}
+    assert other.pk not in {event.data["id"] for event in events}
     stream.close()
 
 
@@ -158,7 +158,7 @@ def test_a_client_that_goes_away_leaves_no_thread_behind(server, cookie):
         streams = [SSEClient(port, path, cookie=cookie) for _ in range(clients)]
         for stream in streams:
             stream.next_event()
-        busy = settled_thread_count(pid, quiet=1.0)  # request threads of the connects end
+        busy = settled_thread_count(pid, quiet=1.5)  # request threads of the connects end
         for stream in streams:
             stream.close()
         return busy
@@ -167,9 +167,12 @@ def test_a_client_that_goes_away_leaves_no_thread_behind(server, cookie):
     clients = 12 if process.name == "uvicorn" else 3
     # Once first, so that pools a server keeps (gunicorn's threads, the loop's) exist.
     watch_then_leave(clients)
-    idle = settled_thread_count(pid)
+    # A closed client is noticed at a write that fails: the second keep-alive after it.
+    idle = settled_thread_count(pid, quiet=3.5)
     busy = watch_then_leave(clients)
     assert busy > idle  # the shared poller (and under WSGI, client threads)
     if process.name == "uvicorn":
-        assert busy == idle + 1  # the poller only
+        # The poller, and at most one more thread of the loop's shared pool: not one per
+        # client (there are 12).
+        assert busy <= idle + 2
     wait_for(lambda: thread_count(pid) <= idle, timeout=10, what="threads to end")
