@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REDELIVERIES": 3,
     "CALLBACKS": [],
     "FLOW_MODULES": [],
+    "EVENTS": "django_dataflows.live.polling.PollingEvents",
+    "EVENTS_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "SSE_KEEPALIVE": 15,
+    "SSE_POLL_INTERVAL": 0.5,
     "ALERT_EMAILS": [],
 }
 
@@ -100,6 +104,22 @@ class DataFlowsSettings:
     @property
     def FLOW_MODULES(self) -> list[str]:
         return list(self._get("FLOW_MODULES") or [])
+
+    @property
+    def EVENTS(self) -> str:
+        return str(self._get("EVENTS"))
+
+    @property
+    def EVENTS_REDIS_URL(self) -> str:
+        return str(self._get("EVENTS_REDIS_URL"))
+
+    @property
+    def SSE_KEEPALIVE(self) -> float:
+        return float(self._get("SSE_KEEPALIVE"))
+
+    @property
+    def SSE_POLL_INTERVAL(self) -> float:
+        return float(self._get("SSE_POLL_INTERVAL"))
 
     @property
     def ALERT_EMAILS(self) -> list[str]:
