@@ -101,8 +101,23 @@ def test_recording_the_backends_bookkeeping_moves_updated_at():
 
 
 def test_timing_out_a_stuck_run_moves_updated_at():
-    run = aged(DataFlowRunFactory(status=RunStatus.PENDING, created_at=LONG_AGO))
+    run = aged(
+        DataFlowRunFactory(
+            status=RunStatus.IN_PROGRESS,
+            created_at=LONG_AGO,
+            started_at=LONG_AGO,
+            activated_at=LONG_AGO,
+        )
+    )
     assert FlowExecutor.time_out_stuck_runs() == 1
+    assert moved(run)
+
+
+def test_taking_back_an_unclaimed_run_moves_updated_at(dummy_backend):
+    run = aged(
+        DataFlowRunFactory(status=RunStatus.PENDING, created_at=LONG_AGO, activated_at=LONG_AGO)
+    )
+    assert [taken.pk for taken in FlowExecutor.take_back_unclaimed_runs().runs] == [run.pk]
     assert moved(run)
 
 
