@@ -553,3 +553,14 @@ def test_a_reconnect_to_a_finished_run_with_nothing_new_answers_204(watcher_clie
     stream = watcher_client.get(url, HTTP_LAST_EVENT_ID=str(state.latest - 1))
     assert stream.status_code == 200
     assert b"event: run" in b"".join(stream.streaming_content)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_the_heartbeat_creates_are_announced(announced):
+    from django_dataflows.scheduling import claim_due_flows
+
+    flow = DataFlowFactory(next_run_at=LONG_AGO)
+    claim = claim_due_flows()
+    run = DataFlowRun.objects.get(data_flow=flow)
+    assert [run.pk] in announced
+    assert claim is not None

@@ -13,6 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
+from tests.async_workers import wait_for
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 from tests.test_admin_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PASSWORD, sync_playwright
 
@@ -97,6 +98,16 @@ def test_an_operator_watches_a_run_and_the_live_runs_page_change(
             raise
         finally:
             browser.close()
+    # The live server's streams notice the browser left at their next keep-alive; then
+    # its poller stops and closes its database connection (the test database is dropped
+    # at the end of the session).
+    wait_for(
+        lambda: (
+            not any(thread.name.startswith("dataflows-live") for thread in threading.enumerate())
+        ),
+        timeout=20,
+        what="the live server's poller to stop",
+    )
 
 
 def watch(page, base_url, run_id, start, finish, new_run, other_run_starts) -> None:

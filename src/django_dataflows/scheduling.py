@@ -27,6 +27,7 @@ from django_dataflows.models import (
     Heartbeat,
     RunStatus,
     RunTrigger,
+    announce_runs_changed,
     next_slot_for,
 )
 from django_dataflows.schedules import InvalidSchedule
@@ -116,6 +117,8 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     ]
     if runs:
         runs = _insert_runs(runs)
+        # Inserted in one statement, not through save(): announce them to live status.
+        announce_runs_changed([run.pk for run in runs], connection.alias)
         for flow in claimed:
             flow.next_run_at = next_slots[flow.pk]
             flow.last_run_at = now
