@@ -18,6 +18,7 @@ install or start. Environment variables switch to the real thing:
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ INSTALLED_APPS = [
     "django_dataflows",
     "example_project.weather",
 ]
+
+# The REST API and its live-status streams, with the "api" extra (make demo installs it):
+# /dataflows/api/ and the admin's live pages.
+API_APPS = ["rest_framework", "rest_framework.authtoken", "django_filters", "drf_spectacular"]
+if all(find_spec(app.split(".")[0]) is not None for app in API_APPS):
+    INSTALLED_APPS += API_APPS
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -56,9 +56,14 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # In memory by default (fast; the tests that start other processes are PostgreSQL-only).
-    # SQLITE_TEST_NAME=path puts the test database in a file instead, for a look at it.
-    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("SQLITE_TEST_NAME", "")}
+    # A file (not memory) so that other processes in the tests (the real servers of
+    # tests/test_live_servers.py) can share the database; one per test session.
+    import tempfile
+
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("SQLITE_TEST_NAME")
+        or os.path.join(tempfile.gettempdir(), f"dataflows-tests-{os.getpid()}.sqlite3")
+    }
 
 STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -116,6 +121,15 @@ if find_spec("django_tasks_db") is not None:
         }
     }
 
+# The real servers of tests/test_live_servers.py read short intervals from the environment.
+if os.environ.get("DATAFLOWS_TEST_SSE_KEEPALIVE"):
+    DATAFLOWS["SSE_KEEPALIVE"] = float(os.environ["DATAFLOWS_TEST_SSE_KEEPALIVE"])
+if os.environ.get("DATAFLOWS_TEST_SSE_POLL_INTERVAL"):
+    DATAFLOWS["SSE_POLL_INTERVAL"] = float(os.environ["DATAFLOWS_TEST_SSE_POLL_INTERVAL"])
+if os.environ.get("DATAFLOWS_TEST_EVENTS"):
+    DATAFLOWS["EVENTS"] = os.environ["DATAFLOWS_TEST_EVENTS"]
+if os.environ.get("DATAFLOWS_TEST_EVENTS_REDIS_URL"):
+    DATAFLOWS["EVENTS_REDIS_URL"] = os.environ["DATAFLOWS_TEST_EVENTS_REDIS_URL"]
 # The REST API (the "api" extra): session and token authentication, as a host project
 # would configure them.
 if find_spec("rest_framework") is not None:

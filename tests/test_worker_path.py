@@ -194,3 +194,24 @@ def test_a_success_after_failures_sends_its_recovery_without_a_third_statement(m
     assert data_flow.consecutive_failures == 0
     assert [mail.subject for mail in mailoutbox] == [f"[dataflows] {data_flow.name} recovered"]
     assert "It ends a run of 2 consecutive failed runs." in mailoutbox[0].body
+
+
+def test_both_statements_announce_the_run_to_live_status():
+    # The worker's writes bypass the queryset, so they announce themselves: without it,
+    # LISTEN/NOTIFY and Redis clients would see a run start and end only at the next poll.
+    from django_dataflows import signals
+
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.NoOp")
+    run = data_flow.create_pending_run()
+    announced: list[list[int]] = []
+
+    def record(run_ids: list[int], **kwargs: object) -> None:
+        announced.append(list(run_ids))
+
+    signals.runs_changed.connect(record, dispatch_uid="record-runs-changed")
+    try:
+        FlowExecutor.execute_queued(run.pk)
+    finally:
+        signals.runs_changed.disconnect(dispatch_uid="record-runs-changed")
+
+    assert announced.count([run.pk]) >= 2  # taken, then ended

@@ -10,5 +10,9 @@ urlpatterns = [
     path("dataflows/", include("django_dataflows.urls")),
 ]
 
+# The REST API includes the live-status streams; without Django REST framework they are
+# mounted on their own, as a project without the ``api`` extra would.
 if find_spec("rest_framework") is not None:
     urlpatterns.append(path("dataflows/api/", include("django_dataflows.api.urls")))
+else:
+    urlpatterns.append(path("dataflows/api/", include("django_dataflows.live.urls")))

@@ -51,6 +51,7 @@ from django_dataflows.admin_control import (
 )
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
+from django_dataflows.live.admin_views import LiveRunAdminMixin
 from django_dataflows.models import (
     ACTIVE_STATUSES,
     DataFlow,
@@ -827,7 +828,7 @@ class DeletedRunsFilter(admin.SimpleListFilter):
 
 
 @admin.register(DataFlowRun)
-class DataFlowRunAdmin(RunControlAdminMixin, _DataFlowRunModelAdmin):
+class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunModelAdmin):
     """The run history: read-only; only superusers may delete runs.
 
     Users with ``dataflows.run_dataflow`` may cancel, pause, resume and retry runs (actions,

@@ -26,6 +26,7 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows.flows import autodiscover
 
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
+        connect_live_publisher()
         alerts.connect()
 
     # The models' DataFlow.create_pending_run() and trigger_run() land here: the app is the
@@ -45,3 +46,24 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows.backends import hand_over
 
         hand_over(run)
+
+def connect_live_publisher() -> None:
+    """Send changes to the live event source if it is one that publishes them.
+
+    With the default polling source nothing is connected, so writes cost nothing extra.
+    A source that cannot be imported is reported by a system check, not here.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_dataflows import signals
+    from django_dataflows.conf import app_settings
+    from django_dataflows.live import load_event_source_class, publish_runs_changed
+
+    try:
+        publishes = load_event_source_class(app_settings.EVENTS).publishes
+    except ImproperlyConfigured:
+        publishes = False
+    if publishes:
+        signals.runs_changed.connect(publish_runs_changed, dispatch_uid="dataflows-live")
+    else:
+        signals.runs_changed.disconnect(dispatch_uid="dataflows-live")

@@ -64,8 +64,29 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_token(config)
     errors += _check_callbacks(config)
     errors += _check_flow_modules(config)
+    errors += _check_live(config)
     errors += _check_alert_emails(config)
     return errors
+
+
+def _check_live(config: Mapping[str, Any]) -> list[CheckMessage]:
+    from django_dataflows.live import load_event_source_class
+
+    errors: list[CheckMessage] = []
+    for key in ("SSE_KEEPALIVE", "SSE_POLL_INTERVAL"):
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
+            errors.append(
+                Error(
+                    f"DATAFLOWS[{key!r}] must be a positive number of seconds, not {value!r}.",
+                    id="dataflows.E051",
+                )
+            )
+    try:
+        source = load_event_source_class(str(_get(config, "EVENTS")))
+    except ImproperlyConfigured as exc:
+        return [*errors, Error(str(exc), id="dataflows.E050")]
+    return errors + source.check()
 
 
 def _check_backend(config: Mapping[str, Any]) -> list[CheckMessage]:

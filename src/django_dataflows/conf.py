@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REDELIVERIES": 3,
     "CALLBACKS": [],
     "FLOW_MODULES": [],
+    "EVENTS": "django_dataflows.live.polling.PollingEvents",
+    "EVENTS_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "SSE_KEEPALIVE": 15,
+    "SSE_POLL_INTERVAL": 0.5,
     "ALERT_EMAILS": [],
 }
 
@@ -105,6 +109,22 @@ class DataFlowsSettings:
         if not is_list_of_strings(value):
             return []
         return list(value)
+
+    @property
+    def EVENTS(self) -> str:
+        return str(self._get("EVENTS"))
+
+    @property
+    def EVENTS_REDIS_URL(self) -> str:
+        return str(self._get("EVENTS_REDIS_URL"))
+
+    @property
+    def SSE_KEEPALIVE(self) -> float:
+        return float(self._get("SSE_KEEPALIVE"))
+
+    @property
+    def SSE_POLL_INTERVAL(self) -> float:
+        return float(self._get("SSE_POLL_INTERVAL"))
 
     @property
     def ALERT_EMAILS(self) -> list[str]:

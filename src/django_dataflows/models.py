@@ -27,6 +27,7 @@ from django.db.models.functions import Coalesce, Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_dataflows import signals
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
     FlowNotRegistered,
@@ -632,6 +633,24 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+def announce_runs_changed(run_ids: list[int], using: str) -> None:
+    """Send :data:`~django_dataflows.signals.runs_changed` once the transaction commits.
+
+    Only while a receiver listens (a live event source that publishes changes): with the
+    default polling source, writes cost nothing extra.
+    """
+    if not run_ids or not signals.runs_changed.has_listeners():
+        return
+    ids = sorted(set(run_ids))
+    transaction.on_commit(
+        partial(signals.runs_changed.send_robust, sender=DataFlowRun, run_ids=ids), using=using
+    )
+
+
+def _listened() -> bool:
+    return signals.runs_changed.has_listeners()
+
+
 class RunStats(TypedDict):
     """What :meth:`DataFlowRunQuerySet.stats` returns."""
 
@@ -769,7 +788,12 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         event silently lost, so every queryset update of runs sets it.
         """
         kwargs.setdefault("updated_at", Now())
-        return super().update(**kwargs)
+        # Which rows change is only read when a live source publishes changes.
+        run_ids = list(self.values_list("pk", flat=True)) if _listened() else []
+        count = super().update(**kwargs)
+        if count:
+            announce_runs_changed(run_ids, self.db)
+        return count
 
     def active(self) -> DataFlowRunQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
@@ -1109,13 +1133,14 @@ class DataFlowRun(models.Model):
         """Save; an update of an existing row also stamps ``updated_at`` (database clock)."""
         if self._state.adding:
             super().save(*args, **kwargs)
-            return
-        self.updated_at = Now()
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None:
-            kwargs["update_fields"] = {*update_fields, "updated_at"}
-        super().save(*args, **kwargs)
-        self.refresh_from_db(fields=["updated_at"])
+        else:
+            self.updated_at = Now()
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "updated_at"}
+            super().save(*args, **kwargs)
+            self.refresh_from_db(fields=["updated_at"])
+        announce_runs_changed([self.pk], self._state.db or "default")
 
     @property
     def duration(self) -> timedelta | None:
@@ -1163,7 +1188,17 @@ class DataFlowRunStepQuerySet(models.QuerySet["DataFlowRunStep"]):
     def update(self, **kwargs: Any) -> int:
         """Update the rows, stamping ``updated_at`` from the database clock (live status)."""
         kwargs.setdefault("updated_at", Now())
-        return super().update(**kwargs)
+        run_ids = list(self.values_list("run_id", flat=True)) if _listened() else []
+        count = super().update(**kwargs)
+        if count:
+            announce_runs_changed(run_ids, self.db)
+        return count
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[DataFlowRunStep]:
+        """Insert the steps; live sources that publish are told about their runs."""
+        steps = super().bulk_create(objs, *args, **kwargs)
+        announce_runs_changed([step.run_id for step in steps], self.db)
+        return steps
 
 
 class DataFlowRunStep(models.Model):
@@ -1199,6 +1234,19 @@ class DataFlowRunStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} step {self.position}: {self.name} ({self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; an update of an existing row also stamps ``updated_at`` (database clock)."""
+        if self._state.adding:
+            super().save(*args, **kwargs)
+        else:
+            self.updated_at = Now()
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "updated_at"}
+            super().save(*args, **kwargs)
+            self.refresh_from_db(fields=["updated_at"])
+        announce_runs_changed([self.run_id], self._state.db or "default")
 
 
 class Heartbeat(models.Model):

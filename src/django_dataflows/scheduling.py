@@ -28,6 +28,7 @@ from django_dataflows.models import (
     Heartbeat,
     RunStatus,
     RunTrigger,
+    announce_runs_changed,
 )
 from django_dataflows.schedules import InvalidSchedule
 
@@ -121,6 +122,8 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     ]
     if runs:
         runs = _insert_runs(runs)
+        # Inserted in one statement, not through save(): announce them to live status.
+        announce_runs_changed([run.pk for run in runs], connection.alias)
         # Only the flows whose run was inserted move on: a flow that got an active run
         # elsewhere meanwhile keeps the schedule (and the status) that run gave it.
         advance_claimed([run.data_flow for run in runs], now, next_slots)

@@ -15,6 +15,11 @@ class and these keyword arguments:
 ``heartbeat_finished``
     ``result`` (the :class:`~django_dataflows.scheduling.HeartbeatResult`).
 
+``runs_changed``
+    ``run_ids`` (a list of ``DataFlowRun`` primary keys), sent with ``sender`` set to the
+    ``DataFlowRun`` class after the transaction that wrote those runs or their steps has
+    committed. The live status event sources that publish changes (PostgreSQL
+    ``LISTEN/NOTIFY``, Redis) listen to it; it is only sent while someone listens.
 ``flow_overdue``
     ``data_flow`` and ``since`` (the instant it became overdue): sent by the heartbeat once
     per overdue episode, which the flow's next successful run ends.
@@ -32,4 +37,5 @@ run_started = Signal()
 run_finished = Signal()
 run_step_finished = Signal()
 heartbeat_finished = Signal()
+runs_changed = Signal()
 flow_overdue = Signal()

@@ -25,7 +25,7 @@ from django.db import connection
 from django.db.models import Model
 
 from django_dataflows.bookkeeping import outcome_sql, started_sql
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, announce_runs_changed
 
 
 def _quote(name: str) -> str:
@@ -81,6 +81,8 @@ def take_pending_run(run_id: int) -> DataFlowRun | None:
     split = len(DataFlowRun._meta.concrete_fields)
     run: DataFlowRun = _instance(DataFlowRun, row[:split])
     run.data_flow = _instance(DataFlow, row[split:])
+    # Written in one statement, not through a queryset: tell live status ourselves.
+    announce_runs_changed([run.pk], connection.alias)
     return run
 
 
@@ -121,6 +123,8 @@ def end_run(
     with connection.cursor() as cursor:
         cursor.execute(sql, params + flow_params + [run.data_flow_id, run.data_flow_id])
         ended, failures, overdue_since = cursor.fetchone()
-    if ended and failures is not None:
-        run.flow_alert_state = (failures, overdue_since)
+    if ended:
+        announce_runs_changed([run.pk], connection.alias)
+        if failures is not None:
+            run.flow_alert_state = (failures, overdue_since)
     return bool(ended)

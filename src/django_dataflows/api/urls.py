@@ -78,6 +78,8 @@ urlpatterns = [
         SwaggerView.as_view(url_name="dataflows_api:schema"),
         name="swagger-ui",
     ),
-    # Keep last: the live-status URLs and anything else belong above it.
+    # The live-status streams (runs/{id}/events/, events/) under the same prefix.
+    path("", include("django_dataflows.live.urls")),
+    # Keep last: anything else belongs above it.
     re_path(r"^(?P<path>.*)$", not_found),
 ]

@@ -1,0 +1,172 @@
+"""Real servers and a Server-Sent Events client that reads the stream over a socket.
+
+The live status tests and ``bench/live.py`` start uvicorn (ASGI), gunicorn with threads
+(WSGI) or ``runserver`` as subprocesses on the test database, and read the stream the way
+a browser's ``EventSource`` does: one HTTP request, then events as they come.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+from tests.async_workers import WorkerProcess
+
+SERVERS = ("uvicorn", "gunicorn", "runserver")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_database_url() -> str:
+    """A ``DATABASE_URL`` naming the database this process uses (the test database)."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+    return f"postgres://{db['USER']}{password}@{host}/{db['NAME']}"
+
+
+def server_process(kind: str, log_path: Path, **env: str) -> tuple[WorkerProcess, int]:
+    """A real server of ``tests.urls`` (not started) and its port."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    if kind == "uvicorn":
+        argv = [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--port", str(port)]
+        argv += ["--log-level", "info", "--no-access-log", "--lifespan", "off"]
+        marker = "Uvicorn running on"
+    elif kind == "gunicorn":
+        argv = [sys.executable, "-m", "gunicorn", "tests.wsgi:application", "-b", address]
+        argv += ["--worker-class", "gthread", "--threads", "8", "--workers", "1"]
+        marker = "Booting worker"
+    else:
+        argv = [sys.executable, "-m", "django", "runserver", address, "--noreload"]
+        marker = "Quit the server with"
+    environment = {
+        "DATABASE_URL": server_database_url(),
+        "PYTHONUNBUFFERED": "1",
+        "DATAFLOWS_TEST_SSE_KEEPALIVE": "1",
+        "DATAFLOWS_TEST_SSE_POLL_INTERVAL": "0.1",
+        **env,
+    }
+    return WorkerProcess(kind, argv, log_path=log_path, ready_marker=marker, env=environment), port
+
+
+@dataclass
+class Event:
+    event: str
+    id: str
+    data: Any
+
+
+class SSEClient:
+    """One ``GET`` of an event stream, read line by line from a socket."""
+
+    def __init__(
+        self,
+        port: int,
+        path: str,
+        *,
+        cookie: str = "",
+        last_event_id: str = "",
+        timeout: float = 10,
+    ) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        headers = [f"GET {path} HTTP/1.0", "Host: 127.0.0.1", "Accept: text/event-stream"]
+        if cookie:
+            headers.append(f"Cookie: {cookie}")
+        if last_event_id:
+            headers.append(f"Last-Event-ID: {last_event_id}")
+        self.sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
+        self.file = self.sock.makefile("rb")
+        status_line = self.file.readline().decode()
+        self.status = int(status_line.split()[1])
+        self.headers: dict[str, str] = {}
+        while (line := self.file.readline().decode().strip()) != "":
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self.comments: list[str] = []
+        self.closed = False
+
+    def body(self) -> bytes:
+        return self.file.read()
+
+    def next_event(self, timeout: float = 15) -> Event | None:
+        """The next event (comments are kept in ``comments``); ``None`` at the end."""
+        fields: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"No event within {timeout} s")
+            raw = self.file.readline()
+            if not raw:
+                self.closed = True
+                return None
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if fields:
+                    return Event(
+                        fields.get("event", "message"),
+                        fields.get("id", ""),
+                        json.loads(fields.get("data", "null")),
+                    )
+                continue
+            if line.startswith(":"):
+                self.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+    def events_until(self, predicate: Any, timeout: float = 15) -> list[Event]:
+        """Events up to and including the first one ``predicate`` accepts."""
+        deadline = time.monotonic() + timeout
+        events: list[Event] = []
+        while time.monotonic() < deadline:
+            event = self.next_event(max(0.0, deadline - time.monotonic()))
+            if event is None:
+                break
+            events.append(event)
+            if predicate(event):
+                return events
+        raise AssertionError(f"No matching event; got {events}")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def thread_count(pid: int) -> int:
+    """How many threads the process has (Linux)."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def serving_pid(pid: int) -> int:
+    """The process that serves requests: gunicorn's worker, else the server itself."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0]) if children else pid
+
+
+def settled_thread_count(pid: int, quiet: float = 2.0, timeout: float = 15.0) -> int:
+    """The process's thread count once it has not changed for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    count, since = thread_count(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = thread_count(pid)
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return count
+    raise TimeoutError(f"The thread count of {pid} kept changing.")
