@@ -47,6 +47,7 @@ class DataFlowsConfig(AppConfig):
 
         hand_over(run)
 
+
 def connect_live_publisher() -> None:
     """Send changes to the live event source if it is one that publishes them.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
 
 from django.apps import apps
@@ -27,7 +28,6 @@ from django.db.models.functions import Coalesce, Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_dataflows import signals
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
     FlowNotRegistered,
@@ -41,6 +41,7 @@ from django_dataflows.schedules import (
     validate_cron,
     validate_timezone,
 )
+from django_dataflows.signals import runs_changed
 from django_dataflows.validators import (
     configuration_errors,
     validate_json_object,
@@ -639,16 +640,16 @@ def announce_runs_changed(run_ids: list[int], using: str) -> None:
     Only while a receiver listens (a live event source that publishes changes): with the
     default polling source, writes cost nothing extra.
     """
-    if not run_ids or not signals.runs_changed.has_listeners():
+    if not run_ids or not runs_changed.has_listeners():
         return
     ids = sorted(set(run_ids))
     transaction.on_commit(
-        partial(signals.runs_changed.send_robust, sender=DataFlowRun, run_ids=ids), using=using
+        partial(runs_changed.send_robust, sender=DataFlowRun, run_ids=ids), using=using
     )
 
 
 def _listened() -> bool:
-    return signals.runs_changed.has_listeners()
+    return runs_changed.has_listeners()
 
 
 class RunStats(TypedDict):
