@@ -560,7 +560,8 @@ def test_runs_the_heartbeat_creates_are_announced(announced):
     from django_dataflows.scheduling import claim_due_flows
 
     flow = DataFlowFactory(next_run_at=LONG_AGO)
-    claim = claim_due_flows()
+    with transaction.atomic():  # as the heartbeat claims: one short transaction
+        claim = claim_due_flows()
     run = DataFlowRun.objects.get(data_flow=flow)
     assert [run.pk] in announced
     assert claim is not None

@@ -25,11 +25,13 @@ if TYPE_CHECKING:
 
 def stream_url(name: str, *args: Any) -> str | None:
     """The URL of a live stream, wherever the project included ``live.urls``."""
-    for candidate in (
-        f"dataflows_api:dataflows_live:{name}",
-        f"dataflows:dataflows_live:{name}",
+    candidates = (
         f"dataflows_live:{name}",
-    ):
+        f"dataflows:dataflows_live:{name}",
+        f"dataflows_api:dataflows_live:{name}",
+        f"dataflows:dataflows_api:dataflows_live:{name}",
+    )
+    for candidate in candidates:
         try:
             return reverse(candidate, args=args)
         except NoReverseMatch:
