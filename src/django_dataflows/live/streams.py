@@ -169,11 +169,16 @@ async def release_request_thread() -> None:
     ``request_finished`` receivers) starts a new one, which ends with the request.
     """
     await sync_to_async(connections.close_all)()
+    # asgiref internals (3.x): without them the thread simply stays until the stream ends.
+    contexts = getattr(SyncToAsync, "thread_sensitive_context", None)
+    executors = getattr(SyncToAsync, "context_to_thread_executor", None)
+    if contexts is None or executors is None:
+        return
     try:
-        context = SyncToAsync.thread_sensitive_context.get()
+        context = contexts.get()
     except LookupError:
         return
-    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    executor = executors.pop(context, None)
     if executor is not None:
         executor.shutdown(wait=False)
 
