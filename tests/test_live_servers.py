@@ -175,4 +175,8 @@ def test_a_client_that_goes_away_leaves_no_thread_behind(server, cookie):
         # The poller, and at most one more thread of the loop's shared pool: not one per
         # client (there are 12).
         assert busy <= idle + 2
-    wait_for(lambda: thread_count(pid) <= idle, timeout=10, what="threads to end")
+    # Once they have gone, their threads have too. Under uvicorn the loop's shared pool may
+    # keep a thread it started meanwhile (it never shrinks), but never one per client: 12
+    # clients left, at most 1 thread may stay.
+    limit = idle + 1 if process.name == "uvicorn" else idle
+    wait_for(lambda: thread_count(pid) <= limit, timeout=10, what="threads to end")
