@@ -376,7 +376,7 @@ def test_results_and_messages_the_database_refuses_are_recorded_as_failures(serv
     assert failed[nan].error_message.startswith(
         "The flow returned a result that cannot be stored as JSON: "
     )
-    assert "NaN and infinite numbers are not JSON" in failed[nan].error_message
+    assert "it holds NaN or an infinite number" in failed[nan].error_message
     assert "NUL character" in failed[nul].error_message
     assert failed[nul_message].error_message == "bad byte \\x00 in the input"
     assert_each_slot_ran_once([fine])

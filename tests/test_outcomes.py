@@ -66,8 +66,8 @@ def test_keyboard_interrupt_is_recorded_then_raised_and_told_to_the_retry_policy
     [
         pytest.param(
             "ReturnsNaN",
-            "The flow returned a result that cannot be stored as JSON: Out of range float "
-            "values are not JSON compliant (NaN and infinite numbers are not JSON)",
+            "The flow returned a result that cannot be stored as JSON: it holds NaN or an "
+            "infinite number, which JSON cannot represent",
             id="nan",
         ),
         pytest.param(

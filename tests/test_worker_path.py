@@ -137,8 +137,8 @@ def test_a_stepped_run_creates_its_steps_and_finishes_them():
     [
         pytest.param(
             "ReturnsNaN",
-            "The flow returned a result that cannot be stored as JSON: Out of range float "
-            "values are not JSON compliant (NaN and infinite numbers are not JSON)",
+            "The flow returned a result that cannot be stored as JSON: it holds NaN or an "
+            "infinite number, which JSON cannot represent",
             id="nan",
         ),
         pytest.param(

@@ -54,9 +54,13 @@ def json_value(value: Any, what: str) -> Any:
     try:
         dumped = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
     except ValueError as exc:
-        raise UnstorableValue(
-            f"{what} cannot be stored as JSON: {exc} (NaN and infinite numbers are not JSON)"
-        ) from exc
+        # Python's own wording varies between versions ("…compliant: nan" from 3.12 on).
+        reason = (
+            "it holds NaN or an infinite number, which JSON cannot represent"
+            if "Out of range float" in str(exc)
+            else str(exc)
+        )
+        raise UnstorableValue(f"{what} cannot be stored as JSON: {reason}") from exc
     except TypeError as exc:
         raise UnstorableValue(f"{what} cannot be stored as JSON: {exc}") from exc
     if _NUL_ESCAPE.search(dumped):
