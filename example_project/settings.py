@@ -22,6 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -119,9 +120,19 @@ DATAFLOWS: dict[str, Any] = {
     "ALERT_EMAILS": ["data-team@example.com"],
 }
 # The demo writes alert e-mails to files in var/mail/ instead of sending them (the console
-# backend would mix them into the JSON that dataflows_heartbeat prints).
-EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-EMAIL_FILE_PATH = os.environ.get("EXAMPLE_MAIL_DIR") or str(BASE_DIR / "var" / "mail")
+# backend would mix them into the JSON that dataflows_heartbeat prints). Django 6.1
+# configures e-mail with MAILERS; its EMAIL_* settings are deprecated.
+MAIL_DIR = os.environ.get("EXAMPLE_MAIL_DIR") or str(BASE_DIR / "var" / "mail")
+if django.VERSION >= (6, 1):
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "OPTIONS": {"file_path": MAIL_DIR},
+        }
+    }
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = MAIL_DIR
 DEFAULT_FROM_EMAIL = "dataflows@example.com"
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL")

@@ -6,6 +6,7 @@ import json
 import os
 
 import dj_database_url
+import django
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -69,6 +70,11 @@ STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 DATAFLOWS: dict[str, object] = {}
+
+if django.VERSION >= (6, 1):
+    # E-mail is configured with MAILERS from Django 6.1 (the EMAIL_* settings are
+    # deprecated); the test runner swaps every mailer for the in-memory backend.
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
 # The server and worker processes of the fault tests (tests/faults.py) get their settings
 # from the environment: a JSON object merged into DATAFLOWS.
 if os.environ.get("DATAFLOWS_TEST_SETTINGS"):

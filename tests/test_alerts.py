@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+import django
 import pytest
 from django.utils import timezone
 
@@ -244,8 +245,13 @@ def test_mail_waits_for_the_commit(mailoutbox, django_capture_on_commit_callback
 def test_a_mail_server_that_is_down_is_logged_not_raised(
     settings, caplog, django_capture_on_commit_callbacks
 ):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    if django.VERSION >= (6, 1):
+        options = {"host": "127.0.0.1", "port": 9, "timeout": 2}
+        settings.MAILERS = {"default": {"BACKEND": smtp, "OPTIONS": options}}
+    else:
+        settings.EMAIL_BACKEND = smtp
+        settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
     data_flow = DataFlowFactory(name="orders", flow=EXPLODE, alert_emails="ops@example.com")
 
     fail(data_flow, django_capture_on_commit_callbacks)

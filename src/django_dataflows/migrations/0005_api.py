@@ -14,16 +14,14 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="dataflowrun",
             index=models.Index(
-                fields=["created_at"],
-                include=("data_flow", "status", "duration_ms", "deleted_at"),
+                fields=["created_at", "data_flow", "status", "duration_ms", "deleted_at"],
                 name="dataflows_run_created_idx",
             ),
         ),
         migrations.AddIndex(
             model_name="dataflowrun",
             index=models.Index(
-                fields=["data_flow", "status"],
-                include=("duration_ms", "deleted_at", "created_at"),
+                fields=["data_flow", "status", "duration_ms", "deleted_at", "created_at"],
                 name="dataflows_run_flow_stat_idx",
             ),
         ),
