@@ -50,6 +50,8 @@ from django_dataflows.validators import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
     from django_dataflows.apps import DataFlowsConfig
@@ -634,6 +636,28 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+def _save_stamped(
+    instance: models.Model,
+    save: Callable[..., None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """``save(*args, **kwargs)``; an update of an existing row stamps ``updated_at``.
+
+    The stamp is the database's clock (``Now()``), read back after the write, as every
+    queryset update of runs and steps does: live status follows ``updated_at``.
+    """
+    if instance._state.adding:
+        save(*args, **kwargs)
+        return
+    instance.updated_at = Now()  # type: ignore[attr-defined]
+    update_fields = kwargs.get("update_fields")
+    if update_fields is not None:
+        kwargs["update_fields"] = {*update_fields, "updated_at"}
+    save(*args, **kwargs)
+    instance.refresh_from_db(fields=["updated_at"])
+
+
 def announce_runs_changed(run_ids: list[int], using: str) -> None:
     """Send :data:`~django_dataflows.signals.runs_changed` once the transaction commits.
 
@@ -1131,15 +1155,7 @@ class DataFlowRun(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save; an update of an existing row also stamps ``updated_at`` (database clock)."""
-        if self._state.adding:
-            super().save(*args, **kwargs)
-        else:
-            self.updated_at = Now()
-            update_fields = kwargs.get("update_fields")
-            if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "updated_at"}
-            super().save(*args, **kwargs)
-            self.refresh_from_db(fields=["updated_at"])
+        _save_stamped(self, super().save, args, kwargs)
         announce_runs_changed([self.pk], self._state.db or "default")
 
     @property
@@ -1237,15 +1253,7 @@ class DataFlowRunStep(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save; an update of an existing row also stamps ``updated_at`` (database clock)."""
-        if self._state.adding:
-            super().save(*args, **kwargs)
-        else:
-            self.updated_at = Now()
-            update_fields = kwargs.get("update_fields")
-            if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "updated_at"}
-            super().save(*args, **kwargs)
-            self.refresh_from_db(fields=["updated_at"])
+        _save_stamped(self, super().save, args, kwargs)
         announce_runs_changed([self.run_id], self._state.db or "default")
 
 
