@@ -18,7 +18,11 @@ Measures, in the same run, on PostgreSQL and Redis:
   queue in order). It prints the medians and the ratios (targets: dataflows ≥ 0.8x the
   floor; the ratio to raw no-op tasks is printed too).
 * the worker's code alone, in this process (no Celery), and the SQL statements it sends
-  per run.
+  per run; once as configured, once with Django's default of no prepared statements.
+
+Like a tuned production worker, the worker and this process keep their database connection
+(``CELERY_DB_REUSE_MAX``) and let psycopg prepare statements (``OPTIONS["prepare_threshold"]``
+5; ``DATAFLOWS_TEST_PREPARE_THRESHOLD=`` empty turns that off).
 
 The database (default ``dataflows_bench_celery``) is created and migrated if missing;
 Redis is ``DATAFLOWS_TEST_BROKER_URL`` (default ``redis://127.0.0.1:6379/5``).
@@ -191,11 +195,16 @@ def dataflows_round(count: int) -> Round:
     return Round(enqueue, total)
 
 
-def executor_alone(count: int) -> tuple[float, float]:
-    """The worker's code without Celery: runs per second, and SQL statements per run."""
+def executor_alone(count: int, *, prepare_threshold: int | None) -> tuple[float, float]:
+    """The worker's code without Celery: runs per second, and SQL statements per run.
+
+    ``prepare_threshold`` is psycopg's, on this connection (``None``: never prepare).
+    """
     make_all_due()
     with transaction.atomic():
         runs = claim_due_flows(batch_size=count).runs
+    connection.ensure_connection()
+    connection.connection.prepare_threshold = prepare_threshold
     with CaptureQueriesContext(connection) as queries:
         execute_run(runs[0].pk)
     started = time.perf_counter()
@@ -279,8 +288,11 @@ def main() -> None:
             Record.objects.filter(label__regex=r"^(raw|dataflows|warm-up|floor)-").delete()
 
     say("  the worker's code alone, in this process (no Celery):")
-    alone, per_run = executor_alone(args.runs)
+    threshold = connection.settings_dict["OPTIONS"].get("prepare_threshold")
+    alone, per_run = executor_alone(args.runs, prepare_threshold=threshold)
     say(f"    {alone:,.0f} runs per second, {per_run:.0f} SQL statements per run")
+    unprepared, _per_run = executor_alone(args.runs, prepare_threshold=None)
+    say(f"    {unprepared:,.0f} runs per second with Django's default (no prepared statements)")
 
     def rate(kind: str) -> float:
         return args.runs / statistics.median(r.total for r in rounds[kind])
@@ -288,7 +300,10 @@ def main() -> None:
     floor_ratio = rate("dataflows") / rate("floor")
     raw_ratio = rate("dataflows") / rate("raw")
     reuse = args.db_reuse_max
-    say(f"Medians of {args.repeat} rounds of {args.runs:,}, CELERY_DB_REUSE_MAX {reuse}:")
+    say(
+        f"Medians of {args.repeat} rounds of {args.runs:,}, CELERY_DB_REUSE_MAX {reuse}, "
+        f"prepare_threshold {threshold}:"
+    )
     say("  dispatch, claim + publish of one heartbeat:")
     say(f"    dataflows (claim_due_flows + dispatch_many) {ours * 1000:7.0f} ms ({statements} SQL)")
     say(f"    raw SQL claim + apply_async on one producer {raw * 1000:7.0f} ms")
@@ -303,6 +318,7 @@ def main() -> None:
     say(f"    dataflows / floor                    {floor_ratio:7.2f}x  (target >= 0.8x)")
     say(f"    dataflows / raw no-op                {raw_ratio:7.2f}x")
     say(f"  the worker's code alone, in-process    {alone:7,.0f}/s ({per_run:.0f} SQL per run)")
+    say(f"    without prepared statements          {unprepared:7,.0f}/s")
 
 
 if __name__ == "__main__":

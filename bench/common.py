@@ -20,7 +20,14 @@ def say(message: str) -> None:
 
 
 def setup_django(default_database_url: str) -> None:
+    """Set Django up on ``DATABASE_URL`` (else ``default_database_url``).
+
+    As a tuned production worker runs, psycopg prepares a statement after its fifth run on
+    a connection (``OPTIONS["prepare_threshold"]``); ``DATAFLOWS_TEST_PREPARE_THRESHOLD=``
+    (empty) measures Django's default, which never prepares.
+    """
     os.environ.setdefault("DATABASE_URL", default_database_url)
+    os.environ.setdefault("DATAFLOWS_TEST_PREPARE_THRESHOLD", "5")
     django.setup()
 
 

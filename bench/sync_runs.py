@@ -11,7 +11,9 @@ Prints, as the median of ``--repeat`` rounds of N runs of ``tests.testapp.flows.
 * the database's own rate of durable single-row commits, measured the same way, for
   scale: a run that commits its outcome durably cannot beat it;
 
-and the SQL statements of one run on each path.
+and the SQL statements of one run on each path. psycopg may prepare statements, as on a
+tuned worker (``OPTIONS["prepare_threshold"]`` 5); ``DATAFLOWS_TEST_PREPARE_THRESHOLD=``
+(empty) measures Django's default, which never prepares.
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ def main() -> None:
         "HEARTBEAT_BATCH_SIZE": args.runs,
     }
     ensure_database()
-    say(f"PostgreSQL {connection.cursor().connection.info.server_version}, {args.runs:,} runs")
+    threshold = connection.settings_dict["OPTIONS"].get("prepare_threshold")
+    say(
+        f"PostgreSQL {connection.cursor().connection.info.server_version}, {args.runs:,} runs, "
+        f"prepare_threshold {threshold}"
+    )
     flows = build_flows(args.runs)
     kinds: dict[str, Callable[[list[DataFlow]], float]] = {
         "heartbeat": heartbeat_round,

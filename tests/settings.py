@@ -56,6 +56,12 @@ DATABASES = {
         os.environ.get("DATABASE_URL", "sqlite:///:memory:"), conn_max_age=0
     )
 }
+if os.environ.get("DATAFLOWS_TEST_PREPARE_THRESHOLD"):
+    # psycopg prepares a statement after this many runs on a connection (Django's default:
+    # never). The benchmarks set it, as a tuned worker would; see the Celery backend page.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = int(
+        os.environ["DATAFLOWS_TEST_PREPARE_THRESHOLD"]
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file (not memory) so that other processes in the tests (the real servers of
     # tests/test_live_servers.py) can share the database; one per test session.

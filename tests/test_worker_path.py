@@ -7,6 +7,8 @@ flow's bookkeeping. These tests pin what each statement writes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -16,6 +18,31 @@ from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, StepStatus
 from tests.factories import DataFlowFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True, params=["django-default", "prepared"])
+def statement_preparation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test twice: as Django connects (nothing prepared), and with psycopg allowed to
+    prepare every statement at its first run (``OPTIONS["prepare_threshold"]`` 0), where the
+    worker's statements bind their parameters on the server."""
+    if request.param == "django-default":
+        yield request.param
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    raw.prepare_threshold = 0
+    try:
+        yield request.param
+    finally:
+        if connection.connection is raw and not raw.closed:
+            raw.prepare_threshold = None
+            raw.execute("DEALLOCATE ALL")  # psycopg forgets its prepared statements too
+
+
+def prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY prepare_time")
+        return [row[0] for row in cursor.fetchall()]
 
 
 def test_a_no_op_run_costs_the_worker_two_statements():
@@ -215,3 +242,23 @@ def test_both_statements_announce_the_run_to_live_status():
         signals.runs_changed.disconnect(dispatch_uid="record-runs-changed")
 
     assert announced.count([run.pk]) >= 2  # taken, then ended
+
+
+def test_the_worker_prepares_its_statements_only_where_the_project_allows_it(
+    statement_preparation,
+):
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.NoOp")
+
+    for _ in range(2):
+        FlowExecutor.execute_queued(data_flow.create_pending_run().pk)
+
+    assert data_flow.runs.filter(status=RunStatus.SUCCESS).count() == 2
+    prepared = prepared_statements()
+    if statement_preparation == "django-default":
+        # As Django connects by default: safe behind PgBouncer in transaction mode.
+        assert prepared == []
+    else:
+        # Planned once per connection: the second run reused both plans.
+        assert len(prepared) == 2, prepared
+        assert "synchronous_commit" in prepared[0]
+        assert prepared[1].startswith("WITH done AS")

@@ -125,34 +125,33 @@ def _failure_message(run: DataFlowRun, failures: int, *, disabled: bool) -> tupl
 
 def record_success(run: DataFlowRun) -> None:
     """End an open failure or overdue episode; say so once."""
-    flows = DataFlow.objects.filter(pk=run.data_flow_id)
     # The common case (nothing to recover from) costs one read by primary key, or none when
     # the worker's outcome statement read the flow's alert state with it.
-    if run.flow_alert_state is not None:
-        nothing_to_recover = run.flow_alert_state == (0, None)
-    else:
-        nothing_to_recover = flows.filter(
-            consecutive_failures=0, overdue_episode_since__isnull=True
-        ).exists()
-    if not nothing_to_recover:
-        with transaction.atomic():
-            row = row_lock(flows).values("consecutive_failures", "overdue_episode_since").first()
-            if row is None:
-                return
-            failures, overdue_since = row["consecutive_failures"], row["overdue_episode_since"]
-            if not failures and overdue_since is None:
-                return  # another process recorded the recovery first
-            flows.update(consecutive_failures=0, overdue_episode_since=None)
-            data_flow = run.data_flow
-            data_flow.consecutive_failures, data_flow.overdue_episode_since = 0, None
-            lines = [f"Run {run.pk} of data flow {data_flow.name!r} succeeded.", ""]
-            if failures:
-                lines.append(f"It ends a run of {failures} consecutive failed runs.")
-            if overdue_since is not None:
-                lines.append(f"The flow had been overdue since {_when(overdue_since)}.")
-            if not data_flow.enabled:
-                lines.append("The flow is disabled: enable it to resume its schedule.")
-            _send_after_commit(data_flow, f"{data_flow.name} recovered", lines)
+    if run.flow_alert_state == (0, None):
+        return
+    flows = DataFlow.objects.filter(pk=run.data_flow_id)
+    if run.flow_alert_state is None and (
+        flows.filter(consecutive_failures=0, overdue_episode_since__isnull=True).exists()
+    ):
+        return
+    with transaction.atomic():
+        row = row_lock(flows).values("consecutive_failures", "overdue_episode_since").first()
+        if row is None:
+            return
+        failures, overdue_since = row["consecutive_failures"], row["overdue_episode_since"]
+        if not failures and overdue_since is None:
+            return  # another process recorded the recovery first
+        flows.update(consecutive_failures=0, overdue_episode_since=None)
+        data_flow = run.data_flow
+        data_flow.consecutive_failures, data_flow.overdue_episode_since = 0, None
+        lines = [f"Run {run.pk} of data flow {data_flow.name!r} succeeded.", ""]
+        if failures:
+            lines.append(f"It ends a run of {failures} consecutive failed runs.")
+        if overdue_since is not None:
+            lines.append(f"The flow had been overdue since {_when(overdue_since)}.")
+        if not data_flow.enabled:
+            lines.append("The flow is disabled: enable it to resume its schedule.")
+        _send_after_commit(data_flow, f"{data_flow.name} recovered", lines)
 
 
 def _when(moment: datetime | None) -> str:
