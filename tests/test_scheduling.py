@@ -111,6 +111,42 @@ def test_claim_statements_do_not_grow_with_the_number_of_due_flows(dummy_backend
     assert many <= 13
 
 
+def test_handing_claimed_runs_over_reads_no_column_the_claim_left_out(
+    django_assert_num_queries,
+):
+    # The claim reads only CLAIM_FIELDS of each flow; a backend that read another one would
+    # pay a query per run of the batch. Celery builds a real message (kombu's in-memory
+    # transport); the Django Tasks backend reads the queue.
+    from celery import Celery
+
+    from django_dataflows.backends.celery import CeleryBackend
+    from django_dataflows.events import run_event_payload
+
+    due_flow(name="nightly", queue="reports", timeout=120, max_retries=2)
+    due_flow(name="hourly", cron="0 * * * *", run_interval=None, timezone="Europe/Berlin")
+    with transaction.atomic():
+        runs = claim_due_flows(SLOT).runs
+    app = Celery("claim-test", broker="memory://")
+
+    with django_assert_num_queries(0):
+        for run in runs:
+            CeleryBackend._publish(app, run, 60)
+            payload = run_event_payload(run)  # what run_enqueued receivers get
+            data_flow = run.data_flow
+            seen = (
+                payload["flow_name"],
+                run.queue or data_flow.effective_queue,
+                data_flow.effective_timeout,
+                data_flow.effective_max_retries,
+            )
+            assert seen[0] in {"nightly", "hourly"}
+
+    assert sorted((run.data_flow.name, run.queue) for run in runs) == [
+        ("hourly", "default"),
+        ("nightly", "reports"),
+    ]
+
+
 def test_heartbeat_counts_and_runs_every_due_flow():
     working = due_flow(name="working")
     due_flow(name="broken", flow="tests.testapp.flows.Explode")

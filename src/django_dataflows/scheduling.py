@@ -71,6 +71,22 @@ class HeartbeatResult:
         return data
 
 
+#: The flow columns a heartbeat reads: its schedule, and what a backend needs to hand a run
+#: over (name, queue, timeout, retries). Every other column is left out of the claim's
+#: query (reading and converting them all cost as much as the claim's SQL for 1,000 flows;
+#: ``bench/heartbeat.py``); one still loads when something asks for it, one query a flow.
+CLAIM_FIELDS = (
+    "name",
+    "next_run_at",
+    "run_interval",
+    "cron",
+    "timezone",
+    "queue",
+    "timeout",
+    "max_retries",
+)
+
+
 def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) -> Claim:
     """Create the pending runs of due flows and advance their schedules.
 
@@ -84,9 +100,7 @@ def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) 
     features = connection.features
     due = list(
         DataFlow.objects.due_to_run(now)
-        # What the claim and the hand-over need: the JSON a worker reads itself is not
-        # decoded here a thousand times (it loads if something asks for it).
-        .defer("description", "configuration", "state")
+        .only(*CLAIM_FIELDS)
         .select_for_update(skip_locked=True, no_key=features.has_select_for_no_key_update)
         .order_by("next_run_at", "pk")[:batch_size]
     )
