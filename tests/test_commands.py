@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -13,6 +17,8 @@ from django.utils import timezone
 
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 from tests.factories import DataFlowFactory, DataFlowRunFactory
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.django_db
 
@@ -284,3 +290,27 @@ def test_heartbeat_command_exits_1_when_the_backend_refuses_runs(settings):
         run_command("dataflows_heartbeat", "--quiet")
 
     assert info.value.returncode == 1
+
+
+@pytest.mark.slow
+def test_heartbeat_command_with_the_database_down_says_so_in_one_line_and_exits_2():
+    # A real process on a database nobody listens on (port 1), as cron would run it.
+    completed = subprocess.run(
+        [sys.executable, "-m", "django", "dataflows_heartbeat", "--quiet"],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:1/unreachable",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 2, completed.stderr
+    error = json.loads(completed.stdout)["error"]
+    assert error.startswith("The database is unavailable: ")
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.startswith("CommandError: The database is unavailable")
