@@ -637,44 +637,39 @@ class FlowExecutor:
 
     @classmethod
     def time_out_stuck_runs(cls, now: datetime | None = None) -> int:
-        """End runs past their timeout (``DataFlowRun.objects.stuck()``) as ``timed_out``.
+        """End runs in progress past their timeout (``DataFlowRun.objects.stuck()``).
 
-        Either kind of stuck run would otherwise block its flow forever. An in-progress run
-        that was asked to cancel ends ``cancelled`` instead: its body never reached a
-        checkpoint (its worker was probably lost). Paused runs never time out. Returns how
-        many runs were ended.
+        A stuck run would otherwise block its flow forever: it ends ``timed_out``, or
+        ``cancelled`` if it was asked to cancel (its body never reached a checkpoint; its
+        worker was probably lost). Paused runs never time out, and a run still pending is
+        not stuck but unclaimed (:meth:`take_back_unclaimed_runs`). Returns how many runs
+        were ended.
         """
         now = now or timezone.now()
-        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        by_timeout: dict[int, list[int]] = defaultdict(list)
         # effective_timeout is stuck()'s annotation, which the type checker cannot see.
-        stuck = DataFlowRun.objects.stuck(now).values_list("pk", "status", "effective_timeout")  # type: ignore[misc]
-        for pk, status, timeout in stuck:
-            groups[(status, timeout)].append(pk)
+        stuck = DataFlowRun.objects.stuck(now).values_list("pk", "effective_timeout")  # type: ignore[misc]
+        for pk, timeout in stuck:
+            by_timeout[timeout].append(pk)
         count = 0
-        for (status, timeout), pks in groups.items():
-            if status == RunStatus.IN_PROGRESS:
-                count += DataFlowRun.objects.filter(
-                    pk__in=pks, status=status, cancel_requested_at__isnull=False
-                ).update(
-                    status=RunStatus.CANCELLED,
-                    ended_at=now,
-                    error_message=f"Cancelled: no checkpoint was reached within the "
-                    f"{timeout}-second timeout; its worker was probably lost.",
-                )
-            message = (
-                f"Timed out: still in progress after the {timeout}-second timeout; "
-                "its worker was probably lost."
-                if status == RunStatus.IN_PROGRESS
-                else f"Timed out: no worker picked the run up within {timeout} seconds; "
-                "the queue message was probably lost."
+        for timeout, pks in by_timeout.items():
+            in_progress = DataFlowRun.objects.filter(pk__in=pks, status=RunStatus.IN_PROGRESS)
+            count += in_progress.filter(cancel_requested_at__isnull=False).update(
+                status=RunStatus.CANCELLED,
+                ended_at=now,
+                error_message=f"Cancelled: no checkpoint was reached within the "
+                f"{timeout}-second timeout; its worker was probably lost.",
             )
-            count += DataFlowRun.objects.filter(pk__in=pks, status=status).update(
-                status=RunStatus.TIMED_OUT, ended_at=now, error_message=message
+            count += in_progress.update(
+                status=RunStatus.TIMED_OUT,
+                ended_at=now,
+                error_message=f"Timed out: still in progress after the {timeout}-second "
+                "timeout; its worker was probably lost.",
             )
         if count:
             cls._after_bulk_finish(
                 DataFlowRun.objects.filter(
-                    pk__in=[pk for pks in groups.values() for pk in pks],
+                    pk__in=[pk for pks in by_timeout.values() for pk in pks],
                     status__in=(RunStatus.TIMED_OUT, RunStatus.CANCELLED),
                     ended_at=now,
                 ).select_related("data_flow")
