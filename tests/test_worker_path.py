@@ -22,20 +22,19 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(autouse=True, params=["django-default", "prepared"])
 def statement_preparation(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test twice: as Django connects (nothing prepared), and with psycopg allowed to
-    prepare every statement at its first run (``OPTIONS["prepare_threshold"]`` 0), where the
-    worker's statements bind their parameters on the server."""
-    if request.param == "django-default":
-        yield request.param
-        return
+    """Each test twice: as Django connects by default (nothing prepared), and with psycopg
+    allowed to prepare every statement at its first run (``OPTIONS["prepare_threshold"]``
+    0), where the worker's statements bind their parameters on the server. (Under
+    ``CaptureQueriesContext`` queries are logged, and the worker uses Django's cursor.)"""
     connection.ensure_connection()
     raw = connection.connection
-    raw.prepare_threshold = 0
+    previous = raw.prepare_threshold
+    raw.prepare_threshold = None if request.param == "django-default" else 0
     try:
         yield request.param
     finally:
         if connection.connection is raw and not raw.closed:
-            raw.prepare_threshold = None
+            raw.prepare_threshold = previous
             raw.execute("DEALLOCATE ALL")  # psycopg forgets its prepared statements too
 
 
@@ -262,3 +261,28 @@ def test_the_worker_prepares_its_statements_only_where_the_project_allows_it(
         assert len(prepared) == 2, prepared
         assert "synchronous_commit" in prepared[0]
         assert prepared[1].startswith("WITH done AS")
+
+
+def test_the_times_a_worker_reads_are_in_the_current_time_zone(settings):
+    # The connection was opened under the suite's settings; the worker's statements must
+    # read datetimes as Django's own queries on that connection now do.
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "America/New_York"
+    data_flow = DataFlowFactory(flow="tests.testapp.flows.NoOp")
+    run = data_flow.create_pending_run()
+    started = []
+
+    def look(run: DataFlowRun, **kwargs: object) -> None:
+        started.append(run.started_at)
+
+    from django_dataflows import signals
+
+    signals.run_started.connect(look, dispatch_uid="look-started")
+    try:
+        FlowExecutor.execute_queued(run.pk)
+    finally:
+        signals.run_started.disconnect(dispatch_uid="look-started")
+
+    run.refresh_from_db()
+    assert started == [run.started_at]
+    assert run.started_at.tzinfo is None

@@ -71,10 +71,11 @@ class HeartbeatResult:
         return data
 
 
-#: The flow columns a heartbeat reads: its schedule, and what a backend needs to hand a run
-#: over (name, queue, timeout, retries). Every other column is left out of the claim's
-#: query (reading and converting them all cost as much as the claim's SQL for 1,000 flows;
-#: ``bench/heartbeat.py``); one still loads when something asks for it, one query a flow.
+#: The flow columns a heartbeat reads: its schedule, what a backend needs to hand a run
+#: over (name, queue, timeout, retries) and whom to tell if it refuses (alert_emails).
+#: Every other column is left out of the claim's query (reading and converting them all cost
+#: as much as the claim's SQL for 1,000 flows; ``bench/heartbeat.py``); one still loads when
+#: something asks for it, one query a flow.
 CLAIM_FIELDS = (
     "name",
     "next_run_at",
@@ -84,6 +85,7 @@ CLAIM_FIELDS = (
     "queue",
     "timeout",
     "max_retries",
+    "alert_emails",
 )
 
 

@@ -78,11 +78,21 @@ def _cursor() -> CursorWrapper:
     raw = connection.connection
     if getattr(raw, "prepare_threshold", None) is None or connection.queries_logged:
         return connection.cursor()
-    from psycopg import Cursor  # psycopg 3 is the one with prepare_threshold
+    # psycopg 3 is the one with prepare_threshold.
+    from django.db.backends.postgresql.base import ServerBindingCursor
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg import adapters
+    from psycopg.pq import Format
 
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
-        return connection.make_cursor(Cursor(raw))  # type: ignore[arg-type]  # stubs: a DB-API cursor
+        cursor = ServerBindingCursor(raw)  # type: ignore[call-arg]  # stubs: no arguments
+        # As Django's create_cursor(): datetimes in the connection's current time zone
+        # (it differs from the one the connection was opened with after a settings change).
+        loader = raw.adapters.get_loader(adapters.types["timestamptz"].oid, Format.TEXT)
+        if connection.timezone != getattr(loader, "timezone", connection.timezone):
+            register_tzloader(connection.timezone, cursor)
+        return connection.make_cursor(cursor)  # type: ignore[arg-type]  # stubs: a DB-API cursor
 
 
 @lru_cache(maxsize=4)

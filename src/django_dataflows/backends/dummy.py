@@ -38,6 +38,8 @@ class DummyBackend(BaseBackend):
     def run_all(self) -> None:
         runs, self.enqueued = self.enqueued, []
         for run in runs:
+            # The whole flow row: a heartbeat's runs carry only the columns the claim read.
+            run.data_flow.refresh_from_db()
             try:
                 FlowExecutor.execute(run.data_flow, run=run)
             except Exception:  # noqa: S112 - recorded on the run; run the rest

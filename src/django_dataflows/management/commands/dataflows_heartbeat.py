@@ -7,7 +7,7 @@ import logging
 from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 
 from django_dataflows.scheduling import run_heartbeat
 
@@ -27,7 +27,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             result = run_heartbeat(source="command", client="manage.py")
-        except DatabaseError as exc:
+        except (OperationalError, InterfaceError) as exc:
+            # The database cannot be reached (or dropped the connection). Other database
+            # errors (a missing migration, a bug) raise as they are, with their backtrace.
             self._could_not_run(f"The database is unavailable: {exc}".strip())
         if not options["quiet"] or result.enqueue_failures:
             self.stdout.write(json.dumps(result.as_dict(), sort_keys=True))
