@@ -31,7 +31,8 @@ from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from raw import FLOWS, RUNS, raw_claim  # noqa: E402
 
-from django_dataflows.backends import dispatch_many, get_backend  # noqa: E402
+from django_dataflows.backends import get_backend  # noqa: E402
+from django_dataflows.runs.starting import dispatch_many  # noqa: E402
 from django_dataflows.scheduling import claim_due_flows  # noqa: E402
 
 #: The cron flows' expressions and zones (fixed and wildcard hours, several zones).

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 
@@ -40,3 +42,19 @@ class DataFlowRunFactory(factory.django.DjangoModelFactory):
     data_flow = factory.SubFactory(DataFlowFactory)
     status = RunStatus.SUCCESS
     trigger = RunTrigger.MANUAL
+    # The moment a run last moved into pending or in progress, which timeouts count from:
+    # its start where the test gives one; else empty, and the pickup deadline counts from
+    # its creation.
+    started_at = None
+    activated_at = factory.LazyAttribute(lambda run: run.started_at)
+
+    @classmethod
+    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        # duration_ms is computed by the database from started_at and ended_at: a test that
+        # wants a duration gets the timestamps that make it.
+        duration = kwargs.pop("duration_ms", None)
+        if duration is not None:
+            started = kwargs.get("started_at") or kwargs.get("created_at") or timezone.now()
+            kwargs["started_at"] = started
+            kwargs["ended_at"] = started + timedelta(milliseconds=duration)
+        return kwargs

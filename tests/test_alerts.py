@@ -6,6 +6,7 @@ import datetime
 
 import django
 import pytest
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_dataflows import signals
@@ -28,9 +29,7 @@ def created_ago(data_flow, **delta):
 
 def not_due(data_flow):
     """Keep the heartbeat from running the flow: these tests are about its past runs."""
-    DataFlow.objects.filter(pk=data_flow.pk).update(
-        next_run_at=timezone.now() + datetime.timedelta(days=1)
-    )
+    DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=Now() + datetime.timedelta(days=1))
 
 
 @pytest.fixture

@@ -9,13 +9,14 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from django_dataflows.backends import dispatch, dispatch_many, get_backend, load_backend
+from django_dataflows.backends import get_backend, load_backend
 from django_dataflows.backends.base import BaseBackend
 from django_dataflows.backends.dummy import DummyBackend
 from django_dataflows.backends.sync import SyncBackend
 from django_dataflows.exceptions import EnqueueFailed
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
+from django_dataflows.runs.starting import dispatch, dispatch_many
 from django_dataflows.scheduling import run_heartbeat
 from tests.factories import DataFlowFactory
 from tests.testapp.models import Record

@@ -13,18 +13,15 @@ from django_dataflows import signals
 from django_dataflows.exceptions import (
     DataFlowError,
     FlowNotRegistered,
+    FlowTimeout,
     InvalidRunState,
     PermanentFlowError,
     RunAlreadyActive,
     RunNotPending,
 )
-from django_dataflows.executor import (
-    FlowExecutor,
-    FlowTimeout,
-    _timeout_exceptions,
-    register_timeout_exception,
-)
+from django_dataflows.executor import FlowExecutor, register_timeout_exception
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.runs.execution import _timeout_exceptions
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 from tests.testapp.models import Record
 

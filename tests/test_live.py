@@ -12,12 +12,13 @@ import pytest
 from django.core.checks import run_checks
 from django.db import connection, transaction
 from django.test import Client
+from rest_framework import serializers
 
 from django_dataflows import signals
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.live import get_event_source, load_event_source_class, publish_runs_changed
 from django_dataflows.live.base import Subscriber, load_run_ids
-from django_dataflows.live.payloads import builtin_run_payload, run_payload
+from django_dataflows.live.payloads import run_payload
 from django_dataflows.live.polling import PollingEvents
 from django_dataflows.live.streams import Stream, async_events, format_event
 from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
@@ -274,13 +275,15 @@ def test_event_ids_never_go_back():
     assert first == b'event: run\nid: 7\ndata: {"id":1}\n\n'
 
 
-def test_builtin_payload_is_the_apis(settings):
+def test_the_live_payload_is_the_apis_run(settings):
+    from django_dataflows.api.serializers import DataFlowRunSerializer
+
     run = DataFlowRunFactory(status=RunStatus.FAILED, error_backtrace="tb", progress={"done": 1})
     DataFlowRunStep.objects.create(run=run, position=1, name="extract")
     (loaded,) = load_run_ids([run.pk])
     run = DataFlowRun.objects.prefetch_related("steps").get(pk=run.pk)
-    built = builtin_run_payload(run, list(run.steps.all()), backtrace=True)
-    assert json.loads(json.dumps(built)) == json.loads(json.dumps(run_payload(run, backtrace=True)))
+    by_fields = serializers.ModelSerializer.to_representation(DataFlowRunSerializer(), run)
+    assert run_payload(run, backtrace=True) == json.loads(json.dumps(by_fields))
     assert loaded.payload["steps"][0]["name"] == "extract"
 
 

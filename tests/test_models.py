@@ -7,6 +7,7 @@ import datetime
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_dataflows.exceptions import FlowNotRegistered, RunAlreadyActive
@@ -184,7 +185,7 @@ def test_re_enabling_a_long_disabled_flow_makes_it_due_now():
     data_flow = DataFlowFactory(run_interval=60, enabled=False)
     DataFlow.objects.filter(pk=data_flow.pk).update(
         last_run_at=timezone.now() - datetime.timedelta(days=2),
-        next_run_at=timezone.now() + datetime.timedelta(days=5),
+        next_run_at=Now() + datetime.timedelta(days=5),
     )
     data_flow.refresh_from_db()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_dataflows import signals
@@ -262,7 +263,7 @@ def test_the_heartbeat_starts_no_new_run_of_a_flow_whose_run_is_paused():
 
     data_flow = three_steps(request="pause", request_in="one")
     FlowExecutor.execute(data_flow)
-    type(data_flow).objects.filter(pk=data_flow.pk).update(next_run_at=timezone.now())
+    type(data_flow).objects.filter(pk=data_flow.pk).update(next_run_at=Now())
 
     result = run_heartbeat()
 
@@ -288,7 +289,7 @@ def test_a_resumed_run_waits_for_a_worker_from_its_resume_not_its_creation(setti
     run.refresh_from_db()
 
     with pytest.MonkeyPatch.context() as patch:  # keep the resumed run pending
-        patch.setattr("django_dataflows.executor.hand_to_backend", lambda run: None)
+        patch.setattr("django_dataflows.runs.starting.hand_over", lambda run: None)
         FlowExecutor.resume(run)
 
     assert FlowExecutor.take_back_unclaimed_runs().runs == []

@@ -383,10 +383,10 @@ def test_every_write_to_a_step_stamps_its_runs_updated_at():
 
 
 def test_progress_is_written_at_most_about_once_a_second(monkeypatch):
-    from django_dataflows.runtime import RunSession
+    from django_dataflows.runs.runtime import RunSession
 
     clock = [100.0]
-    monkeypatch.setattr("django_dataflows.runtime.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("django_dataflows.runs.runtime.time.monotonic", lambda: clock[0])
     run = DataFlowFactory().create_pending_run()
     session = RunSession(run)
 

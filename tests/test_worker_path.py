@@ -260,7 +260,7 @@ def test_the_worker_prepares_its_statements_only_where_the_project_allows_it(
         # Planned once per connection: the second run reused both plans.
         assert len(prepared) == 2, prepared
         assert "synchronous_commit" in prepared[0]
-        assert prepared[1].startswith("WITH done AS")
+        assert prepared[1].startswith("WITH moved AS")
 
 
 def test_the_times_a_worker_reads_are_in_the_current_time_zone(settings):

@@ -676,6 +676,27 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             level = messages.INFO
         self.message_user(request, message, level)
 
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """The delete pages refuse a flow with an active run, as the model does.
+
+        Each such flow's active run is listed as what protects it, so the confirmation page
+        says why and offers no "Yes"; ``DataFlow.delete()`` refuses it anyway.
+        """
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        pks = [obj.pk for obj in objs]
+        active = DataFlowRun.objects.active().filter(data_flow__in=pks).select_related("data_flow")
+        protected = list(protected) + [
+            format_html(
+                gettext("{run}: still {status}; cancel it or wait for it to finish"),
+                run=str(run),
+                status=run.get_status_display().lower(),
+            )
+            for run in active
+        ]
+        return deleted, counts, perms_needed, protected
+
     @admin.action(description=_("Enable"), permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
         count = self._set_enabled(request, queryset, enabled=True)
@@ -703,14 +724,12 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
     def _set_enabled(
         self, request: HttpRequest, queryset: QuerySet[DataFlow], *, enabled: bool
     ) -> int:
-        # One save() per flow, never queryset.update(): save() recomputes next_run_at, so a
-        # flow enabled after a long pause does not count as overdue since then.
+        # One set_enabled() per flow, never queryset.update(): it recomputes next_run_at.
         changed = 0
         label = str(DataFlow._meta.get_field("enabled").verbose_name)
         with transaction.atomic():
             for data_flow in queryset.filter(enabled=not enabled):
-                data_flow.enabled = enabled
-                data_flow.save(update_fields=["enabled", "updated_at"])
+                data_flow.set_enabled(enabled)
                 self.log_change(request, data_flow, [{"changed": {"fields": [label]}}])
                 changed += 1
         return changed

@@ -39,6 +39,7 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.runs.transitions import allowed_actions
 from django_dataflows.validators import validate_run_input
 
 if TYPE_CHECKING:
@@ -72,21 +73,11 @@ CONTROL_LABELS = {
 
 
 def available_controls(run: DataFlowRun) -> list[str]:
-    """The controls that the run's state allows now (what the run page offers)."""
-    status = run.status
-    controls = []
-    requested = run.cancel_requested_at is not None
-    if status in (RunStatus.PENDING, RunStatus.PAUSED) or (
-        status == RunStatus.IN_PROGRESS and not requested
-    ):
-        controls.append("cancel")
-    if status == RunStatus.IN_PROGRESS and not requested and run.pause_requested_at is None:
-        controls.append("pause")
-    if status == RunStatus.PAUSED:
-        controls.append("resume")
-    if status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED):
-        controls.append("retry")
-    return controls
+    """The controls that the run's state allows now (what the run page offers).
+
+    Read from the transitions' table, as the executor's refusals are.
+    """
+    return allowed_actions(run)
 
 
 def describe_outcome(action: str, run: DataFlowRun, returned: DataFlowRun) -> str:

@@ -79,14 +79,12 @@ def record_failure(run: DataFlowRun) -> None:
         failures = row["consecutive_failures"] + 1
         limit = row["disable_after_failures"]
         disable = bool(row["enabled"] and limit is not None and failures >= limit)
-        fields: dict[str, Any] = {"consecutive_failures": failures}
-        if disable:
-            fields["enabled"] = False
-        DataFlow.objects.filter(pk=run.data_flow_id).update(**fields)
+        DataFlow.objects.filter(pk=run.data_flow_id).update(consecutive_failures=failures)
         data_flow = run.data_flow
         data_flow.consecutive_failures = failures
         if disable:
-            data_flow.enabled = False
+            data_flow.enabled = True  # as the locked row says
+            data_flow.set_enabled(False)
             logger.warning(
                 "Data flow %r disabled after %d consecutive failed runs", data_flow.name, failures
             )

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
-
-if TYPE_CHECKING:
-    from django_dataflows.models import DataFlow, DataFlowRun
 
 
 class DataFlowsConfig(AppConfig):
@@ -24,28 +19,14 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows import alerts, checks  # noqa: F401 - checks registers itself
         from django_dataflows.conf import app_settings
         from django_dataflows.flows import autodiscover
+        from django_dataflows.models import use_run_starter
+        from django_dataflows.runs import starting
 
+        # The models start runs through the run engine, which sits above them.
+        use_run_starter(starting)
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         connect_live_publisher()
         alerts.connect()
-
-    # The models' DataFlow.create_pending_run() and trigger_run() land here: the app is the
-    # one place that knows both the models and what sits above them (bookkeeping, backends).
-
-    def create_pending_run(self, data_flow: DataFlow, **kwargs: Any) -> DataFlowRun:
-        from django_dataflows.bookkeeping import create_pending_run
-
-        return create_pending_run(data_flow, **kwargs)
-
-    def trigger_run(self, data_flow: DataFlow, **kwargs: Any) -> DataFlowRun:
-        from django_dataflows.backends import trigger_run
-
-        return trigger_run(data_flow, **kwargs)
-
-    def hand_to_backend(self, run: DataFlowRun) -> None:
-        from django_dataflows.backends import hand_over
-
-        hand_over(run)
 
 
 def connect_live_publisher() -> None:

@@ -36,6 +36,22 @@ class RunAlreadyActive(DataFlowError):
         )
 
 
+class FlowHasActiveRun(DataFlowError):
+    """A flow cannot be deleted while it has an active run (the API answers 409)."""
+
+    def __init__(self, data_flow_names: list[str]) -> None:
+        self.data_flow_names = data_flow_names
+        names = ", ".join(repr(name) for name in data_flow_names)
+        which = "Data flow" if len(data_flow_names) == 1 else "Data flows"
+        super().__init__(
+            f"{which} {names} has an active run; cancel it or wait for it to finish before "
+            "deleting the flow."
+            if len(data_flow_names) == 1
+            else f"{which} {names} have active runs; cancel them or wait for them to finish "
+            "before deleting the flows."
+        )
+
+
 class RunNotPending(DataFlowError):
     """The run was asked to execute but is no longer pending (a duplicate or late delivery)."""
 

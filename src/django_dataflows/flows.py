@@ -47,7 +47,7 @@ class StepRecorder(Protocol):
     """Where a flow's steps, progress and checkpoints go.
 
     The executor gives a running flow one that writes to the database
-    (:class:`django_dataflows.runtime.RunSession`); a flow built without one (in a unit
+    (:class:`django_dataflows.runs.runtime.RunSession`); a flow built without one (in a unit
     test, say) records them in memory (:class:`MemoryRecorder`).
     """
 

@@ -6,15 +6,15 @@ import math
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
 
-from django.apps import apps
 from django.conf import settings
-from django.core.exceptions import EmptyResultSet, ValidationError
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
 from django.db.models import (
+    Exists,
     ExpressionWrapper,
     F,
     Func,
@@ -28,8 +28,10 @@ from django.db.models.functions import Coalesce, Now, RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_dataflows.clock import MillisecondsBetween, database_now
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
+    FlowHasActiveRun,
     FlowNotRegistered,
     InvalidRunState,
 )
@@ -53,8 +55,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-
-    from django_dataflows.apps import DataFlowsConfig
 
 
 class RunStatus(models.TextChoices):
@@ -153,9 +153,35 @@ class DataFlowQuerySet(models.QuerySet["DataFlow"]):
     def enabled(self) -> DataFlowQuerySet:
         return self.filter(enabled=True)
 
+    def with_active_run(self) -> DataFlowQuerySet:
+        """The flows among these that have an active run."""
+        return self.filter(
+            Exists(DataFlowRun.objects.filter(data_flow=OuterRef("pk"), status__in=ACTIVE_STATUSES))
+        )
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete the flows and their history; ``FlowHasActiveRun`` if any has an active run.
+
+        The flows are locked first, as a trigger locks its flow: no run can start between
+        the check and the delete. The admin, the API and code all delete through here or
+        :meth:`DataFlow.delete`.
+        """
+        with transaction.atomic(using=self.db):
+            locked = row_lock(self.order_by()).values_list("pk", flat=True)
+            pks = list(locked)
+            busy = list(
+                DataFlow.objects.filter(pk__in=pks).with_active_run().values_list("name", flat=True)
+            )
+            if busy:
+                raise FlowHasActiveRun(sorted(busy))
+            return super(DataFlowQuerySet, DataFlow.objects.filter(pk__in=pks)).delete()
+
     def due_to_run(self, now: datetime | None = None) -> DataFlowQuerySet:
-        """Enabled flows whose ``next_run_at`` has come (uses the due index)."""
-        return self.filter(enabled=True, next_run_at__lte=now or timezone.now())
+        """Enabled flows whose ``next_run_at`` has come (uses the due index).
+
+        ``now`` defaults to the database's clock, which schedules are kept by.
+        """
+        return self.filter(enabled=True, next_run_at__lte=now or database_now())
 
     def with_overdue_since(self) -> DataFlowQuerySet:
         """Annotate ``overdue_since``: when each flow is (or will be) overdue.
@@ -404,6 +430,27 @@ class DataFlow(models.Model):
             )
         super().save(*args, **kwargs)
 
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Delete the flow and its run history; ``FlowHasActiveRun`` while a run is active."""
+        with transaction.atomic(using=kwargs.get("using") or self._state.db):
+            row_lock(DataFlow.objects.filter(pk=self.pk)).values_list("pk").first()
+            if self.runs.active().exists():
+                raise FlowHasActiveRun([self.name])
+            return super().delete(*args, **kwargs)
+
+    def set_enabled(self, enabled: bool) -> bool:
+        """Turn the schedule on or off; ``True`` if that changed it.
+
+        The one way to do it (admin, API, alerts): the save recomputes ``next_run_at``, so
+        a flow enabled after a long pause does not run (or count as overdue) for the time
+        it was off.
+        """
+        if self.enabled == enabled:
+            return False
+        self.enabled = enabled
+        self.save(update_fields=["enabled", "updated_at"])
+        return True
+
     def clean_fields(self, exclude: Any = None) -> None:
         excluded = set(exclude or ())
         errors: dict[str, Any] = {}
@@ -471,8 +518,9 @@ class DataFlow(models.Model):
         flow: its first slot after now (a cron schedule is a wall-clock promise: enabling
         or editing it never starts a catch-up run). A cron stored invalid (bypassing
         validation) is due now, so the heartbeat reports it rather than forgetting it.
+        ``now`` defaults to the database's clock, which the heartbeat judges due-ness by.
         """
-        now = now or timezone.now()
+        now = now or database_now()
         if self.cron:
             try:
                 return next_cron_slot(self.cron, self.timezone, now)
@@ -579,9 +627,10 @@ class DataFlow(models.Model):
         started by hand pushes an interval flow's next scheduled run to at least
         ``run_interval`` later, as a scheduled one would; it never moves a cron flow's next
         slot. ``input`` (a JSON object, else ``ValidationError``) is stored on the run as
-        ``self.input`` of the flow. See :func:`django_dataflows.bookkeeping.create_pending_run`.
+        ``self.input`` of the flow. See
+        :func:`django_dataflows.runs.bookkeeping.create_pending_run`.
         """
-        return _run_service().create_pending_run(
+        return _starter().create_pending_run(
             self, trigger=trigger, user=user, attempt=attempt, now=now, input=input
         )
 
@@ -595,7 +644,7 @@ class DataFlow(models.Model):
     ) -> DataFlowRun:
         """Start a run: record it as pending and hand it to the backend after commit.
 
-        This is the one way a run starts (see :func:`django_dataflows.backends.trigger_run`).
+        This is the one way a run starts (see :func:`django_dataflows.runs.starting.trigger_run`).
         ``input`` is the run's own parameters (a JSON object, else ``ValidationError``; the
         flow reads it as ``self.input``). With the default in-process backend and no
         surrounding transaction the run has finished when this returns; the returned object
@@ -605,26 +654,57 @@ class DataFlow(models.Model):
         run is handed over when it commits; a refusal then is logged and recorded on the
         run, as nobody is left to catch it.
         """
-        return _run_service().trigger_run(
+        return _starter().trigger_run(
             self, trigger=trigger, user=user, input=input, attempt=attempt
         )
 
 
-def hand_to_backend(run: DataFlowRun) -> None:
-    """Hand a pending run (a resumed one) to the backend, once the transaction has committed.
+class RunStarter(Protocol):
+    """What starts runs: the run engine (:mod:`django_dataflows.runs.starting`).
 
-    See :func:`django_dataflows.backends.hand_over`, where this lands.
+    It sits above the models (it needs the backends) and imports them; the models import
+    nothing above them. The app's ``ready()`` plugs the engine in with
+    :func:`use_run_starter` (dependency inversion: the model states what it needs).
     """
-    _run_service().hand_to_backend(run)
+
+    def create_pending_run(
+        self,
+        data_flow: DataFlow,
+        trigger: str = ...,
+        user: AbstractBaseUser | AnonymousUser | None = ...,
+        *,
+        attempt: int = ...,
+        now: datetime | None = ...,
+        input: dict[str, Any] | None = ...,
+    ) -> DataFlowRun: ...
+
+    def trigger_run(
+        self,
+        data_flow: DataFlow,
+        trigger: str = ...,
+        user: AbstractBaseUser | AnonymousUser | None = ...,
+        *,
+        input: dict[str, Any] | None = ...,
+        attempt: int = ...,
+    ) -> DataFlowRun: ...
 
 
-def _run_service() -> DataFlowsConfig:
-    """The app config, which connects these models to what starts runs.
+_run_starter: RunStarter | None = None
 
-    Starting a run needs the bookkeeping and the backends, which sit above the models and
-    import them; the models import neither (not even lazily), and ask the app instead.
-    """
-    return cast("DataFlowsConfig", apps.get_app_config("dataflows"))
+
+def use_run_starter(starter: RunStarter) -> None:
+    """Start runs of ``DataFlow.trigger_run()`` and ``create_pending_run()`` with ``starter``."""
+    global _run_starter
+    _run_starter = starter
+
+
+def _starter() -> RunStarter:
+    if _run_starter is None:
+        raise ImproperlyConfigured(
+            "Runs can be started once the app registry is ready, with 'django_dataflows' "
+            "in INSTALLED_APPS."
+        )
+    return _run_starter
 
 
 def new_task_id() -> str:
@@ -1048,7 +1128,7 @@ class DataFlowRun(models.Model):
         blank=True,
         help_text=_("The schedule slot a heartbeat run belongs to."),
     )
-    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
     error_message = models.TextField(_("error message"), blank=True)
@@ -1078,13 +1158,17 @@ class DataFlowRun(models.Model):
         encoder=DjangoJSONEncoder,
         help_text=_("The latest self.progress(): done, total and message."),
     )
-    duration_ms = models.PositiveBigIntegerField(
-        _("duration (ms)"), null=True, blank=True, editable=False
+    duration_ms = models.GeneratedField(
+        expression=MillisecondsBetween("started_at", "ended_at"),
+        output_field=models.BigIntegerField(_("duration (ms)"), null=True, blank=True),
+        db_persist=True,
+        verbose_name=_("duration (ms)"),
     )
     activated_at = models.DateTimeField(
         _("activated at"),
         null=True,
         blank=True,
+        db_default=Now(),
         editable=False,
         help_text=_("When the run last moved into pending or in progress; timeouts count from it."),
     )
@@ -1230,7 +1314,12 @@ class DataFlowRunStep(models.Model):
     )
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
-    duration_ms = models.PositiveBigIntegerField(_("duration (ms)"), null=True, blank=True)
+    duration_ms = models.GeneratedField(
+        expression=MillisecondsBetween("started_at", "ended_at"),
+        output_field=models.BigIntegerField(_("duration (ms)"), null=True, blank=True),
+        db_persist=True,
+        verbose_name=_("duration (ms)"),
+    )
     result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
     error_message = models.TextField(_("error message"), blank=True)
     updated_at = models.DateTimeField(_("updated at"), db_default=Now(), editable=False)

@@ -15,13 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models.expressions import DatabaseDefault
 
 import django_dataflows.signals as signals
-from django_dataflows.backends import dispatch_many
-from django_dataflows.bookkeeping import advance_claimed, next_after_claim
 from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
-from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
@@ -30,6 +28,9 @@ from django_dataflows.models import (
     RunTrigger,
     announce_runs_changed,
 )
+from django_dataflows.runs.bookkeeping import advance_claimed, next_after_claim
+from django_dataflows.runs.execution import RunExecutor
+from django_dataflows.runs.starting import dispatch_many
 from django_dataflows.schedules import InvalidSchedule
 
 logger = logging.getLogger("django_dataflows.heartbeat")
@@ -211,7 +212,11 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
     array_params: list[list[Any]] = []
     params: list[Any] = []
     for model_field in DataFlowRun._meta.concrete_fields:
-        if model_field.primary_key or model_field.has_db_default():
+        if (
+            model_field.primary_key
+            or model_field.generated
+            or isinstance(getattr(first, model_field.attname), DatabaseDefault)
+        ):
             continue
         columns.append(connection.ops.quote_name(str(model_field.column)))
         if model_field.name in _PER_ROW_FIELDS or _has_callable_default(model_field):
@@ -305,8 +310,8 @@ def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
     now = database_now()
     result = HeartbeatResult(timestamp=now)
     # Reap first, so a flow freed from a lost run can be claimed by this same heartbeat.
-    result.runs_timed_out = FlowExecutor.time_out_stuck_runs(now)
-    redelivery = FlowExecutor.take_back_unclaimed_runs(now)
+    result.runs_timed_out = RunExecutor.time_out_stuck_runs(now)
+    redelivery = RunExecutor.take_back_unclaimed_runs(now)
     result.runs_redelivered = len(redelivery.runs)
     result.runs_never_picked_up = redelivery.never_picked_up
     with transaction.atomic():

@@ -14,7 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLo
 from celery.signals import task_failure
 
 from django_dataflows.backends.celery import TASK_NAME, execute_run, record_lost_process
-from django_dataflows.executor import register_timeout_exception
+from django_dataflows.runs.execution import register_timeout_exception
 
 # The flow's timeout is the task's soft time limit: a run it interrupts ends ``timed_out``.
 register_timeout_exception(SoftTimeLimitExceeded)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from django_dataflows.backends.tasks_framework import TASK_BACKEND_ALIAS, tasks_framework
 from django_dataflows.conf import app_settings
-from django_dataflows.executor import FlowExecutor
+from django_dataflows.runs.execution import RunExecutor
 
 __all__ = ["run_data_flow"]
 
@@ -28,4 +28,4 @@ def run_data_flow(run_id: int) -> None:
     or timed out meanwhile) is logged and skipped. The flow's exception propagates, so the
     framework records the task as failed as well. (The framework has no retries.)
     """
-    FlowExecutor.execute_queued(run_id)
+    RunExecutor.execute_queued(run_id)

@@ -13,6 +13,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from django_dataflows.exceptions import (
     EnqueueFailed,
+    FlowHasActiveRun,
     InvalidRunState,
     RunAlreadyActive,
 )
@@ -37,10 +38,11 @@ class BackendUnavailable(APIException):
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Map the app's errors to DRF's, then let DRF answer (always JSON).
 
-    ``InvalidRunState`` and ``RunAlreadyActive`` are 409, ``EnqueueFailed`` 503, a Django
-    ``ValidationError`` (a model rule) 400 with the same shape as serializer errors.
+    ``InvalidRunState``, ``RunAlreadyActive`` and ``FlowHasActiveRun`` are 409,
+    ``EnqueueFailed`` 503, a Django ``ValidationError`` (a model rule) 400 with the same
+    shape as serializer errors.
     """
-    if isinstance(exc, InvalidRunState | RunAlreadyActive):
+    if isinstance(exc, InvalidRunState | RunAlreadyActive | FlowHasActiveRun):
         exc = Conflict(str(exc))
     elif isinstance(exc, EnqueueFailed):
         exc = BackendUnavailable(f"The execution backend could not accept the run: {exc}")

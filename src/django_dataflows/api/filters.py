@@ -95,7 +95,10 @@ class RunOrderingFilter(django_filters.OrderingFilter):
             descending = ordering.startswith("-")
             # Only nullable columns need it; NULLS LAST on created_at would keep PostgreSQL
             # from reading its indexes backwards.
-            nulls_last = True if DataFlowRun._meta.get_field(name).null else None
+            model_field: Any = DataFlowRun._meta.get_field(name)
+            if model_field.generated:  # duration_ms: nullable as its output field is
+                model_field = model_field.output_field
+            nulls_last = True if model_field.null else None
             column = F(name)
             expressions.append(
                 column.desc(nulls_last=nulls_last)

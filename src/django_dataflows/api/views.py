@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
@@ -23,7 +22,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from django_dataflows.api.errors import Conflict, exception_handler
+from django_dataflows.api.errors import exception_handler
 from django_dataflows.api.filters import DataFlowFilterSet, DataFlowRunFilterSet
 from django_dataflows.api.permissions import RUN_PERMISSION, ActionPermission
 from django_dataflows.api.serializers import (
@@ -39,7 +38,7 @@ from django_dataflows.api.serializers import (
 )
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import registered_flows
-from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger, row_lock
+from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger
 
 
 def document(**kwargs: Any) -> Callable[[Any], Any]:
@@ -130,15 +129,7 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         return super().destroy(request, *args, **kwargs)
 
     def perform_destroy(self, instance: DataFlow) -> None:
-        with transaction.atomic():
-            # The same lock a trigger takes first: no run can start between check and delete.
-            row_lock(DataFlow.objects.filter(pk=instance.pk)).values_list("pk").first()
-            if instance.runs.active().exists():
-                raise Conflict(
-                    f"Data flow {instance.name!r} has an active run; cancel it or wait for it "
-                    "to finish before deleting the flow."
-                )
-            instance.delete()
+        instance.delete()  # FlowHasActiveRun (409) while it has an active run
 
     @document(
         request=StartRunSerializer,
@@ -169,10 +160,7 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
 
     def _set_enabled(self, *, enabled: bool) -> Response:
         data_flow = self.get_object()
-        if data_flow.enabled != enabled:
-            data_flow.enabled = enabled
-            # save() moves next_run_at when the flag changes; a queryset update would not.
-            data_flow.save(update_fields=["enabled", "updated_at"])
+        data_flow.set_enabled(enabled)
         return Response(self.get_serializer(data_flow).data)
 
     @document(parameters=[StatsQuerySerializer(partial=True)], responses=StatsSerializer)

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning
 
-from django_dataflows.backends import load_backend, trigger_run
+from django_dataflows.backends import load_backend
 from django_dataflows.backends.base import BaseBackend, refused_from
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
@@ -27,8 +27,9 @@ from django_dataflows.exceptions import (
     PermanentFlowError,
     RunAlreadyActive,
 )
-from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.runs.execution import RunExecutor
+from django_dataflows.runs.starting import trigger_run
 
 logger = logging.getLogger("django_dataflows.backends.celery")
 
@@ -204,7 +205,7 @@ def execute_run(run_id: int) -> None:
     the flow fails and attempts remain, the next attempt is enqueued as a new run; the
     flow's exception is then re-raised so that Celery records the task as failed too.
     """
-    FlowExecutor.execute_queued(run_id, on_failure=schedule_retry)
+    RunExecutor.execute_queued(run_id, on_failure=schedule_retry)
 
 
 def record_lost_process(run_id: int, exc: BaseException, *, timed_out: bool) -> None:
@@ -216,7 +217,7 @@ def record_lost_process(run_id: int, exc: BaseException, *, timed_out: bool) -> 
     the heartbeat to time it out, and never be retried.
     """
     run = DataFlowRun.objects.select_related("data_flow").filter(pk=run_id).first()
-    if run is not None and FlowExecutor.record_lost_process(run, exc, timed_out=timed_out):
+    if run is not None and RunExecutor.record_lost_process(run, exc, timed_out=timed_out):
         schedule_retry(run, exc)
 
 

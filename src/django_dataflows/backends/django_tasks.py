@@ -20,8 +20,8 @@ from django.core.checks import CheckMessage, Error
 from django_dataflows.backends.base import BaseBackend
 from django_dataflows.backends.tasks_framework import TASK_BACKEND_ALIAS, tasks_framework
 from django_dataflows.conf import app_settings
-from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlowRun
+from django_dataflows.runs.execution import RunExecutor
 
 logger = logging.getLogger("django_dataflows.backends.django_tasks")
 
@@ -43,7 +43,7 @@ class DjangoTasksBackend(BaseBackend):
         queue = run.queue or run.data_flow.effective_queue
         task = run_data_flow.using(queue_name=queue, backend=TASK_BACKEND_ALIAS)
         result = task.enqueue(run.pk)
-        FlowExecutor.record_enqueued(run, task_id=str(result.id), queue=queue)
+        RunExecutor.record_enqueued(run, task_id=str(result.id), queue=queue)
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         try:

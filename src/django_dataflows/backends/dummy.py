@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django_dataflows.backends.base import BaseBackend
-from django_dataflows.executor import FlowExecutor
+from django_dataflows.runs.execution import RunExecutor
 
 if TYPE_CHECKING:
     from django_dataflows.models import DataFlowRun
@@ -41,6 +41,6 @@ class DummyBackend(BaseBackend):
             # The whole flow row: a heartbeat's runs carry only the columns the claim read.
             run.data_flow.refresh_from_db()
             try:
-                FlowExecutor.execute(run.data_flow, run=run)
+                RunExecutor.execute(run.data_flow, run=run)
             except Exception:  # noqa: S112 - recorded on the run; run the rest
                 continue

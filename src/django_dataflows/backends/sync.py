@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from django_dataflows.backends.base import BaseBackend, refused_from
 from django_dataflows.conf import app_settings
-from django_dataflows.executor import FlowExecutor
+from django_dataflows.runs.execution import RunExecutor
 
 if TYPE_CHECKING:
     from django_dataflows.models import DataFlowRun
@@ -29,7 +29,7 @@ class SyncBackend(BaseBackend):
 
         A run waiting its turn here is ``pending`` for as long as the runs before it take.
         Before each run, at most every quarter of ``PICKUP_TIMEOUT``, the runs still
-        waiting are renewed (:meth:`FlowExecutor.renew_pending`), so another heartbeat
+        waiting are renewed (:meth:`RunExecutor.renew_pending`), so another heartbeat
         never takes them back from a living batch; if this process dies, they stop being
         renewed and the next heartbeat after ``PICKUP_TIMEOUT`` runs them.
         """
@@ -37,7 +37,7 @@ class SyncBackend(BaseBackend):
         renewed = time.monotonic()
         for index, run in enumerate(runs):
             if time.monotonic() - renewed >= renew_every:
-                FlowExecutor.renew_pending(runs[index:])
+                RunExecutor.renew_pending(runs[index:])
                 renewed = time.monotonic()
             try:
                 self.enqueue(run)
@@ -48,6 +48,6 @@ class SyncBackend(BaseBackend):
     def enqueue(self, run: DataFlowRun, *, delay: float | None = None) -> None:
         # What a worker does with a message, here: the same path, statements and commits.
         try:
-            FlowExecutor.execute_queued(run.pk)
+            RunExecutor.execute_queued(run.pk)
         except Exception:
             logger.info("Run %s of %r failed; see the run record.", run.pk, run.data_flow.name)

@@ -9,9 +9,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 
-from django_dataflows.backends import load_backend, trigger_run
+from django_dataflows.backends import load_backend
 from django_dataflows.exceptions import DataFlowError, RunAlreadyActive
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.runs.starting import trigger_run
 
 #: The backend of a run in the foreground.
 SYNC_BACKEND = "django_dataflows.backends.sync.SyncBackend"

@@ -1,17 +1,16 @@
 """A flow's bookkeeping: every write of ``last_run_at``, ``last_run_status`` and ``next_run_at``.
 
-What a flow row says about its runs changes at three moments, all here:
+What a flow row says about its schedule changes here:
 
 * **a run starts** (:func:`create_pending_run` for one run, :func:`advance_claimed` for a
   heartbeat's batch): ``last_run_at`` is the start, ``last_run_status`` is ``pending`` (the
   run is only queued: the active run itself says when a worker has it), and
   ``next_run_at`` moves to the next slot;
-* **an active run changes** (:func:`record_status`): it was paused, or resumed (pending
-  again);
-* **a run ends** (:func:`record_outcome`, :func:`record_outcomes`): ``last_run_status`` is
-  the outcome, unless a newer run of the flow is active by then;
 * **a run is refused by the backend** (:func:`give_slot_back`): a scheduled run's slot is due
   again.
+
+What a run's later transitions write on its flow (its status, its outcome) is part of each
+transition's definition (:mod:`django_dataflows.runs.transitions`).
 
 The slot arithmetic is called from :func:`next_after_claim` and :func:`next_after_start`
 only, so a new kind of schedule changes these two functions and nothing else. (The one
@@ -26,12 +25,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, QuerySet
-from django.utils import timezone
 
 from django_dataflows.exceptions import RunAlreadyActive
 from django_dataflows.models import (
-    ACTIVE_STATUSES,
     DataFlow,
     DataFlowRun,
     RunStatus,
@@ -99,7 +95,6 @@ def create_pending_run(
         attempt=attempt,
         input=input,
     )
-    run.activated_at = run.created_at
     with transaction.atomic():
         # Lock the flow row first, as a heartbeat's claim does: the same lock order on both
         # paths, and the next_run_at read here is the current one.
@@ -116,7 +111,8 @@ def create_pending_run(
             if data_flow.runs.active().exists():
                 raise RunAlreadyActive(data_flow.name) from None
             raise
-        now = now or timezone.now()
+        # The run's creation, on the database's clock (returned by the insert).
+        now = now or run.created_at
         data_flow.last_run_at = now
         data_flow.last_run_status = RunStatus.PENDING
         data_flow.next_run_at = next_after_start(data_flow, next_run_at, now)
@@ -170,93 +166,6 @@ def advance_claimed(
                 [flow.next_run_at for flow in flows],
             ],
         )
-
-
-def started_sql(taken: str) -> tuple[str, list[Any]]:
-    """PostgreSQL: the ``UPDATE`` that shows the run just taken (the CTE ``taken``) on its flow.
-
-    Part of the worker's one statement that takes a run (:mod:`django_dataflows.statements`);
-    it returns the flow's row.
-    """
-    table = connection.ops.quote_name(DataFlow._meta.db_table)
-    sql = (
-        f"UPDATE {table} AS flow SET last_run_status = %s FROM {taken} "  # noqa: S608
-        f"WHERE flow.id = {taken}.data_flow_id RETURNING flow.*"
-    )
-    return sql, [RunStatus.IN_PROGRESS.value]
-
-
-def record_status(run: DataFlowRun) -> None:
-    """Show the active ``run``'s new status on its flow (it was paused, or resumed)."""
-    DataFlow.objects.filter(pk=run.data_flow_id).update(last_run_status=run.status)
-    run.data_flow.last_run_status = run.status
-
-
-# -- a run ends -----------------------------------------------------------------------
-
-
-def _without_active_run(pks: list[int]) -> QuerySet[DataFlow]:
-    """The flows among ``pks`` with no active run.
-
-    A finished run's outcome is written to its flow only if no newer run has started
-    meanwhile (on another server), whose state the flow shows instead.
-    """
-    active = DataFlowRun.objects.active().filter(data_flow=OuterRef("pk"))
-    return DataFlow.objects.filter(pk__in=pks).exclude(Exists(active))
-
-
-def record_outcome(run: DataFlowRun, *, last_run_at: bool = True, **flow_fields: Any) -> None:
-    """Write ``run``'s outcome on its flow (call inside the transaction that ended it).
-
-    ``last_run_at`` becomes the run's start unless told otherwise (a run that never started
-    leaves it). ``flow_fields`` are written in the same statement (the executor saves the
-    flow's ``state`` with a success).
-    """
-    fields: dict[str, Any] = {"last_run_status": run.status, **flow_fields}
-    if last_run_at and run.started_at is not None:
-        fields["last_run_at"] = run.started_at
-    _without_active_run([run.data_flow_id]).update(**fields)
-    for name, value in fields.items():
-        setattr(run.data_flow, name, value)
-
-
-def outcome_sql(
-    done: str, status: str, *, last_run_at: datetime | None, flow_fields: dict[str, Any]
-) -> tuple[str, list[Any]]:
-    """PostgreSQL: :func:`record_outcome` as an ``UPDATE`` on the run just ended (CTE ``done``).
-
-    Part of the worker's one statement that ends a run (:mod:`django_dataflows.statements`).
-    The statement's snapshot still sees the run active, so it is left out of the check for
-    a newer active run by its id.
-    """
-    quote = connection.ops.quote_name
-    assignments: list[str] = ["last_run_status = %s"]
-    params: list[Any] = [str(status)]
-    if last_run_at is not None:
-        assignments.append("last_run_at = %s")
-        params.append(last_run_at)
-    for name, value in flow_fields.items():
-        model_field = DataFlow._meta.get_field(name)
-        assignments.append(f"{quote(str(model_field.column))} = %s")  # type: ignore[union-attr]
-        params.append(model_field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
-    active = ", ".join(["%s"] * len(ACTIVE_STATUSES))
-    params += [str(active_status) for active_status in ACTIVE_STATUSES]
-    sql = (
-        f"UPDATE {quote(DataFlow._meta.db_table)} AS flow "  # noqa: S608
-        f"SET {', '.join(assignments)} FROM {done} WHERE flow.id = {done}.data_flow_id "
-        f"AND NOT EXISTS (SELECT 1 FROM {quote(DataFlowRun._meta.db_table)} AS other "
-        f"WHERE other.data_flow_id = flow.id AND other.status IN ({active}) "
-        f"AND other.id <> {done}.id) RETURNING flow.id"
-    )
-    return sql, params
-
-
-def record_outcomes(runs: Iterable[DataFlowRun], status: str) -> None:
-    """Write one outcome for many runs that ended together (the reaper's)."""
-    runs = list(runs)
-    _without_active_run([run.data_flow_id for run in runs]).update(last_run_status=status)
-    for run in runs:
-        run.data_flow.last_run_status = status
 
 
 # -- a run is refused -----------------------------------------------------------------

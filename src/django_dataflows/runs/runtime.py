@@ -11,34 +11,28 @@ import json
 import logging
 import re
 import time
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from django_dataflows.events import emit
 from django_dataflows.exceptions import RunInterrupted, UnstorableValue
 from django_dataflows.flows import Step
-from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from django_dataflows.models import (
+    DataFlowRun,
+    DataFlowRunStep,
+    RunStatus,
+    StepStatus,
+    announce_runs_changed,
+)
+from django_dataflows.runs.sql import update_returning
+from django_dataflows.runs.writes import touch_runs
 
 logger = logging.getLogger("django_dataflows.runtime")
 
 #: Seconds between two progress writes of one run; the latest value is written at the end.
 PROGRESS_INTERVAL = 1.0
-#: Databases on which a trigger (migration 0003) stamps the run's ``updated_at`` whenever
-#: one of its steps is written; elsewhere :func:`touch_runs` does it with a second UPDATE.
-STEP_TRIGGER_VENDORS = frozenset({"postgresql", "sqlite"})
-
-
-def touch_runs(run_ids: Iterable[int]) -> None:
-    """Stamp the runs' ``updated_at`` after a write to their steps, where no trigger does."""
-    if connection.vendor not in STEP_TRIGGER_VENDORS:
-        DataFlowRun.objects.filter(pk__in=list(run_ids)).update()
 
 
 #: ``\u0000`` as ``json.dumps`` writes a NUL character (not an escaped backslash before it).
@@ -75,13 +69,6 @@ def stored_json(value: Any, what: str) -> Any:
     return json.loads(json.dumps(json_value(value, what), cls=DjangoJSONEncoder))
 
 
-def milliseconds(start: datetime | None, end: datetime | None) -> int | None:
-    """The time from ``start`` to ``end`` in whole milliseconds (``None`` if either is)."""
-    if start is None or end is None:
-        return None
-    return max(0, round((end - start).total_seconds() * 1000))
-
-
 class RunSession:
     """Records one execution of a run: steps, progress, checkpoints.
 
@@ -103,8 +90,8 @@ class RunSession:
         self._progress: dict[str, Any] | None = None
         self._progress_stored = True
         self._progress_written_at = float("-inf")
-        #: The first declared step, created already in progress: (position, started_at).
-        self._started_early: tuple[int, datetime] | None = None
+        #: The first declared step, created already in progress: its position.
+        self._started_early: int | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -127,8 +114,8 @@ class RunSession:
             for position, name in enumerate(missing, start=first)
         ]
         if start_first and not self._rows:
-            rows[0].status, rows[0].started_at = StepStatus.IN_PROGRESS, timezone.now()
-            self._started_early = (rows[0].position, rows[0].started_at)
+            rows[0].status, rows[0].started_at = StepStatus.IN_PROGRESS, Now()
+            self._started_early = rows[0].position
         DataFlowRunStep.objects.bulk_create(rows)
         touch_runs([self.run.pk])
         for row in rows:
@@ -188,14 +175,11 @@ class RunSession:
             self._progress_written_at = now
 
     def begin_step(self, name: str) -> Step:
-        now = timezone.now()
         position = self._reusable_row(name)
         early, self._started_early = self._started_early, None
         # The default run() begins with the first declared step, created in progress.
-        if early is not None and early[0] == position:
-            step = Step(name, position)
-            step.started_at = early[1]
-            return step
+        if early is not None and early == position:
+            return Step(name, position)
         if position is None:
             position = max(self._rows, default=0) + 1
             self._pks[position] = DataFlowRunStep.objects.create(
@@ -203,17 +187,15 @@ class RunSession:
                 position=position,
                 name=name,
                 status=StepStatus.IN_PROGRESS,
-                started_at=now,
+                started_at=Now(),
             ).pk
         else:
             DataFlowRunStep.objects.filter(run_id=self.run.pk, position=position).update(
-                status=StepStatus.IN_PROGRESS, started_at=now, ended_at=None, error_message=""
+                status=StepStatus.IN_PROGRESS, started_at=Now(), ended_at=None, error_message=""
             )
         touch_runs([self.run.pk])
         self._rows[position] = (name, StepStatus.IN_PROGRESS)
-        step = Step(name, position)
-        step.started_at = now
-        return step
+        return Step(name, position)
 
     def end_step(self, step: Step, error: BaseException | None) -> None:
         if error is None:
@@ -247,7 +229,7 @@ class RunSession:
         if early is None:
             return
         try:
-            self._reset_to_pending(early[0])
+            self._reset_to_pending(early)
         except Exception:
             logger.exception("Could not reset the first step of run %s", self.run.pk)
 
@@ -275,37 +257,26 @@ class RunSession:
         self._rows[position] = (self._rows[position][0], StepStatus.PENDING)
 
     def _write_step_end(self, step: Step, status: str, **fields: Any) -> None:
-        ended_at = timezone.now()
-        duration_ms = milliseconds(step.started_at, ended_at)
-        DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position).update(
-            status=status, ended_at=ended_at, duration_ms=duration_ms, **fields
+        """End the step's row; the signal gets the row as stored, read back by the write."""
+        returned = ("pk", "started_at", "ended_at", "duration_ms", "updated_at")
+        [stored] = update_returning(
+            DataFlowRunStep.objects.filter(run_id=self.run.pk, position=step.position),
+            {"status": status, "ended_at": Now(), "updated_at": Now(), **fields},
+            returned,
         )
         touch_runs([self.run.pk])
         self._rows[step.position] = (step.name, status)
         row = DataFlowRunStep(
-            pk=self._pks.get(step.position),
             run_id=self.run.pk,
             position=step.position,
             name=step.name,
             status=status,
-            started_at=step.started_at,
-            ended_at=ended_at,
-            duration_ms=duration_ms,
             result=fields.get("result"),
             error_message=fields.get("error_message", ""),
         )
-        row._state.adding = row.pk is None  # the row as stored, without reading it back
+        for name, value in stored.items():
+            setattr(row, name, value)
+        row._state.adding = False
+        step.started_at = stored["started_at"]
+        announce_runs_changed([self.run.pk], DataFlowRunStep.objects.db)
         emit("run_step_finished", self.run, step=row)
-
-
-def close_steps(run_ids: Iterable[int], status: str, message: str = "") -> None:
-    """When runs end without success: their running steps end ``status``, the rest skipped."""
-    ids = list(run_ids)
-    now = timezone.now()
-    DataFlowRunStep.objects.filter(run_id__in=ids, status=StepStatus.IN_PROGRESS).update(
-        status=status, ended_at=now, error_message=message
-    )
-    DataFlowRunStep.objects.filter(run_id__in=ids, status=StepStatus.PENDING).update(
-        status=StepStatus.SKIPPED
-    )
-    touch_runs(ids)
