@@ -22,12 +22,15 @@ class DataFlowsConfig(AppConfig):
 
     def ready(self) -> None:
         from django_dataflows import alerts, checks  # noqa: F401 - checks registers itself
+        from django_dataflows.backends.sync import connect_request_signals
         from django_dataflows.conf import app_settings
         from django_dataflows.flows import autodiscover
 
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         connect_live_publisher()
         alerts.connect()
+        # Before the first request: a start in it may ask to run after its response.
+        connect_request_signals()
 
     # The models' DataFlow.create_pending_run() and trigger_run() land here: the app is the
     # one place that knows both the models and what sits above them (bookkeeping, backends).
