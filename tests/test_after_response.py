@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, connection
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -236,3 +237,20 @@ def test_a_real_server_answers_202_before_a_long_run_ends_then_the_run_succeeds(
             timeout=60,
             what=f"run {body['id']} to succeed",
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_retry_button_answers_with_the_pending_run_then_runs_it(
+    admin_client: Any,
+) -> None:
+    failed = DataFlowFactory().create_pending_run()
+    DataFlowRun.objects.filter(pk=failed.pk).update(status=RunStatus.FAILED)
+
+    response = admin_client.post(
+        reverse("admin:dataflows_dataflowrun_control", args=[failed.pk, "retry"]), follow=True
+    )
+
+    retry = DataFlowRun.objects.exclude(pk=failed.pk).get()
+    [message] = [str(m) for m in response.context["messages"]]
+    assert message == f"Run {failed.pk} was retried as run {retry.pk} (pending)."
+    assert retry.status == RunStatus.SUCCESS
