@@ -68,7 +68,7 @@ class RedisServer:
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.log_dir)]
         with (self.log_dir / f"redis-{self.port}.log").open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self.answers, timeout=10, what=f"redis-server on port {self.port}")
+        wait_for(self.answers, what=f"redis-server on port {self.port}")
 
     def answers(self) -> bool:
         try:

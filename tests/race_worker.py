@@ -3,6 +3,10 @@
 ``heartbeat`` POSTs the heartbeat until time is up; ``manual`` keeps pressing "Run now"
 (``trigger_run``) on random flows. ``DATABASE_URL`` names the test database. Prints a JSON
 object counting the outcomes: HTTP status codes, or ``started`` / ``already_active``.
+
+With ``DATAFLOWS_TEST_RACE_DIR``, the process says it is ready (a file ``ready-<pid>``
+there) and waits for the file ``go`` before its first call, so that every process races
+the others however long each took to start on a loaded machine.
 """
 
 from __future__ import annotations
@@ -48,8 +52,23 @@ def manual_triggers(deadline: float, outcomes: Counter[str]) -> None:
         time.sleep(0.01)
 
 
+def wait_for_the_start() -> None:
+    """Say this process is ready, then wait (bounded) until every other one is."""
+    folder = os.environ.get("DATAFLOWS_TEST_RACE_DIR")
+    if not folder:
+        return
+    with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
+        pass
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(folder, "go")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the race never started")
+        time.sleep(0.01)
+
+
 def main(mode: str, seconds: float) -> None:
     outcomes: Counter[str] = Counter()
+    wait_for_the_start()
     deadline = time.monotonic() + seconds
     try:
         {"heartbeat": heartbeats, "manual": manual_triggers}[mode](deadline, outcomes)

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db import connection
 
-from tests.async_workers import WorkerProcess
+from tests.async_workers import PATIENCE, WorkerProcess
 
 SERVERS = ("uvicorn", "gunicorn", "runserver")
 
@@ -81,7 +81,7 @@ class SSEClient:
         *,
         cookie: str = "",
         last_event_id: str = "",
-        timeout: float = 10,
+        timeout: float = PATIENCE,
     ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         headers = [f"GET {path} HTTP/1.0", "Host: 127.0.0.1", "Accept: text/event-stream"]
@@ -103,7 +103,7 @@ class SSEClient:
     def body(self) -> bytes:
         return self.file.read()
 
-    def next_event(self, timeout: float = 15) -> Event | None:
+    def next_event(self, timeout: float = PATIENCE) -> Event | None:
         """The next event (comments are kept in ``comments``); ``None`` at the end."""
         fields: dict[str, str] = {}
         deadline = time.monotonic() + timeout
@@ -129,7 +129,7 @@ class SSEClient:
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
 
-    def events_until(self, predicate: Any, timeout: float = 15) -> list[Event]:
+    def events_until(self, predicate: Any, timeout: float = PATIENCE) -> list[Event]:
         """Events up to and including the first one ``predicate`` accepts."""
         deadline = time.monotonic() + timeout
         events: list[Event] = []
@@ -158,7 +158,7 @@ def serving_pid(pid: int) -> int:
     return int(children[0]) if children else pid
 
 
-def settled_thread_count(pid: int, quiet: float = 2.0, timeout: float = 15.0) -> int:
+def settled_thread_count(pid: int, quiet: float = 2.0, timeout: float = PATIENCE) -> int:
     """The process's thread count once it has not changed for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
     count, since = thread_count(pid), time.monotonic()

@@ -23,7 +23,13 @@ import pytest
 from django.db import connection
 
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
-from tests.async_workers import WorkerProcess, celery_worker, wait_for, worker_database_url
+from tests.async_workers import (
+    PATIENCE,
+    WorkerProcess,
+    celery_worker,
+    wait_for,
+    worker_database_url,
+)
 from tests.conftest import skip_or_fail
 from tests.factories import DataFlowFactory
 from tests.faults import Answer, AppServer, RedisServer
@@ -142,7 +148,7 @@ def counting(count: int, **fields: Any) -> list[dict[str, Any]]:
 
 
 def beat_until(
-    server: AppServer, done: Callable[[], bool], *, timeout: float = 30.0, what: str = ""
+    server: AppServer, done: Callable[[], bool], *, timeout: float = PATIENCE, what: str = ""
 ) -> list[Answer]:
     """Call the heartbeat every 0.3 s until ``done()``; return the answers."""
     answers: list[Answer] = []
@@ -296,18 +302,20 @@ def test_a_server_killed_mid_batch_leaves_no_slot_behind(serve, killer):
 
 @pytest.mark.parametrize("workers", [2])
 def test_runs_waiting_their_turn_in_a_live_batch_are_never_reaped(serve, workers):
-    # Four flows of 1.5 s with a 2 s timeout, run one after another by one heartbeat: the
-    # last waits 4.5 s, longer than its timeout, while a second heartbeat reaps every 0.3 s.
+    # Five flows of 1 s with a 3 s timeout, run one after another by one heartbeat: the
+    # last waits 4 s or more, longer than its timeout, while a second heartbeat reaps every
+    # 0.3 s. Each run's own 1 s leaves 2 s to a loaded machine before its timeout or the
+    # next renewal is missed (PICKUP_TIMEOUT 3 s), so only a real bug makes it fail.
     flows = due_flows(
         *[
-            {"flow": "tests.testapp.flows.Sleeps", "configuration": {"seconds": 1.5}, "timeout": 2}
-            for _ in range(4)
+            {"flow": "tests.testapp.flows.Sleeps", "configuration": {"seconds": 1}, "timeout": 3}
+            for _ in range(5)
         ]
     )
     server = serve({"PICKUP_TIMEOUT": 3}, workers=workers)
 
     first = in_background(server.heartbeat)
-    wait_for(lambda: DataFlowRun.objects.count() == 4, what="the first heartbeat's claim")
+    wait_for(lambda: DataFlowRun.objects.count() == 5, what="the first heartbeat's claim")
     others = beat_until(
         server,
         lambda: not DataFlowRun.objects.active().exists(),
@@ -315,7 +323,7 @@ def test_runs_waiting_their_turn_in_a_live_batch_are_never_reaped(serve, workers
     )
 
     answer = first()
-    assert (answer.status, answer.json()["flows_triggered"]) == (200, 4)
+    assert (answer.status, answer.json()["flows_triggered"]) == (200, 5)
     assert all(other.status == 200 for other in others)
     assert sum(other.json()["runs_timed_out"] for other in others) == 0
     assert set(DataFlowRun.objects.values_list("status", "redeliveries")) == {

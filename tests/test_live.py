@@ -22,6 +22,7 @@ from django_dataflows.live.payloads import run_payload
 from django_dataflows.live.polling import PollingEvents
 from django_dataflows.live.streams import Stream, async_events, format_event
 from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
+from tests.async_workers import PATIENCE
 from tests.factories import DataFlowFactory, DataFlowRunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -218,7 +219,7 @@ def test_the_poller_runs_only_while_someone_watches():
     assert source.listening
     source.unsubscribe(second)
     assert not source.listening
-    listener.thread.join(timeout=10)
+    listener.thread.join(timeout=PATIENCE)
     assert not listener.thread.is_alive()
 
 
@@ -311,7 +312,7 @@ def test_an_asgi_stream_that_is_cancelled_unsubscribes_and_leaves_no_task():
     assert asyncio.run(watch_then_leave()) == 0
     assert source.subscriber_count == 0
     assert not source.listening
-    listeners[0].thread.join(timeout=10)
+    listeners[0].thread.join(timeout=PATIENCE)
     assert not listeners[0].thread.is_alive()
 
 
@@ -456,14 +457,14 @@ def listen_then_change(source, publishing_to, path: str) -> list:
     try:
         # The listener catches up on changes made before it subscribed, so no sleep.
         DataFlowRun.objects.filter(pk=run.pk).update(status=RunStatus.IN_PROGRESS)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE
         while time.monotonic() < deadline and not any(s.status == "in_progress" for s in got):
             time.sleep(0.05)
     finally:
         listener = source._listener
         source.unsubscribe(subscriber)
         if hasattr(listener, "thread"):
-            listener.thread.join(10)
+            listener.thread.join(PATIENCE)
     return [state.status for state in got]
 
 
@@ -509,7 +510,7 @@ def test_the_redis_asyncio_listener_delivers_and_unsubscribes(publishing_to):
                 )
             )
             while "success" not in statuses:
-                batch = await asyncio.wait_for(batches.get(), timeout=10)
+                batch = await asyncio.wait_for(batches.get(), timeout=PATIENCE)
                 statuses += [state.status for state in batch]
         finally:
             listener = source._listener

@@ -179,4 +179,4 @@ def test_a_client_that_goes_away_leaves_no_thread_behind(server, cookie):
     # keep a thread it started meanwhile (it never shrinks), but never one per client: 12
     # clients left, at most 1 thread may stay.
     limit = idle + 1 if process.name == "uvicorn" else idle
-    wait_for(lambda: thread_count(pid) <= limit, timeout=10, what="threads to end")
+    wait_for(lambda: thread_count(pid) <= limit, what="threads to end")

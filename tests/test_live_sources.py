@@ -100,7 +100,7 @@ def test_clients_that_go_away_leave_no_subscription_behind(server, publishing, c
     _process, port, source = server
     run = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
     # The previous test's stream may still be letting its subscription go.
-    wait_for(lambda: subscriptions(source) == 0, timeout=10, what="no subscription")
+    wait_for(lambda: subscriptions(source) == 0, what="no subscription")
     before = 0
     streams = [
         SSEClient(port, f"/dataflows/api/runs/{run.pk}/events/", cookie=cookie) for _ in range(4)
@@ -108,7 +108,7 @@ def test_clients_that_go_away_leave_no_subscription_behind(server, publishing, c
     for stream in streams:
         stream.next_event()
     # One subscription for the process, whatever the number of clients.
-    wait_for(lambda: subscriptions(source) == before + 1, timeout=10, what="one subscription")
+    wait_for(lambda: subscriptions(source) == before + 1, what="one subscription")
     for stream in streams:
         stream.close()
-    wait_for(lambda: subscriptions(source) == before, timeout=10, what="the subscription to end")
+    wait_for(lambda: subscriptions(source) == before, what="the subscription to end")

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, next_slot_after
 from django_dataflows.scheduling import run_heartbeat
+from tests.async_workers import wait_for
 from tests.factories import DataFlowFactory
 from tests.testapp.models import Record
 
@@ -31,9 +32,15 @@ def database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def race(modes: list[str]) -> Counter[str]:
-    """Run one worker process per mode at once; return their summed outcome counts."""
-    env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT)}
+def race(modes: list[str], folder: Path) -> Counter[str]:
+    """Run one worker process per mode, released together once all have started; return
+    their summed outcome counts."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "PYTHONPATH": str(ROOT),
+        "DATAFLOWS_TEST_RACE_DIR": str(folder),
+    }
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.race_worker", mode, str(SECONDS)],
@@ -45,6 +52,14 @@ def race(modes: list[str]) -> Counter[str]:
         )
         for mode in modes
     ]
+    wait_for(
+        lambda: (
+            len(list(folder.glob("ready-*"))) == len(workers)
+            or any(worker.poll() is not None for worker in workers)
+        ),
+        what="every race process to start",
+    )
+    (folder / "go").touch()
     outcomes: Counter[str] = Counter()
     for worker in workers:
         out, err = worker.communicate(timeout=120)
@@ -66,12 +81,12 @@ def assert_each_run_ran_its_body_once() -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_many_processes_run_each_due_slot_exactly_once():
+def test_many_processes_run_each_due_slot_exactly_once(tmp_path):
     start = timezone.now().replace(microsecond=0) + datetime.timedelta(seconds=2)
     flows = [DataFlowFactory(run_interval=1) for _ in range(FLOWS)]
     DataFlow.objects.update(next_run_at=start)
 
-    outcomes = race(["heartbeat"] * PROCESSES)
+    outcomes = race(["heartbeat"] * PROCESSES, tmp_path)
 
     # Every call answered 200: no deadlock, no unique violation, no 500. (How many calls
     # fit in the race depends on the machine's load, so that is not asserted.)
@@ -95,11 +110,11 @@ def test_many_processes_run_each_due_slot_exactly_once():
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_manual_runs_racing_heartbeats_neither_deadlock_nor_run_twice():
+def test_manual_runs_racing_heartbeats_neither_deadlock_nor_run_twice(tmp_path):
     for _ in range(FLOWS):
         DataFlowFactory(run_interval=1)
 
-    outcomes = race(["heartbeat"] * (PROCESSES // 2) + ["manual"] * (PROCESSES // 2))
+    outcomes = race(["heartbeat"] * (PROCESSES // 2) + ["manual"] * (PROCESSES // 2), tmp_path)
 
     assert outcomes["200"] > 0
     assert outcomes["started"] > 0
@@ -112,15 +127,20 @@ def test_manual_runs_racing_heartbeats_neither_deadlock_nor_run_twice():
 
 @pytest.mark.django_db
 def test_sequential_heartbeats_on_any_database_run_each_slot_once():
+    # The heartbeats' clock is given, not read: however long each heartbeat takes, they
+    # all fall in the slot that began 3.5 s before the first (a one-second interval), so
+    # the assertion never depends on the machine's speed.
     data_flow = DataFlowFactory(run_interval=1)
     slot = timezone.now() - datetime.timedelta(seconds=3, microseconds=500_000)
     DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=slot)
+    first = slot + datetime.timedelta(seconds=3, microseconds=500_000)
+    moments = [first + datetime.timedelta(milliseconds=90 * i) for i in range(5)]
 
-    for _ in range(5):
-        run_heartbeat()
+    for now in moments:
+        run_heartbeat(now=now)
     # Put the flow back on a slot it already ran: the unique (flow, slot) still holds.
     DataFlow.objects.filter(pk=data_flow.pk).update(next_run_at=slot)
-    run_heartbeat()
+    run_heartbeat(now=moments[-1])
 
     assert list(data_flow.runs.values_list("scheduled_for", flat=True)) == [slot]
     assert data_flow.runs.get().status == RunStatus.SUCCESS

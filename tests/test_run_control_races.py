@@ -20,6 +20,7 @@ from django.db import connection
 from django_dataflows.exceptions import InvalidRunState, RunAlreadyActive
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
+from tests.async_workers import PATIENCE
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 from tests.testapp.models import Record
 
@@ -35,7 +36,7 @@ def in_threads(*calls: Callable[[], Any]) -> list[Any]:
 
     def body(index: int, call: Callable[[], Any]) -> None:
         try:
-            barrier.wait(timeout=10)
+            barrier.wait(timeout=PATIENCE)
             outcomes[index] = call()
         except BaseException as exc:
             outcomes[index] = exc
@@ -137,7 +138,7 @@ def test_a_pause_racing_a_cancel_always_ends_cancelled():
             lambda run=run: FlowExecutor.pause(fresh(run)),
             lambda run=run: FlowExecutor.cancel(fresh(run)),
         )
-        worker.join(timeout=30)
+        worker.join(timeout=PATIENCE)
         assert not worker.is_alive()
 
         assert isinstance(cancelled, DataFlowRun), cancelled
@@ -154,7 +155,7 @@ def _execute_and_close(data_flow: DataFlow, run: DataFlowRun) -> None:
         connection.close()
 
 
-def _wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+def _wait_until(condition: Callable[[], bool], seconds: float = PATIENCE) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_dataflows import signals
 from django_dataflows.exceptions import RunNotPending
 from django_dataflows.executor import FlowExecutor
+from django_dataflows.runs.execution import RunExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, Heartbeat, RunStatus, RunTrigger
 from django_dataflows.scheduling import claim_due_flows, run_heartbeat
 from tests.factories import DataFlowFactory, DataFlowRunFactory
@@ -180,9 +181,10 @@ def test_heartbeat_counts_and_runs_every_due_flow():
 def test_heartbeat_is_recorded_for_health_checks():
     assert Heartbeat.last() is None
     due_flow()
+    now = SLOT + datetime.timedelta(seconds=20)  # the second heartbeat is in the same slot
 
-    run_heartbeat(source="command", client="manage.py")
-    run_heartbeat(source="http", client="10.1.2.3")
+    run_heartbeat(source="command", client="manage.py", now=now)
+    run_heartbeat(source="http", client="10.1.2.3", now=now + datetime.timedelta(seconds=1))
 
     last = Heartbeat.last()
     assert last is not None
@@ -410,27 +412,56 @@ def test_stuck_is_one_query_that_reads_only_the_runs_past_their_own_timeout(
     assert DataFlowRun.objects.stuck(now).count() == 2
 
 
-def test_an_in_process_batch_renews_the_runs_still_waiting_their_turn(settings):
-    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 0.2}  # renewed at most every 0.05 s
-    for _ in range(3):
-        DataFlowFactory(flow="tests.testapp.flows.Sleeps", configuration={"seconds": 0.1})
-    seen = {}
+def _renewals_in_a_batch(monkeypatch, flows: int) -> list[list[int]]:
+    """Run a heartbeat over ``flows`` due flows; return the runs renewed, at each renewal."""
+    renew_pending = RunExecutor.renew_pending
+    renewals = []
 
-    def look_at_the_last_run(sender, run, **kwargs):
-        last = DataFlowRun.objects.order_by("pk").last()
-        seen.setdefault(run.pk, last.status == RunStatus.PENDING and last.activated_at)
+    def recording(runs):
+        renewals.append([run.pk for run in runs])
+        renew_pending(runs)
 
-    signals.run_started.connect(look_at_the_last_run)
-    try:
-        run_heartbeat()
-    finally:
-        signals.run_started.disconnect(look_at_the_last_run)
+    monkeypatch.setattr(RunExecutor, "renew_pending", staticmethod(recording))
+    for _ in range(flows):
+        DataFlowFactory(flow="tests.testapp.flows.NoOp")
 
-    first, second, third = DataFlowRun.objects.order_by("pk")
-    # While the first run slept, the third's pickup deadline was renewed before the second.
-    assert seen[first.pk] == third.created_at
-    assert seen[second.pk] > third.created_at
-    assert {first.status, second.status, third.status} == {RunStatus.SUCCESS}
+    run_heartbeat()
+
+    assert set(DataFlowRun.objects.values_list("status", flat=True)) == {RunStatus.SUCCESS}
+    return renewals
+
+
+def test_an_in_process_batch_renews_the_runs_still_waiting_their_turn(settings, monkeypatch):
+    # PICKUP_TIMEOUT 0: every run takes longer than a quarter of it, however fast the
+    # machine, so the runs still waiting are renewed before each run.
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 0}
+
+    renewals = _renewals_in_a_batch(monkeypatch, 3)
+
+    first, second, third = DataFlowRun.objects.order_by("pk").values_list("pk", flat=True)
+    assert renewals == [[first, second, third], [second, third], [third]]
+
+
+def test_an_in_process_batch_renews_no_more_often_than_a_quarter_of_the_pickup_timeout(
+    settings, monkeypatch
+):
+    # An hour's PICKUP_TIMEOUT: no batch of no-op runs lasts a quarter of it, however slow
+    # the machine, so the waiting runs are never renewed (no write per run for nothing).
+    settings.DATAFLOWS = {"PICKUP_TIMEOUT": 3600}
+
+    assert _renewals_in_a_batch(monkeypatch, 3) == []
+
+
+def test_renewing_restarts_the_pickup_deadline_of_runs_still_pending():
+    long_ago = timezone.now() - datetime.timedelta(days=1)
+    waiting, started = (DataFlowFactory().create_pending_run() for _ in range(2))
+    DataFlowRun.objects.filter(pk=started.pk).update(status=RunStatus.IN_PROGRESS)
+    DataFlowRun.objects.update(activated_at=long_ago)
+
+    FlowExecutor.renew_pending([waiting, started])
+
+    assert DataFlowRun.objects.get(pk=waiting.pk).activated_at > long_ago
+    assert DataFlowRun.objects.get(pk=started.pk).activated_at == long_ago
 
 
 def _columns(run: DataFlowRun) -> dict[str, object]:

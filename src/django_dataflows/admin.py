@@ -49,6 +49,7 @@ from django_dataflows.admin_control import (
     RunWithInputAdminMixin,
     progress_html,
 )
+from django_dataflows.backends.sync import run_after_response
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.live.admin_views import LiveRunAdminMixin
@@ -638,6 +639,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
 
     @admin.action(description=_("Run now"), permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
+        run_after_response()  # with the in-process backend: answer first, then run
         for data_flow in queryset:
             try:
                 run = data_flow.trigger_run(trigger=RunTrigger.MANUAL, user=request.user)

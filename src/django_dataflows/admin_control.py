@@ -25,6 +25,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
+from django_dataflows.backends.sync import run_after_response
 from django_dataflows.exceptions import (
     EnqueueFailed,
     InvalidRunState,
@@ -132,6 +133,8 @@ class RunControlAdminMixin(_DataFlowRunModelAdmin):
 
     def _control(self, request: HttpRequest, run: DataFlowRun, action: str) -> None:
         kwargs: dict[str, Any] = {"user": request.user} if action == "retry" else {}
+        if action in {"resume", "retry"}:
+            run_after_response()  # with the in-process backend: answer first, then run
         try:
             returned = CONTROLS[action](run, **kwargs)
         except (InvalidRunState, RunAlreadyActive, EnqueueFailed) as exc:
@@ -343,6 +346,7 @@ class RunWithInputAdminMixin(_DataFlowModelAdmin):
             raise PermissionDenied
         form = RunInputForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
+            run_after_response()  # with the in-process backend: answer first, then run
             try:
                 run = data_flow.trigger_run(
                     trigger=RunTrigger.MANUAL, user=request.user, input=form.cleaned_data["input"]

@@ -17,6 +17,7 @@ class DataFlowsConfig(AppConfig):
 
     def ready(self) -> None:
         from django_dataflows import alerts, checks  # noqa: F401 - checks registers itself
+        from django_dataflows.backends.sync import connect_request_signals
         from django_dataflows.conf import app_settings
         from django_dataflows.flows import autodiscover
         from django_dataflows.models import use_run_starter
@@ -27,6 +28,8 @@ class DataFlowsConfig(AppConfig):
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         connect_live_publisher()
         alerts.connect()
+        # Before the first request: a start in it may ask to run after its response.
+        connect_request_signals()
 
 
 def connect_live_publisher() -> None:

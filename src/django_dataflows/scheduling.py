@@ -300,14 +300,17 @@ def announce_overdue_flows(now: datetime) -> int:
     return len(overdue)
 
 
-def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
+def run_heartbeat(
+    *, source: str = "http", client: str = "", now: datetime | None = None
+) -> HeartbeatResult:
     """One heartbeat: reap stuck runs, take back lost ones, claim due flows, dispatch,
     announce overdue flows, record, signal.
 
     Every time here is the database's (one query): app servers whose clocks disagree
-    claim the same flows at the same moments.
+    claim the same flows at the same moments. ``now`` stands for that clock where the
+    moment must be chosen (tests, a replay), as in :func:`claim_due_flows`.
     """
-    now = database_now()
+    now = now or database_now()
     result = HeartbeatResult(timestamp=now)
     # Reap first, so a flow freed from a lost run can be claimed by this same heartbeat.
     result.runs_timed_out = RunExecutor.time_out_stuck_runs(now)

@@ -367,3 +367,25 @@ class WithSchema(Flow):
 
     def run(self) -> dict[str, Any]:
         return {"batch_size": self.configuration["batch_size"]}
+
+
+class WaitsForGate(Flow):
+    """Record that the body started, then wait (bounded) until the file ``gate`` exists.
+
+    A long flow whose end the test decides: the run cannot finish before the test opens
+    the gate, however fast or slow the machine.
+    """
+
+    def run(self) -> dict[str, bool]:
+        import time
+        from pathlib import Path
+
+        assert self.context is not None
+        Record.objects.create(label="gate:waiting", run_id=self.context.run.pk)
+        gate = Path(self.configuration["gate"])
+        deadline = time.monotonic() + float(self.configuration.get("seconds", 120))
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gate was never opened")
+            time.sleep(0.05)
+        return {"opened": True}

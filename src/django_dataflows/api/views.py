@@ -36,6 +36,7 @@ from django_dataflows.api.serializers import (
     UpcomingQuerySerializer,
     UpcomingSerializer,
 )
+from django_dataflows.backends.sync import run_after_response
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import registered_flows
 from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger
@@ -137,10 +138,12 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
-        """Start a run now with an optional ``input``: 202 with the run."""
+        """Start a run now with an optional ``input``: 202 with the run (still ``pending``
+        with the in-process backend, which runs it once this answer has been sent)."""
         data_flow = self.get_object()
         body = StartRunSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        run_after_response()
         run = data_flow.trigger_run(
             trigger=RunTrigger.API, user=request.user, input=body.validated_data["input"]
         )
@@ -238,6 +241,7 @@ class DataFlowRunViewSet(
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         """Continue a paused run: it is handed to the backend again."""
+        run_after_response()
         return _run_response(FlowExecutor.resume(self.get_object()), request, self)
 
     @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
@@ -245,12 +249,14 @@ class DataFlowRunViewSet(
     def retry(self, request: Request, pk: str | None = None) -> Response:
         """Start a new run (same input, next attempt) after a failed, timed-out or cancelled
         one: 202 with the **new** run."""
+        run_after_response()
         run = FlowExecutor.retry(self.get_object(), user=request.user)
         return _run_response(run, request, self)
 
 
 def _run_response(run: DataFlowRun, request: Request, view: GenericAPIView) -> Response:
-    """202 with the run as it is now (re-read: the backend may already have run it)."""
+    """202 with the run as it is now (re-read: an asynchronous backend's worker may have
+    taken it already)."""
     fresh = _runs().get(pk=run.pk)
     return Response(
         DataFlowRunSerializer(fresh, context=view.get_serializer_context()).data,
