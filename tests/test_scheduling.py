@@ -13,8 +13,8 @@ from django.utils import timezone
 from django_dataflows import signals
 from django_dataflows.exceptions import RunNotPending
 from django_dataflows.executor import FlowExecutor
-from django_dataflows.runs.execution import RunExecutor
 from django_dataflows.models import DataFlow, DataFlowRun, Heartbeat, RunStatus, RunTrigger
+from django_dataflows.runs.execution import RunExecutor
 from django_dataflows.scheduling import claim_due_flows, run_heartbeat
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 from tests.testapp.models import Record
