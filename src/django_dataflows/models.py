@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections import defaultdict
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, cast
@@ -24,10 +25,13 @@ from django.db.models import (
     Value,
     Window,
 )
+from django.db.models.expressions import Col
 from django.db.models.functions import Coalesce, Now, RowNumber
+from django.db.models.lookups import Lookup
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_dataflows import histograms, rollup_sql
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
     FlowNotRegistered,
@@ -837,14 +841,42 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         Soft-deleted runs are left out; ``since`` keeps runs created at or after it. The
         success rate is ``success / (success + failed + timed_out)`` in percent (``None``
         with none of those): active runs are not rated, cancelled ones are counted but not
-        rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
+        rated. Durations (average, minimum, maximum and the interpolated 50th and 95th
         percentiles) are over the same rated runs.
 
-        At most three queries, whatever the number of runs: the counts and averages, then
-        the percentiles: on PostgreSQL one ``percentile_cont`` for up to
-        ``SORTED_PERCENTILES_LIMIT`` rated runs; beyond that (and on other databases) one
-        ordered ``OFFSET`` query per percentile, which reads the partial index of rated
-        durations instead of sorting a million values.
+        All runs, or the runs of some flows (``flow.runs``, ``filter(data_flow=...)``,
+        ``filter(data_flow__in=...)``), are answered from the rollups: whole hours from
+        :class:`RunRollup`, the hour ``since`` falls in and the active runs (at most one per
+        flow) from the runs, in at most three queries whatever the size of the history.
+        Percentiles are exact below ``EXACT_PERCENTILES_BELOW`` rated runs (their durations
+        are read) and within 1 % above (:mod:`django_dataflows.histograms`); runs deleted
+        by ``dataflows_prune`` still count. Any other selection is computed from its runs.
+        """
+        answerable, flows = _rollup_scope(self)
+        if answerable:
+            return _rollup_stats(self.db, flows, since, per_flow=False).get(0) or _run_stats(
+                _NO_RUNS, dict.fromkeys(PERCENTILES)
+            )
+        return self.stats_from_runs(since)
+
+    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
+        """:meth:`stats` for each flow of these runs, keyed by flow id.
+
+        From the rollups, like :meth:`stats`, in at most three queries; flows without runs
+        are absent.
+        """
+        answerable, flows = _rollup_scope(self)
+        if answerable:
+            return _rollup_stats(self.db, flows, since, per_flow=True)
+        return self.stats_per_flow_from_runs(since)
+
+    def stats_from_runs(self, since: datetime | None = None) -> RunStats:
+        """:meth:`stats` computed from the runs themselves (any selection; reads them all).
+
+        At most three queries: the counts and averages, then the percentiles: on
+        PostgreSQL one ``percentile_cont`` for up to ``SORTED_PERCENTILES_LIMIT`` rated
+        runs; beyond that (and on other databases) one ordered ``OFFSET`` query per
+        percentile. Exact percentiles; the rebuild and the tests compare rollups with it.
         """
         runs = self._stats_base(since)
         rows = self._stats_rows(runs, percentiles=False, per_flow=False)
@@ -865,8 +897,8 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             percentiles[key] = _interpolate(values[0], values[-1], weight)
         return _run_stats(row, percentiles)
 
-    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
-        """:meth:`stats` for each flow of these runs, keyed by flow id, in two queries at most.
+    def stats_per_flow_from_runs(self, since: datetime | None = None) -> dict[int, RunStats]:
+        """:meth:`stats_per_flow` computed from the runs, in two queries at most.
 
         One grouped query on PostgreSQL; elsewhere a grouped aggregate and one window
         query that reads only the rows each percentile needs. Flows without runs are absent.
@@ -1358,3 +1390,259 @@ class RunDurationBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.data_flow_id} {self.hour:%Y-%m-%d %H:00} bucket {self.bucket}"
+
+
+#: Below this many rated runs, percentiles are exact: their durations are read from the runs
+#: (through the flow's index); from this many on they come from the rollups' histograms.
+EXACT_PERCENTILES_BELOW = 1000
+
+
+def _rollup_scope(runs: DataFlowRunQuerySet) -> tuple[bool, frozenset[int] | None]:
+    """Can rollups answer :meth:`~DataFlowRunQuerySet.stats` for ``runs``, and for which flows?
+
+    They can for all runs and for the runs of some flows (``None`` means every flow), with
+    or without ``not_deleted()``; any other filter needs the runs themselves.
+    """
+    query = runs.query
+    if (
+        connections[runs.db].vendor not in ROLLUP_VENDORS
+        or query.is_sliced
+        or query.distinct
+        or query.extra
+        or query.combinator
+        # A filter on the flow's own columns joins the flow table (a trimmed join has no
+        # references left).
+        or sum(1 for count in query.alias_refcount.values() if count) > 1
+    ):
+        return False, None
+    where = query.where
+    if where.negated or where.connector != "AND":
+        return False, None
+    flows: frozenset[int] | None = None
+    for child in where.children:
+        if not isinstance(child, Lookup) or not isinstance(child.lhs, Col):
+            return False, None
+        name = child.lhs.target.name
+        if name == "deleted_at" and child.lookup_name == "isnull" and child.rhs is True:
+            continue  # statistics leave soft-deleted runs out anyway
+        if name != "data_flow" or child.lookup_name not in ("exact", "in"):
+            return False, None
+        values = child.rhs if child.lookup_name == "in" else [child.rhs]
+        if not isinstance(values, list | tuple | set | frozenset):
+            return False, None  # a subquery
+        ids = set()
+        for value in values:
+            key = getattr(value, "pk", value)
+            if not isinstance(key, int):
+                return False, None
+            ids.add(key)
+        flows = frozenset(ids) if flows is None else flows & ids
+    return True, flows
+
+
+#: Databases whose run table carries the rollup triggers (migration 0008).
+ROLLUP_VENDORS = ("postgresql", "sqlite")
+#: The statuses a rollup counts, in the order of its count columns.
+_ROLLED_UP = tuple(RunStatus(status) for status in rollup_sql.COUNT_COLUMNS)
+
+
+def _first_whole_hour(since: datetime | None) -> datetime | None:
+    """The first hour starting at or after ``since``: rollups answer from there on."""
+    if since is None:
+        return None
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    return hour if hour == since else hour + timedelta(hours=1)
+
+
+def _rollup_stats(
+    using: str, flows: frozenset[int] | None, since: datetime | None, *, per_flow: bool
+) -> dict[int, RunStats]:
+    """Statistics from the rollups, keyed by flow id (or by 0 for all of them together)."""
+    if flows is not None and not flows:
+        return {}
+    connection_ = connections[using]
+    whole_from = _first_whole_hour(since)
+
+    def adapt(value: datetime) -> Any:
+        return connection_.ops.adapt_datetimefield_value(value)
+
+    group = "data_flow_id" if per_flow else "0"
+    flow_filter = ""
+    flow_params: list[Any] = []
+    if flows is not None:
+        flow_filter = f" AND data_flow_id IN ({', '.join(['%s'] * len(flows))})"
+        flow_params = sorted(flows)
+    group_by = " GROUP BY data_flow_id" if per_flow else ""
+    hour_filter, hour_params = (
+        ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
+    )
+    edge_filter = " AND created_at >= %s AND created_at < %s"
+    edge = since is not None and whole_from is not None and since < whole_from
+    edge_params = [adapt(since), adapt(whole_from)] if since and whole_from and edge else []
+    since_filter, since_params = (
+        ("", []) if since is None else (" AND created_at >= %s", [adapt(since)])
+    )
+    finished = rollup_sql.finished_sql("r")
+    timed = rollup_sql.timed_sql("r")
+    timed_duration = f"CASE WHEN {timed} THEN r.duration_ms END"
+    parts = [
+        (
+            f"SELECT {group}, 0, 0, 0, "
+            + ", ".join(f"SUM({column})" for column in rollup_sql.COUNT_COLUMNS)
+            + ", SUM(rated), SUM(duration_sum), MIN(duration_min), MAX(duration_max) "
+            f"FROM {rollup_sql.ROLLUPS} WHERE 1 = 1{flow_filter}{hour_filter}{group_by}",
+            [*flow_params, *hour_params],
+        ),
+        (
+            f"SELECT {group}, "
+            + ", ".join("COUNT(CASE WHEN r.status = %s THEN 1 END)" for _ in ACTIVE_STATUSES)
+            + ", 0, 0, 0, 0, 0, 0, NULL, NULL "
+            f"FROM {rollup_sql.RUNS} r WHERE r.status IN (%s, %s, %s) "
+            f"AND r.deleted_at IS NULL{flow_filter}{since_filter}{group_by}",
+            [*ACTIVE_STATUSES, *ACTIVE_STATUSES, *flow_params, *since_params],
+        ),
+    ]
+    if edge:
+        parts.append(
+            (
+                f"SELECT {group}, 0, 0, 0, "  # noqa: S608 - constants only
+                + ", ".join(
+                    f"COUNT(CASE WHEN r.status = '{status}' THEN 1 END)"
+                    for status in rollup_sql.COUNT_COLUMNS
+                )
+                + f", COUNT({timed_duration}), SUM({timed_duration}), MIN({timed_duration}), "
+                f"MAX({timed_duration}) FROM {rollup_sql.RUNS} r WHERE r.deleted_at IS NULL "
+                f"AND {finished}{flow_filter}{edge_filter}{group_by}",
+                [*flow_params, *edge_params],
+            )
+        )
+    rows: dict[int, dict[str, Any]] = {}
+    names = ("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max")
+    with connection_.cursor() as cursor:
+        cursor.execute(
+            " UNION ALL ".join(sql for sql, _params in parts),
+            [p for _sql, params in parts for p in params],
+        )
+        for flow_id, *values in cursor.fetchall():
+            row = rows.setdefault(
+                int(flow_id), {**dict.fromkeys(names[:-2], 0), "min": None, "max": None}
+            )
+            for name, value in zip(names, values, strict=True):
+                if value is None:
+                    continue
+                if name == "min":
+                    row[name] = value if row[name] is None else min(row[name], value)
+                elif name == "max":
+                    row[name] = value if row[name] is None else max(row[name], value)
+                else:
+                    row[name] += int(value)
+    rows = {
+        flow_id: row
+        for flow_id, row in rows.items()
+        if sum(row[status] for status in RunStatus.values) or not per_flow
+    }
+    percentiles = _rollup_percentiles(using, rows, flows, since, whole_from, per_flow=per_flow)
+    stats = {}
+    for flow_id, row in rows.items():
+        count = row["timed_count"]
+        row.update(
+            total=sum(row[status] for status in RunStatus.values),
+            timed_count=count,
+            avg_duration_ms=row["sum"] / count if count else None,
+            min_duration_ms=row["min"] if count else None,
+            max_duration_ms=row["max"] if count else None,
+        )
+        stats[flow_id] = _run_stats(row, percentiles.get(flow_id, dict.fromkeys(PERCENTILES)))
+    return stats
+
+
+def _rollup_percentiles(
+    using: str,
+    rows: dict[int, dict[str, Any]],
+    flows: frozenset[int] | None,
+    since: datetime | None,
+    whole_from: datetime | None,
+    *,
+    per_flow: bool,
+) -> dict[int, dict[str, float | None]]:
+    """The percentiles of each row: exact from the durations of few runs, else histograms.
+
+    At most one query for the exact ones and one for the histograms.
+    """
+    connection_ = connections[using]
+
+    def adapt(value: datetime) -> Any:
+        return connection_.ops.adapt_datetimefield_value(value)
+
+    def flow_filter(keys: list[int]) -> tuple[str, list[Any]]:
+        if per_flow:
+            return f" AND data_flow_id IN ({', '.join(['%s'] * len(keys))})", keys
+        if flows is None:
+            return "", []
+        return f" AND data_flow_id IN ({', '.join(['%s'] * len(flows))})", sorted(flows)
+
+    group = "data_flow_id" if per_flow else "0"
+    group_by = "data_flow_id, " if per_flow else ""
+    timed = rollup_sql.timed_sql("r")
+    result: dict[int, dict[str, float | None]] = {}
+    few = sorted(
+        key for key, row in rows.items() if 0 < row["timed_count"] < EXACT_PERCENTILES_BELOW
+    )
+    many = {key for key, row in rows.items() if row["timed_count"] >= EXACT_PERCENTILES_BELOW}
+    if few:
+        where, params = flow_filter(few)
+        since_sql, since_params = (
+            ("", []) if since is None else (" AND created_at >= %s", [adapt(since)])
+        )
+        durations: dict[int, list[int]] = defaultdict(list)
+        with connection_.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {group}, r.duration_ms FROM {rollup_sql.RUNS} r "  # noqa: S608
+                f"WHERE r.deleted_at IS NULL AND {timed}{where}{since_sql} "
+                "ORDER BY r.duration_ms",
+                [*params, *since_params],
+            )
+            for key, duration in cursor.fetchall():
+                durations[int(key)].append(duration)
+        for key in few:
+            values = durations.get(key, [])
+            if len(values) == rows[key]["timed_count"]:
+                result[key] = {
+                    name: histograms.exact_percentile(values, fraction)
+                    for name, fraction in PERCENTILES.items()
+                }
+            else:  # some were pruned: the histogram still has them
+                many.add(key)
+    if many:
+        keys = sorted(many)
+        where, params = flow_filter(keys)
+        hour_sql, hour_params = (
+            ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
+        )
+        sql = (
+            f"SELECT {group}, bucket, SUM(count) FROM {rollup_sql.BUCKETS} "  # noqa: S608
+            f"WHERE 1 = 1{where}{hour_sql} GROUP BY {group_by}bucket"
+        )
+        all_params = [*params, *hour_params]
+        if since is not None and whole_from is not None and since < whole_from:
+            bucket = histograms.bucket_sql("r.duration_ms")
+            sql += (
+                f" UNION ALL SELECT {group}, {bucket}, COUNT(*) FROM {rollup_sql.RUNS} r "  # noqa: S608
+                f"WHERE r.deleted_at IS NULL AND {timed}{where} "
+                f"AND created_at >= %s AND created_at < %s GROUP BY {group_by}{bucket}"
+            )
+            all_params += [*params, adapt(since), adapt(whole_from)]
+        buckets: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        with connection_.cursor() as cursor:
+            cursor.execute(sql, all_params)
+            for key, bucket_index, count in cursor.fetchall():
+                buckets[int(key)].append((bucket_index, int(count)))
+        for key in keys:
+            row = rows[key]
+            result[key] = {
+                name: histograms.histogram_percentile(
+                    buckets[key], fraction, minimum=row["min"], maximum=row["max"]
+                )
+                for name, fraction in PERCENTILES.items()
+            }
+    return result

@@ -172,10 +172,15 @@ def trigger_statements(vendor: str) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def rebuild_statements(vendor: str) -> list[str]:
-    """Statements recomputing the rollups of the flow given as the one parameter ``%s``."""
+def rebuild_statements(vendor: str, *, from_hour: bool = False) -> list[str]:
+    """Statements inserting the rollups of the flow given as parameter ``%s``.
+
+    With ``from_hour``, a second parameter keeps the runs created from that hour on.
+    """
     hour = hour_sql(vendor, "r.created_at")
     counted = f"r.data_flow_id = %s AND r.deleted_at IS NULL AND {finished_sql('r')}"
+    if from_hour:
+        counted += " AND r.created_at >= %s"
     counts = ", ".join(f"COUNT(CASE WHEN r.status = '{status}' THEN 1 END)" for status in FINISHED)
     timed_duration = f"CASE WHEN {timed_sql('r')} THEN r.duration_ms END"
     return [
