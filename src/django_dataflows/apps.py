@@ -28,6 +28,7 @@ class DataFlowsConfig(AppConfig):
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         connect_live_publisher()
         alerts.connect()
+        connect_rollup_triggers(self)
 
     # The models' DataFlow.create_pending_run() and trigger_run() land here: the app is the
     # one place that knows both the models and what sits above them (bookkeeping, backends).
@@ -46,6 +47,17 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows.backends import hand_over
 
         hand_over(run)
+
+
+def connect_rollup_triggers(app_config: AppConfig) -> None:
+    """After migrations, restore rollup triggers that a table rebuild dropped (SQLite)."""
+    from django.db.models.signals import post_migrate
+
+    from django_dataflows.rollups import restore_dropped_triggers
+
+    post_migrate.connect(
+        restore_dropped_triggers, sender=app_config, dispatch_uid="dataflows-rollup-triggers"
+    )
 
 
 def connect_live_publisher() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from django_dataflows import rollup_sql
+import django_dataflows.rollup_sql as rollup_sql
 from django_dataflows.models import ROLLUP_VENDORS, DataFlow, RunDurationBucket, RunRollup
 
 
@@ -68,3 +68,23 @@ def rebuild_rollups(
         if progress is not None:
             progress(done, len(ids))
     return len(ids)
+
+
+def restore_dropped_triggers(using: str = "default", **kwargs: Any) -> None:
+    """Create the rollup triggers again where a later migration dropped them (SQLite).
+
+    SQLite rebuilds a table for many schema changes (a new ``NOT NULL`` column, an altered
+    field), and the rebuild drops the table's triggers. Connected to ``post_migrate``: a
+    migration that rebuilds the run table leaves statistics kept all the same. PostgreSQL
+    keeps its triggers through ``ALTER TABLE``.
+    """
+    connection = connections[using]
+    if connection.vendor != "sqlite":
+        return
+    tables = connection.introspection.table_names()
+    if rollup_sql.ROLLUPS not in tables or rollup_sql.RUNS not in tables:
+        return  # before migration 0008
+    create, _drop = rollup_sql.trigger_statements("sqlite")
+    with connection.cursor() as cursor:
+        for sql in create:  # CREATE TRIGGER IF NOT EXISTS
+            cursor.execute(sql)
