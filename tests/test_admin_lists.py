@@ -67,3 +67,21 @@ def test_past_the_bound_postgresql_estimates_the_count(admin_client, monkeypatch
         cursor.execute("ANALYZE dataflows_dataflowrun")
     response = admin_client.get(RUNS)
     assert response.context["cl"].paginator.count >= 6
+
+
+def test_the_flow_filter_lists_a_bounded_number_of_flows_and_the_chosen_one(
+    admin_client, monkeypatch
+):
+    monkeypatch.setattr("django_dataflows.admin_lists.FlowFilter.FLOWS_LISTED", 2)
+    flows = [DataFlowFactory(name=f"flow {letter}") for letter in "abcd"]
+    run = DataFlowRunFactory(data_flow=flows[3])
+    response = admin_client.get(RUNS, {"data_flow__id__exact": flows[3].pk})
+    choices = [
+        choice["display"]
+        for choice in response.context["cl"].filter_specs[2].choices(response.context["cl"])
+    ]
+    assert choices == ["All", "flow a", "flow b", "flow d"]
+    assert [row.pk for row in response.context["cl"].result_list] == [run.pk]
+    assert (
+        admin_client.get(RUNS, {"data_flow__id__exact": "x"}).context["cl"].result_list.count() == 0
+    )

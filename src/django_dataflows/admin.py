@@ -53,6 +53,7 @@ from django_dataflows.admin_lists import (
     EXACT_COUNT_LIMIT,
     BoundedCountPaginator,
     CreatedWithinFilter,
+    FlowFilter,
 )
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
@@ -856,7 +857,7 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
         "attempt",
     )
     list_display_links = ("id",)
-    list_filter = ("status", "trigger", "data_flow", CreatedWithinFilter, DeletedRunsFilter)
+    list_filter = ("status", "trigger", FlowFilter, CreatedWithinFilter, DeletedRunsFilter)
     list_select_related = ("data_flow", "triggered_by")
     search_fields = ("data_flow__name", "error_message", "task_id")
     # No date hierarchy and no count of the whole table: both read every run.

@@ -172,13 +172,14 @@ def trigger_statements(vendor: str) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def rebuild_statements(vendor: str, *, from_hour: bool = False) -> list[str]:
-    """Statements inserting the rollups of the flow given as parameter ``%s``.
+def rebuild_statements(vendor: str, *, flows: int = 1, from_hour: bool = False) -> list[str]:
+    """Statements inserting the rollups of ``flows`` flows, given as the first parameters.
 
-    With ``from_hour``, a second parameter keeps the runs created from that hour on.
+    With ``from_hour``, one more parameter keeps the runs created from that hour on.
     """
     hour = hour_sql(vendor, "r.created_at")
-    counted = f"r.data_flow_id = %s AND r.deleted_at IS NULL AND {finished_sql('r')}"
+    placeholders = ", ".join(["%s"] * flows)
+    counted = f"r.data_flow_id IN ({placeholders}) AND r.deleted_at IS NULL AND {finished_sql('r')}"
     if from_hour:
         counted += " AND r.created_at >= %s"
     counts = ", ".join(f"COUNT(CASE WHEN r.status = '{status}' THEN 1 END)" for status in FINISHED)

@@ -2,10 +2,10 @@
 
 The triggers of :mod:`django_dataflows.rollup_sql` keep the rollups as runs change; a
 rebuild is for a database where they were off (a bulk load with triggers disabled, a
-restore) or to check them. It works flow by flow, each flow in its own short transaction,
-so a rebuild stopped halfway leaves every flow either rebuilt or as it was, and running it
-again gives the same rollups. Runs already pruned cannot be read again: a rebuild drops
-their contribution (``--since`` keeps the hours before it as they are).
+restore) or to check them. It works a few flows at a time, each group in its own short
+transaction, so a rebuild stopped halfway leaves every flow either rebuilt or as it was,
+and running it again gives the same rollups. Runs already pruned cannot be read again: a
+rebuild drops their contribution (``--since`` keeps the hours before it as they are).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from django.db import connections, transaction
 
 import django_dataflows.rollup_sql as rollup_sql
 from django_dataflows.models import ROLLUP_VENDORS, DataFlow, RunDurationBucket, RunRollup
+
+#: Flows recomputed per transaction: few enough that each holds its lock briefly.
+FLOWS_PER_TRANSACTION = 20
 
 
 class RollupsUnsupported(Exception):
@@ -33,11 +36,11 @@ def rebuild_rollups(
 ) -> int:
     """Recompute the rollups of these flows (all by default) from their runs.
 
-    With ``since``, only the hours from the one ``since`` falls in are recomputed. Calls
-    ``progress(done, total)`` after each flow; returns the number of flows rebuilt. On
-    PostgreSQL each flow's transaction holds a ``SHARE`` lock on the run table, so no run
-    changes between reading the runs and writing their rollups (writers wait for that
-    flow's rebuild only).
+    With ``since``, only the hours from the one ``since`` falls in are recomputed. Works
+    through ``FLOWS_PER_TRANSACTION`` flows per transaction, calling ``progress(done,
+    total)`` after each; returns the number of flows rebuilt. On PostgreSQL each
+    transaction holds a ``SHARE`` lock on the run table, so no run changes between reading
+    the runs and writing their rollups (writers wait for those flows' rebuild only).
     """
     connection = connections[using]
     vendor = connection.vendor
@@ -48,23 +51,28 @@ def rebuild_rollups(
         flows = flows.filter(pk__in=list(flow_ids))
     ids = list(flows.values_list("pk", flat=True))
     hour = None if since is None else since.replace(minute=0, second=0, microsecond=0)
-    statements = rollup_sql.rebuild_statements(vendor, from_hour=hour is not None)
-    for done, flow_id in enumerate(ids, start=1):
+    done = 0
+    for start in range(0, len(ids), FLOWS_PER_TRANSACTION):
+        chunk = ids[start : start + FLOWS_PER_TRANSACTION]
+        statements = rollup_sql.rebuild_statements(
+            vendor, flows=len(chunk), from_hour=hour is not None
+        )
         with transaction.atomic(using=using):
             if vendor == "postgresql":
                 with connection.cursor() as cursor:
                     cursor.execute(f"LOCK TABLE {rollup_sql.RUNS} IN SHARE MODE")
             for model in (RunRollup, RunDurationBucket):
-                old = model.objects.using(using).filter(data_flow_id=flow_id)
+                old = model.objects.using(using).filter(data_flow_id__in=chunk)
                 if hour is not None:
                     old = old.filter(hour__gte=hour)
                 old.delete()
-            params: list[Any] = [flow_id]
+            params: list[Any] = list(chunk)
             if hour is not None:
                 params.append(connection.ops.adapt_datetimefield_value(hour))
             with connection.cursor() as cursor:
                 for sql in statements:
                     cursor.execute(sql, params)
+        done += len(chunk)
         if progress is not None:
             progress(done, len(ids))
     return len(ids)
