@@ -127,6 +127,24 @@ def fill(flows: int, runs: int) -> None:
             cursor.execute(f"VACUUM ANALYZE {table}")
 
 
+def table_sizes(runs: int) -> None:
+    """What each table costs per million runs: heap plus indexes (and TOAST)."""
+    with connection.cursor() as cursor:
+        for table in (RUNS, STEPS, "dataflows_runrollup", "dataflows_rundurationbucket"):
+            cursor.execute(
+                "SELECT pg_relation_size(%s::regclass), pg_indexes_size(%s::regclass), "
+                "pg_total_relation_size(%s::regclass), "
+                "(SELECT reltuples FROM pg_class WHERE oid = %s::regclass)",
+                [table, table, table, table],
+            )
+            heap, indexes, total, rows = cursor.fetchone()
+            say(
+                f"  {table:<30} {max(rows, 0):>12,.0f} rows  heap {heap / 2**20:8.1f} MiB  "
+                f"indexes {indexes / 2**20:8.1f} MiB  per million runs "
+                f"{total / 2**20 * 1_000_000 / runs:8.1f} MiB"
+            )
+
+
 def timed(function: Callable[[], Any], repeat: int) -> tuple[float, int, Any]:
     """Median milliseconds over ``repeat`` rounds (after one warm-up), queries, result."""
     result = function()
@@ -251,6 +269,7 @@ class Writer(threading.Thread):
 def measure(size: int, flows: int, repeat: int) -> dict[str, tuple[float, int]]:
     say(f"\n== {size:,} runs over {flows:,} flows; load average {os.getloadavg()}")
     fill(flows, size)
+    table_sizes(size)
     user_model = get_user_model()
     user, _created = user_model.objects.get_or_create(
         username="bench", defaults={"is_superuser": True, "is_staff": True}

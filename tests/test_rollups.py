@@ -341,3 +341,17 @@ def test_triggers_a_sqlite_table_rebuild_dropped_are_restored_after_migrate() ->
     flow = DataFlowFactory()
     DataFlowRunFactory(data_flow=flow, status=RunStatus.SUCCESS, duration_ms=5)
     assert flow.runs.stats()["success"] == 1
+
+
+def test_many_flows_at_once_read_a_bounded_number_of_durations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("django_dataflows.models.EXACT_DURATIONS_READ", 60)
+    small, large = DataFlowFactory(), DataFlowFactory()
+    mixed_runs(small, 40, seed=21)
+    mixed_runs(large, 300, seed=22)
+    per_flow = DataFlowRun.objects.stats_per_flow()
+    from_runs = DataFlowRun.objects.stats_per_flow_from_runs()
+    # The small flow fits the budget: exact; the large one comes from its histogram.
+    assert_same_stats(per_flow[small.pk], from_runs[small.pk], exact=True)
+    assert_same_stats(per_flow[large.pk], from_runs[large.pk], exact=False)
