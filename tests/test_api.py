@@ -1129,3 +1129,18 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+@pytest.mark.parametrize(
+    ("since", "total"),
+    [("2999-01-01T00:00:00Z", 0), ("1970-01-01T00:00:00Z", 2), ("2000-01-01T00:17:03+05:30", 2)],
+)
+def test_stats_since_in_the_future_or_before_any_rollup_answers_rightly(
+    since: str, total: int
+) -> None:
+    make_run(status=RunStatus.SUCCESS, duration_ms=10)
+    make_run(status=RunStatus.FAILED, duration_ms=30)
+    api = client_for(*VIEW_ALL)
+    response = api.get(f"{API}stats/", {"since": since})
+    assert response.status_code == 200
+    assert response.json()["total"] == total
