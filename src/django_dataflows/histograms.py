@@ -25,10 +25,14 @@ ZERO_BUCKET = -1
 
 
 def bucket_sql(column: str) -> str:
-    """The SQL expression of ``column``'s bucket; the same text on PostgreSQL and SQLite."""
+    """The SQL expression of ``column``'s bucket; the same text on PostgreSQL and SQLite.
+
+    ``LN`` and ``CEILING``: SQLite built without its math functions gets both from Django's
+    connection, so writing a run through another SQLite client needs a build with them.
+    """
     return (
         f"CASE WHEN {column} <= 0 THEN {ZERO_BUCKET} "
-        f"ELSE CAST(CEIL(LN(CAST({column} AS DOUBLE PRECISION)) / {LOG_GAMMA!r}) AS INTEGER) END"
+        f"ELSE CAST(CEILING(LN(CAST({column} AS DOUBLE PRECISION)) / {LOG_GAMMA!r}) AS INTEGER) END"
     )
 
 
