@@ -12,8 +12,8 @@ skewed like real ones. Then measures, in the same run and on the same rows:
   with a request factory as a superuser, so authentication costs no query);
 
 each beside one hand-written SQL statement (or, for the list, the statements the endpoint
-needs: count, page, steps) returning the same figures. Prints the median of ``--repeat``
-rounds, the query counts and the ratios. Targets: one flow ≤ 5 ms, 24 h ≤ 50 ms, whole
+needs: page, steps; it no longer counts) returning the same figures. Prints the median of
+``--repeat`` rounds, the query counts and the ratios. Targets: one flow ≤ 5 ms, 24 h ≤ 50 ms, whole
 table ≤ 200 ms, list page ≤ 10 ms and ≤ 4 queries. Figures are printed, never asserted.
 """
 
@@ -79,10 +79,10 @@ def build(flows: int, runs: int) -> None:
             # durations (skewed: most runs short, a long tail) come from i and random().
             cursor.execute(
                 f"""INSERT INTO {RUNS} (data_flow_id, status, trigger, created_at, started_at,
-                        ended_at, duration_ms, error_message, error_backtrace, result, attempt,
+                        ended_at, error_message, error_backtrace, result, attempt,
                         task_id, queue, input, progress, redeliveries, deleted_at, updated_at)
                     SELECT 1 + i %% %(flows)s, status, 'schedule', created, created,
-                        created + duration * interval '1 millisecond', duration, '', '',
+                        created + duration * interval '1 millisecond', '', '',
                         NULL, 1, md5(i::text), 'default', '{{}}', '{{}}', 0,
                         CASE WHEN i / %(flows)s %% 100 = 7 THEN created END, created
                     FROM (
@@ -134,14 +134,12 @@ def list_page(flow_id: int) -> Callable[[], Any]:
         force_authenticate(request, user=user)
         response = view(request)
         assert response.status_code == 200, response.data
-        return response.data["count"]
+        return len(response.data["results"])
 
     return run
 
 
 RAW_LIST = [
-    f"""SELECT count(*) FROM {RUNS}
-        WHERE data_flow_id = %s AND status IN ('success', 'failed') AND deleted_at IS NULL""",
     f"""SELECT r.*, f.name FROM {RUNS} r JOIN {FLOWS} f ON f.id = r.data_flow_id
         WHERE r.data_flow_id = %s AND r.status IN ('success', 'failed') AND r.deleted_at IS NULL
         ORDER BY r.created_at DESC, r.id DESC LIMIT 50""",
@@ -153,12 +151,10 @@ def raw_list(flow_id: int) -> Callable[[], Any]:
     def run() -> Any:
         with connection.cursor() as cursor:
             cursor.execute(RAW_LIST[0], [flow_id])
-            count = cursor.fetchone()[0]
-            cursor.execute(RAW_LIST[1], [flow_id])
             ids = [row[0] for row in cursor.fetchall()]
-            cursor.execute(RAW_LIST[2], [ids])
+            cursor.execute(RAW_LIST[1], [ids])
             cursor.fetchall()
-        return count
+        return len(ids)
 
     return run
 
@@ -211,7 +207,8 @@ def main() -> None:
     # The same figures both ways, or the comparison means nothing.
     orm_whole, raw_whole = whole[0][2], whole[1][2][0]
     assert orm_whole["total"] == raw_whole[0], (orm_whole, raw_whole)
-    assert abs(orm_whole["p95_duration_ms"] - raw_whole[12]) < 1e-6
+    # From the rollups' histogram: within 1 % of percentile_cont.
+    assert abs(orm_whole["p95_duration_ms"] - raw_whole[12]) <= 0.01 * raw_whole[12]
     assert listing[0][2] == listing[1][2]
     rate = orm_whole["success_rate"]
     say(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -396,11 +397,14 @@ def test_flow_list_bad_filter_is_400(client: APIClient) -> None:
 
 def test_flow_list_is_paginated(client: APIClient) -> None:
     DataFlowFactory.create_batch(3)
-    body = client.get(f"{API}flows/?limit=2").json()
-    assert body["count"] == 3
+    body = client.get(f"{API}flows/?page_size=2").json()
+    assert "count" not in body
     assert len(body["results"]) == 2
     assert body["next"] is not None
     assert body["previous"] is None
+    rest = client.get(body["next"]).json()
+    assert len(rest["results"]) == 1
+    assert rest["next"] is None
 
 
 def test_enable_and_disable(client: APIClient) -> None:
@@ -688,7 +692,7 @@ def test_soft_delete_hides_run_from_lists_and_stats() -> None:
     assert api.delete(f"{API}runs/{run.pk}/").status_code == 204
     run.refresh_from_db()
     assert run.deleted_at is not None  # kept for audit
-    assert api.get(f"{API}runs/").json()["count"] == 0
+    assert api.get(f"{API}runs/").json()["results"] == []
     assert api.get(f"{API}runs/{run.pk}/").status_code == 404
     assert api.get(f"{API}stats/").json()["total"] == 0
 
@@ -916,25 +920,99 @@ def test_runs_ordering(
     assert listed(client, f"ordering={ordering}") == ids(runs, *expected)
 
 
-def test_runs_pagination(client: APIClient, runs: dict[str, DataFlowRun]) -> None:
-    body = client.get(f"{API}runs/?limit=2&offset=1").json()
-    assert body["count"] == 4
-    assert [run["id"] for run in body["results"]] == ids(runs, "timed_out", "failed")
-    assert "offset=3" in body["next"]
-    assert body["previous"] is not None
+def test_runs_pages_by_cursor_newest_first(client: APIClient, runs: dict[str, DataFlowRun]) -> None:
+    body = client.get(f"{API}runs/?page_size=2").json()
+    assert "count" not in body
+    assert [run["id"] for run in body["results"]] == ids(runs, "new", "timed_out")
+    assert body["previous"] is None
+    second = client.get(body["next"]).json()
+    assert [run["id"] for run in second["results"]] == ids(runs, "failed", "old")
+    assert second["next"] is None
+    back = client.get(second["previous"]).json()
+    assert [run["id"] for run in back["results"]] == ids(runs, "new", "timed_out")
+    assert back["previous"] is None
+
+
+def test_runs_cursor_pages_are_stable_under_inserts(
+    client: APIClient, runs: dict[str, DataFlowRun]
+) -> None:
+    first = client.get(f"{API}runs/?page_size=2").json()
+    make_run(status=RunStatus.SUCCESS, created_at=timezone.now() + timedelta(seconds=1))
+    second = client.get(first["next"]).json()
+    assert [run["id"] for run in second["results"]] == ids(runs, "failed", "old")
 
 
 @pytest.mark.parametrize(
-    ("query", "size"),
-    [("limit=0", 4), ("limit=-1", 4), ("limit=abc", 4), ("offset=99", 0), ("offset=-5", 4)],
+    "ordering",
+    [
+        "created_at",
+        "-created_at",
+        "started_at",
+        "-started_at",
+        "ended_at",
+        "-ended_at",
+        "duration_ms",
+        "-duration_ms",
+    ],
 )
-def test_runs_pagination_edges(
-    client: APIClient, runs: dict[str, DataFlowRun], query: str, size: int
+def test_runs_cursor_walks_every_ordering_forwards_and_back(
+    client: APIClient, runs: dict[str, DataFlowRun], ordering: str
+) -> None:
+    everything = listed(client, f"ordering={ordering}")
+    seen: list[int] = []
+    pages = []
+    url: str | None = f"{API}runs/?ordering={ordering}&page_size=1"
+    while url:
+        body = client.get(url).json()
+        pages.append(body)
+        seen += [run["id"] for run in body["results"]]
+        url = body["next"]
+    assert seen == everything
+    back: list[int] = []
+    url = pages[-1]["previous"]
+    while url:
+        body = client.get(url).json()
+        back = [run["id"] for run in body["results"]] + back
+        url = body["previous"]
+    assert back == everything[:-1]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("page_size=0", "page_size"),
+        ("page_size=-1", "page_size"),
+        ("page_size=abc", "page_size"),
+        ("cursor=abc", "cursor"),
+        ("ordering=created_at,duration_ms", "ordering"),
+    ],
+)
+def test_runs_bad_page_parameters_are_400(
+    client: APIClient, runs: dict[str, DataFlowRun], query: str, field: str
 ) -> None:
     response = client.get(f"{API}runs/?{query}")
-    assert response.status_code == 200
-    assert response.json()["count"] == 4
-    assert len(response.json()["results"]) == size
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def cursor_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["cursor"][0]
+
+
+def test_runs_tampered_cursor_is_400(client: APIClient, runs: dict[str, DataFlowRun]) -> None:
+    token = cursor_of(client.get(f"{API}runs/?page_size=1").json()["next"])
+    response = client.get(f"{API}runs/", {"page_size": 1, "cursor": token[:-3] + "abc"})
+    assert response.status_code == 400
+    assert response.json() == {"cursor": ["Invalid cursor."]}
+
+
+def test_runs_cursor_of_another_filter_is_400(
+    client: APIClient, runs: dict[str, DataFlowRun]
+) -> None:
+    token = cursor_of(client.get(f"{API}runs/?page_size=1").json()["next"])
+    response = client.get(f"{API}runs/", {"page_size": 1, "status": "failed", "cursor": token})
+    assert response.status_code == 400
+    assert "another list" in response.json()["cursor"][0]
 
 
 def test_runs_page_size_defaults_to_50_and_caps_at_500(client: APIClient) -> None:
@@ -943,7 +1021,7 @@ def test_runs_page_size_defaults_to_50_and_caps_at_500(client: APIClient) -> Non
         DataFlowRun(data_flow=flow, status=RunStatus.SUCCESS, task_id=str(i)) for i in range(501)
     )
     assert len(client.get(f"{API}runs/").json()["results"]) == 50
-    body = client.get(f"{API}runs/?limit=100000").json()
+    body = client.get(f"{API}runs/?page_size=100000").json()
     assert len(body["results"]) == 500
     assert body["next"] is not None
 
@@ -1059,3 +1137,18 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+@pytest.mark.parametrize(
+    ("since", "total"),
+    [("2999-01-01T00:00:00Z", 0), ("1970-01-01T00:00:00Z", 2), ("2000-01-01T00:17:03+05:30", 2)],
+)
+def test_stats_since_in_the_future_or_before_any_rollup_answers_rightly(
+    since: str, total: int
+) -> None:
+    make_run(status=RunStatus.SUCCESS, duration_ms=10)
+    make_run(status=RunStatus.FAILED, duration_ms=30)
+    api = client_for(*VIEW_ALL)
+    response = api.get(f"{API}stats/", {"since": since})
+    assert response.status_code == 200
+    assert response.json()["total"] == total

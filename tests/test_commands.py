@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import DataFlow, DataFlowRun, DataFlowRunStep, RunStatus, RunTrigger
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,3 +314,22 @@ def test_heartbeat_command_with_the_database_down_says_so_in_one_line_and_exits_
     assert error.startswith("The database is unavailable: ")
     assert "Traceback" not in completed.stderr
     assert completed.stderr.startswith("CommandError: The database is unavailable")
+
+
+def test_prune_counts_runs_not_their_steps_and_takes_soft_deleted_runs_of_any_age():
+    old = make_runs(3, days_old=40)
+    for run in old:
+        DataFlowRunStep.objects.bulk_create(
+            DataFlowRunStep(run=run, position=position, name=f"step {position}")
+            for position in (1, 2)
+        )
+    recent_deleted = make_runs(1, days_old=1)[0]
+    recent_deleted.soft_delete()
+    kept = make_runs(1, days_old=1)
+
+    out, err = run_command("dataflows_prune", "--older-than", "30", "--batch-size", "2")
+
+    assert "Deleted 4 run(s)." in out
+    assert "Deleted 4/4 run(s)" in err
+    assert list(DataFlowRun.objects.all()) == kept
+    assert not DataFlowRunStep.objects.exists()

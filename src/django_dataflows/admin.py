@@ -49,6 +49,12 @@ from django_dataflows.admin_control import (
     RunWithInputAdminMixin,
     progress_html,
 )
+from django_dataflows.admin_lists import (
+    EXACT_COUNT_LIMIT,
+    BoundedCountPaginator,
+    CreatedWithinFilter,
+    FlowFilter,
+)
 from django_dataflows.backends.sync import run_after_response
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
@@ -782,7 +788,9 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             "recent_runs": [
                 {"run": run, "duration": format_duration(run.duration)} for run in runs
             ],
-            "run_count": obj.runs.count(),
+            # Bounded: a busy flow has hundreds of thousands of runs.
+            "run_count": obj.runs.order_by()[: EXACT_COUNT_LIMIT + 1].count(),
+            "run_count_limit": EXACT_COUNT_LIMIT,
             "can_view_runs": can_view_runs,
             "can_view_backtraces": request.user.has_perm(BACKTRACE_PERMISSION),
             "run_history_url": _admin_url(
@@ -870,10 +878,12 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
         "attempt",
     )
     list_display_links = ("id",)
-    list_filter = ("status", "trigger", "data_flow", DeletedRunsFilter)
+    list_filter = ("status", "trigger", FlowFilter, CreatedWithinFilter, DeletedRunsFilter)
     list_select_related = ("data_flow", "triggered_by")
     search_fields = ("data_flow__name", "error_message", "task_id")
-    date_hierarchy = "created_at"
+    # No date hierarchy and no count of the whole table: both read every run.
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
     actions = ("cancel_runs", "pause_runs", "resume_runs", "retry_runs")
     inlines = (DataFlowRunStepInline,)
     readonly_fields = (

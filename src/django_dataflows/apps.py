@@ -30,6 +30,18 @@ class DataFlowsConfig(AppConfig):
         alerts.connect()
         # Before the first request: a start in it may ask to run after its response.
         connect_request_signals()
+        connect_rollup_triggers(self)
+
+
+def connect_rollup_triggers(app_config: AppConfig) -> None:
+    """After migrations, restore rollup triggers that a table rebuild dropped (SQLite)."""
+    from django.db.models.signals import post_migrate
+
+    from django_dataflows.rollups import restore_dropped_triggers
+
+    post_migrate.connect(
+        restore_dropped_triggers, sender=app_config, dispatch_uid="dataflows-rollup-triggers"
+    )
 
 
 def connect_live_publisher() -> None:

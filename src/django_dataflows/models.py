@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timedelta
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
 
@@ -14,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
 from django.db.models import (
+    Count,
     Exists,
     ExpressionWrapper,
     F,
@@ -21,13 +23,18 @@ from django.db.models import (
     OuterRef,
     Q,
     Subquery,
+    Sum,
     Value,
     Window,
 )
-from django.db.models.functions import Coalesce, Now, RowNumber
+from django.db.models.expressions import Col
+from django.db.models.functions import Coalesce, Now, RowNumber, TruncHour
+from django.db.models.lookups import Lookup
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+import django_dataflows.histograms as histograms
+import django_dataflows.rollup_sql as rollup_sql
 from django_dataflows.clock import MillisecondsBetween, database_now
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import (
@@ -917,14 +924,81 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         Soft-deleted runs are left out; ``since`` keeps runs created at or after it. The
         success rate is ``success / (success + failed + timed_out)`` in percent (``None``
         with none of those): active runs are not rated, cancelled ones are counted but not
-        rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
+        rated. Durations (average, minimum, maximum and the interpolated 50th and 95th
         percentiles) are over the same rated runs.
 
-        At most three queries, whatever the number of runs: the counts and averages, then
-        the percentiles: on PostgreSQL one ``percentile_cont`` for up to
-        ``SORTED_PERCENTILES_LIMIT`` rated runs; beyond that (and on other databases) one
-        ordered ``OFFSET`` query per percentile, which reads the partial index of rated
-        durations instead of sorting a million values.
+        All runs, or the runs of some flows (``flow.runs``, ``filter(data_flow=...)``,
+        ``filter(data_flow__in=...)``), are answered from the rollups: whole hours from
+        :class:`RunRollup`, the hour ``since`` falls in and the active runs (at most one per
+        flow) from the runs, in at most three queries whatever the size of the history.
+        Percentiles are exact below ``EXACT_PERCENTILES_BELOW`` rated runs (their durations
+        are read) and within 1 % above (:mod:`django_dataflows.histograms`); runs deleted
+        by ``dataflows_prune`` still count. Any other selection is computed from its runs.
+        """
+        answerable, flows = _rollup_scope(self)
+        if answerable:
+            return _rollup_stats(self.db, flows, since, per_flow=False).get(0) or _run_stats(
+                _NO_RUNS, dict.fromkeys(PERCENTILES)
+            )
+        return self.stats_from_runs(since)
+
+    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
+        """:meth:`stats` for each flow of these runs, keyed by flow id.
+
+        From the rollups, like :meth:`stats`, in at most three queries; flows without runs
+        are absent.
+        """
+        answerable, flows = _rollup_scope(self)
+        if answerable:
+            return _rollup_stats(self.db, flows, since, per_flow=True)
+        return self.stats_per_flow_from_runs(since)
+
+    def counts_per_hour(self, start: datetime, end: datetime) -> dict[datetime, dict[str, int]]:
+        """How many of these runs were created in each hour from ``start`` to ``end``, by status.
+
+        Hours (UTC) from the rollups plus the active runs when the rollups can answer for
+        this selection (as for :meth:`stats`); computed from the runs otherwise. ``start``
+        and ``end`` are whole hours; soft-deleted runs are left out.
+        """
+        counts: dict[datetime, dict[str, int]] = defaultdict(dict)
+        answerable, flows = _rollup_scope(self)
+        if not answerable:
+            rows = (
+                self.not_deleted()
+                .filter(created_at__gte=start, created_at__lt=end)
+                .annotate(hour=TruncHour("created_at", tzinfo=UTC))
+                .values_list("hour", "status")
+                .annotate(count=Count("pk"))
+                .order_by()
+            )
+            for hour, status, count in rows:
+                counts[hour][status] = count
+            return dict(counts)
+        rollups = RunRollup.objects.using(self.db).filter(hour__gte=start, hour__lt=end)
+        active = self.not_deleted().active().filter(created_at__gte=start, created_at__lt=end)
+        if flows is not None:
+            rollups = rollups.filter(data_flow_id__in=flows)
+        sums = [Sum(status) for status in rollup_sql.COUNT_COLUMNS]
+        for hour, *values in rollups.values_list("hour").annotate(*sums).order_by():
+            for status, value in zip(rollup_sql.COUNT_COLUMNS, values, strict=True):
+                if value:
+                    counts[hour][status] = value
+        for hour, status, count in (
+            active.annotate(hour=TruncHour("created_at", tzinfo=UTC))
+            .values_list("hour", "status")
+            .annotate(count=Count("pk"))
+            .order_by()
+        ):
+            counts[hour][status] = count
+        return dict(counts)
+
+    def stats_from_runs(self, since: datetime | None = None) -> RunStats:
+        """:meth:`stats` computed from the runs themselves (any selection; reads them all).
+
+        At most three queries: the counts and averages, then the percentiles: on
+        PostgreSQL one ``percentile_cont`` for up to ``SORTED_PERCENTILES_LIMIT`` rated
+        runs; beyond that (and on other databases) one ordered ``OFFSET`` query per
+        percentile. Exact percentiles; the rebuild and the tests compare rollups with it.
         """
         runs = self._stats_base(since)
         rows = self._stats_rows(runs, percentiles=False, per_flow=False)
@@ -945,8 +1019,8 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             percentiles[key] = _interpolate(values[0], values[-1], weight)
         return _run_stats(row, percentiles)
 
-    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
-        """:meth:`stats` for each flow of these runs, keyed by flow id, in two queries at most.
+    def stats_per_flow_from_runs(self, since: datetime | None = None) -> dict[int, RunStats]:
+        """:meth:`stats_per_flow` computed from the runs, in two queries at most.
 
         One grouped query on PostgreSQL; elsewhere a grouped aggregate and one window
         query that reads only the rows each percentile needs. Flows without runs are absent.
@@ -1106,7 +1180,13 @@ class DataFlowRun(models.Model):
     flow_alert_state: tuple[int, datetime | None] | None = None
 
     data_flow = models.ForeignKey(
-        DataFlow, on_delete=models.CASCADE, related_name="runs", verbose_name=_("data flow")
+        DataFlow,
+        on_delete=models.CASCADE,
+        related_name="runs",
+        verbose_name=_("data flow"),
+        # (data_flow, created_at) serves every lookup by flow; a second index would only
+        # cost writes.
+        db_index=False,
     )
     status = models.CharField(
         _("status"), max_length=20, choices=RunStatus.choices, default=RunStatus.PENDING
@@ -1196,28 +1276,23 @@ class DataFlowRun(models.Model):
         ordering = ("-created_at", "-pk")
         get_latest_by = "created_at"
         indexes = (
+            # Only what a page or the run engine reads: statistics read the rollups, so
+            # no index is kept for them (each one costs every insert and finish).
             models.Index(fields=("data_flow", "created_at"), name="dataflows_run_flow_created_idx"),
             models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
-            models.Index(fields=("data_flow", "duration_ms"), name="dataflows_run_duration_idx"),
+            models.Index(fields=("created_at",), name="dataflows_run_newest_idx"),
             models.Index(fields=("updated_at",), name="dataflows_run_updated_idx"),
-            # Statistics read these without touching the table (index-only scans on
-            # PostgreSQL): a time range, and one flow's runs by status. Key columns rather
-            # than INCLUDE, which other databases ignore with a system-check warning.
+            # Small partial indexes: soft-deleted runs (prune, the admin's filter) and
+            # recent failures (the admin's health box); most runs are in neither.
             models.Index(
-                fields=("created_at", "data_flow", "status", "duration_ms", "deleted_at"),
-                name="dataflows_run_created_idx",
+                fields=("deleted_at",),
+                condition=Q(deleted_at__isnull=False),
+                name="dataflows_run_deleted_idx",
             ),
             models.Index(
-                fields=("data_flow", "status", "duration_ms", "deleted_at", "created_at"),
-                name="dataflows_run_flow_stat_idx",
-            ),
-            # The durations the percentiles of many runs read in order (OFFSET), unsorted.
-            models.Index(
-                fields=("duration_ms",),
-                condition=Q(
-                    status__in=RATED_STATUSES, duration_ms__isnull=False, deleted_at__isnull=True
-                ),
-                name="dataflows_run_rated_ms_idx",
+                fields=("ended_at",),
+                condition=Q(status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)),
+                name="dataflows_run_failed_idx",
             ),
         )
         constraints = (
@@ -1381,3 +1456,340 @@ class Heartbeat(models.Model):
     def last(cls) -> Heartbeat | None:
         """The last heartbeat received, or ``None`` if there has never been one."""
         return cls.objects.filter(pk=cls.SINGLETON_PK).first()
+
+
+class RunRollup(models.Model):
+    """The finished runs of one flow created within one hour: counts and durations.
+
+    Written by database triggers in the statement that finishes, soft-deletes or changes a
+    run (no extra commit); statistics add these rows up instead of reading the runs. A row
+    outlives its runs: deleting a run (``dataflows_prune``) keeps its contribution, a soft
+    delete takes it out. ``dataflows_rollups --rebuild`` recomputes them from the runs.
+    """
+
+    data_flow = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="+", verbose_name=_("data flow")
+    )
+    hour = models.DateTimeField(_("hour"), help_text=_("The hour the runs were created in."))
+    success = models.IntegerField(_("success"), default=0)
+    failed = models.IntegerField(_("failed"), default=0)
+    cancelled = models.IntegerField(_("cancelled"), default=0)
+    timed_out = models.IntegerField(_("timed out"), default=0)
+    rated = models.IntegerField(
+        _("rated with a duration"),
+        default=0,
+        help_text=_("Successful, failed and timed-out runs with a duration."),
+    )
+    duration_sum = models.BigIntegerField(_("duration sum (ms)"), default=0)
+    duration_min = models.BigIntegerField(_("shortest (ms)"), null=True, blank=True)
+    duration_max = models.BigIntegerField(_("longest (ms)"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("run rollup")
+        verbose_name_plural = _("run rollups")
+        constraints = (
+            models.UniqueConstraint(fields=("data_flow", "hour"), name="dataflows_rollup_hour"),
+        )
+        indexes = (models.Index(fields=("hour",), name="dataflows_rollup_hour_idx"),)
+
+    def __str__(self) -> str:
+        return f"{self.data_flow_id} {self.hour:%Y-%m-%d %H:00}"
+
+
+class RunDurationBucket(models.Model):
+    """How many rated runs of one flow and hour fell in one log bucket of duration.
+
+    See :mod:`django_dataflows.histograms`: the percentiles of any set of hours and flows
+    come from adding these counts, within 1 %.
+    """
+
+    data_flow = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="+", verbose_name=_("data flow")
+    )
+    hour = models.DateTimeField(_("hour"))
+    bucket = models.IntegerField(_("bucket"))
+    count = models.IntegerField(_("count"), default=0)
+
+    class Meta:
+        verbose_name = _("run duration bucket")
+        verbose_name_plural = _("run duration buckets")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("data_flow", "hour", "bucket"), name="dataflows_rollup_bucket"
+            ),
+        )
+        indexes = (models.Index(fields=("hour",), name="dataflows_bucket_hour_idx"),)
+
+    def __str__(self) -> str:
+        return f"{self.data_flow_id} {self.hour:%Y-%m-%d %H:00} bucket {self.bucket}"
+
+
+#: Below this many rated runs, percentiles are exact: their durations are read from the runs
+#: (through the flow's index); from this many on they come from the rollups' histograms.
+EXACT_PERCENTILES_BELOW = 1000
+#: At most this many durations are read for exact percentiles in one call: statistics of
+#: many flows at once (a page of the admin's flow list, the dashboard) take the flows with
+#: the fewest runs exactly and the others from the histograms, within 1 %.
+EXACT_DURATIONS_READ = 20_000
+
+
+def _rollup_scope(runs: DataFlowRunQuerySet) -> tuple[bool, frozenset[int] | None]:
+    """Can rollups answer :meth:`~DataFlowRunQuerySet.stats` for ``runs``, and for which flows?
+
+    They can for all runs and for the runs of some flows (``None`` means every flow), with
+    or without ``not_deleted()``; any other filter needs the runs themselves.
+    """
+    query = runs.query
+    if (
+        connections[runs.db].vendor not in ROLLUP_VENDORS
+        or query.is_sliced
+        or query.distinct
+        or query.extra
+        or query.combinator
+        # A filter on the flow's own columns joins the flow table (a trimmed join has no
+        # references left).
+        or sum(1 for count in query.alias_refcount.values() if count) > 1
+    ):
+        return False, None
+    where = query.where
+    if where.negated or where.connector != "AND":
+        return False, None
+    flows: frozenset[int] | None = None
+    for child in where.children:
+        if not isinstance(child, Lookup) or not isinstance(child.lhs, Col):
+            return False, None
+        name = child.lhs.target.name
+        if name == "deleted_at" and child.lookup_name == "isnull" and child.rhs is True:
+            continue  # statistics leave soft-deleted runs out anyway
+        if name != "data_flow" or child.lookup_name not in ("exact", "in"):
+            return False, None
+        values = child.rhs if child.lookup_name == "in" else [child.rhs]
+        if not isinstance(values, list | tuple | set | frozenset):
+            return False, None  # a subquery
+        ids = set()
+        for value in values:
+            key = getattr(value, "pk", value)
+            if not isinstance(key, int):
+                return False, None
+            ids.add(key)
+        flows = frozenset(ids) if flows is None else flows & ids
+    return True, flows
+
+
+#: Databases whose run table carries the rollup triggers (migration 0008).
+ROLLUP_VENDORS = ("postgresql", "sqlite")
+#: The statuses a rollup counts, in the order of its count columns.
+_ROLLED_UP = tuple(RunStatus(status) for status in rollup_sql.COUNT_COLUMNS)
+
+
+def _first_whole_hour(since: datetime | None) -> datetime | None:
+    """The first hour starting at or after ``since``: rollups answer from there on."""
+    if since is None:
+        return None
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    return hour if hour == since else hour + timedelta(hours=1)
+
+
+def _rollup_stats(
+    using: str, flows: frozenset[int] | None, since: datetime | None, *, per_flow: bool
+) -> dict[int, RunStats]:
+    """Statistics from the rollups, keyed by flow id (or by 0 for all of them together)."""
+    if flows is not None and not flows:
+        return {}
+    connection_ = connections[using]
+    whole_from = _first_whole_hour(since)
+
+    def adapt(value: datetime) -> Any:
+        return connection_.ops.adapt_datetimefield_value(value)
+
+    group = "data_flow_id" if per_flow else "0"
+    flow_filter = ""
+    flow_params: list[Any] = []
+    if flows is not None:
+        flow_filter = f" AND data_flow_id IN ({', '.join(['%s'] * len(flows))})"
+        flow_params = sorted(flows)
+    group_by = " GROUP BY data_flow_id" if per_flow else ""
+    hour_filter, hour_params = (
+        ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
+    )
+    edge_filter = " AND created_at >= %s AND created_at < %s"
+    edge = since is not None and whole_from is not None and since < whole_from
+    edge_params = [adapt(since), adapt(whole_from)] if since and whole_from and edge else []
+    since_filter, since_params = (
+        ("", []) if since is None else (" AND created_at >= %s", [adapt(since)])
+    )
+    finished = rollup_sql.finished_sql("r")
+    timed = rollup_sql.timed_sql("r")
+    timed_duration = f"CASE WHEN {timed} THEN r.duration_ms END"
+    parts = [
+        (
+            f"SELECT {group}, 0, 0, 0, "
+            + ", ".join(f"SUM({column})" for column in rollup_sql.COUNT_COLUMNS)
+            + ", SUM(rated), SUM(duration_sum), MIN(duration_min), MAX(duration_max) "
+            f"FROM {rollup_sql.ROLLUPS} WHERE 1 = 1{flow_filter}{hour_filter}{group_by}",
+            [*flow_params, *hour_params],
+        ),
+        (
+            f"SELECT {group}, "
+            + ", ".join("COUNT(CASE WHEN r.status = %s THEN 1 END)" for _ in ACTIVE_STATUSES)
+            + ", 0, 0, 0, 0, 0, 0, NULL, NULL "
+            f"FROM {rollup_sql.RUNS} r WHERE r.status IN (%s, %s, %s) "
+            f"AND r.deleted_at IS NULL{flow_filter}{since_filter}{group_by}",
+            [*ACTIVE_STATUSES, *ACTIVE_STATUSES, *flow_params, *since_params],
+        ),
+    ]
+    if edge:
+        parts.append(
+            (
+                f"SELECT {group}, 0, 0, 0, "  # noqa: S608 - constants only
+                + ", ".join(
+                    f"COUNT(CASE WHEN r.status = '{status}' THEN 1 END)"
+                    for status in rollup_sql.COUNT_COLUMNS
+                )
+                + f", COUNT({timed_duration}), SUM({timed_duration}), MIN({timed_duration}), "
+                f"MAX({timed_duration}) FROM {rollup_sql.RUNS} r WHERE r.deleted_at IS NULL "
+                f"AND {finished}{flow_filter}{edge_filter}{group_by}",
+                [*flow_params, *edge_params],
+            )
+        )
+    rows: dict[int, dict[str, Any]] = {}
+    names = ("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max")
+    with connection_.cursor() as cursor:
+        cursor.execute(
+            " UNION ALL ".join(sql for sql, _params in parts),
+            [p for _sql, params in parts for p in params],
+        )
+        for flow_id, *values in cursor.fetchall():
+            row = rows.setdefault(
+                int(flow_id), {**dict.fromkeys(names[:-2], 0), "min": None, "max": None}
+            )
+            for name, value in zip(names, values, strict=True):
+                if value is None:
+                    continue
+                if name == "min":
+                    row[name] = value if row[name] is None else min(row[name], value)
+                elif name == "max":
+                    row[name] = value if row[name] is None else max(row[name], value)
+                else:
+                    row[name] += int(value)
+    rows = {
+        flow_id: row
+        for flow_id, row in rows.items()
+        if sum(row[status] for status in RunStatus.values) or not per_flow
+    }
+    percentiles = _rollup_percentiles(using, rows, flows, since, whole_from, per_flow=per_flow)
+    stats = {}
+    for flow_id, row in rows.items():
+        count = row["timed_count"]
+        row.update(
+            total=sum(row[status] for status in RunStatus.values),
+            timed_count=count,
+            avg_duration_ms=row["sum"] / count if count else None,
+            min_duration_ms=row["min"] if count else None,
+            max_duration_ms=row["max"] if count else None,
+        )
+        stats[flow_id] = _run_stats(row, percentiles.get(flow_id, dict.fromkeys(PERCENTILES)))
+    return stats
+
+
+def _rollup_percentiles(
+    using: str,
+    rows: dict[int, dict[str, Any]],
+    flows: frozenset[int] | None,
+    since: datetime | None,
+    whole_from: datetime | None,
+    *,
+    per_flow: bool,
+) -> dict[int, dict[str, float | None]]:
+    """The percentiles of each row: exact from the durations of few runs, else histograms.
+
+    At most one query for the exact ones and one for the histograms.
+    """
+    connection_ = connections[using]
+
+    def adapt(value: datetime) -> Any:
+        return connection_.ops.adapt_datetimefield_value(value)
+
+    def flow_filter(keys: list[int]) -> tuple[str, list[Any]]:
+        if per_flow:
+            return f" AND data_flow_id IN ({', '.join(['%s'] * len(keys))})", keys
+        if flows is None:
+            return "", []
+        return f" AND data_flow_id IN ({', '.join(['%s'] * len(flows))})", sorted(flows)
+
+    group = "data_flow_id" if per_flow else "0"
+    group_by = "data_flow_id, " if per_flow else ""
+    timed = rollup_sql.timed_sql("r")
+    result: dict[int, dict[str, float | None]] = {}
+    many = {key for key, row in rows.items() if row["timed_count"] >= EXACT_PERCENTILES_BELOW}
+    # Exact for the smallest first, while the durations to read stay within the budget:
+    # a page of many flows reads a bounded number of runs, the rest come from histograms.
+    few: list[int] = []
+    budget = EXACT_DURATIONS_READ
+    for key in sorted(
+        (key for key, row in rows.items() if 0 < row["timed_count"] < EXACT_PERCENTILES_BELOW),
+        key=lambda key: (rows[key]["timed_count"], key),
+    ):
+        if rows[key]["timed_count"] <= budget:
+            few.append(key)
+            budget -= rows[key]["timed_count"]
+        else:
+            many.add(key)
+    few.sort()
+    if few:
+        where, params = flow_filter(few)
+        since_sql, since_params = (
+            ("", []) if since is None else (" AND created_at >= %s", [adapt(since)])
+        )
+        durations: dict[int, list[int]] = defaultdict(list)
+        with connection_.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {group}, r.duration_ms FROM {rollup_sql.RUNS} r "  # noqa: S608
+                f"WHERE r.deleted_at IS NULL AND {timed}{where}{since_sql} "
+                "ORDER BY r.duration_ms",
+                [*params, *since_params],
+            )
+            for key, duration in cursor.fetchall():
+                durations[int(key)].append(duration)
+        for key in few:
+            values = durations.get(key, [])
+            if len(values) == rows[key]["timed_count"]:
+                result[key] = {
+                    name: histograms.exact_percentile(values, fraction)
+                    for name, fraction in PERCENTILES.items()
+                }
+            else:  # some were pruned: the histogram still has them
+                many.add(key)
+    if many:
+        keys = sorted(many)
+        where, params = flow_filter(keys)
+        hour_sql, hour_params = (
+            ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
+        )
+        sql = (
+            f"SELECT {group}, bucket, SUM(count) FROM {rollup_sql.BUCKETS} "  # noqa: S608
+            f"WHERE 1 = 1{where}{hour_sql} GROUP BY {group_by}bucket"
+        )
+        all_params = [*params, *hour_params]
+        if since is not None and whole_from is not None and since < whole_from:
+            bucket = histograms.bucket_sql("r.duration_ms")
+            sql += (
+                f" UNION ALL SELECT {group}, {bucket}, COUNT(*) FROM {rollup_sql.RUNS} r "  # noqa: S608
+                f"WHERE r.deleted_at IS NULL AND {timed}{where} "
+                f"AND created_at >= %s AND created_at < %s GROUP BY {group_by}{bucket}"
+            )
+            all_params += [*params, adapt(since), adapt(whole_from)]
+        buckets: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        with connection_.cursor() as cursor:
+            cursor.execute(sql, all_params)
+            for key, bucket_index, count in cursor.fetchall():
+                buckets[int(key)].append((bucket_index, int(count)))
+        for key in keys:
+            row = rows[key]
+            result[key] = {
+                name: histograms.histogram_percentile(
+                    buckets[key], fraction, minimum=row["min"], maximum=row["max"]
+                )
+                for name, fraction in PERCENTILES.items()
+            }
+    return result

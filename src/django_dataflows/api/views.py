@@ -18,12 +18,16 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import GenericAPIView
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from django_dataflows.api.errors import exception_handler
-from django_dataflows.api.filters import DataFlowFilterSet, DataFlowRunFilterSet
+from django_dataflows.api.filters import (
+    DEFAULT_RUN_ORDERING,
+    DataFlowFilterSet,
+    DataFlowRunFilterSet,
+)
+from django_dataflows.api.pagination import CursorPagination
 from django_dataflows.api.permissions import RUN_PERMISSION, ActionPermission
 from django_dataflows.api.serializers import (
     DataFlowRunSerializer,
@@ -60,19 +64,12 @@ ErrorSerializer = inline_serializer("Error", {"detail": serializers.CharField()}
 CONFLICT = OpenApiResponse(ErrorSerializer, description="The state forbids it.")
 
 
-class Pagination(LimitOffsetPagination):
-    """``limit`` / ``offset``: 50 by default, at most 500, answering ``{count, next, ...}``."""
-
-    default_limit = 50
-    max_limit = 500
-
-
 class APIViewMixin:
     """What every view of this API sets for itself instead of reading the project's defaults."""
 
     schema = AutoSchema()
     permission_classes: tuple[type[ActionPermission], ...] = (ActionPermission,)
-    pagination_class: type[Pagination] | None = Pagination
+    pagination_class: type[CursorPagination] | None = CursorPagination
     filter_backends: tuple[type[DjangoFilterBackend], ...] = (DjangoFilterBackend,)
     action_permissions: dict[str | None, tuple[str, ...]]
 
@@ -123,6 +120,10 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         "start": ("dataflows.view_dataflow", RUN_PERMISSION),
         "stats": ("dataflows.view_dataflow", "dataflows.view_dataflowrun"),
     }
+
+    def keyset_ordering(self, request: Request) -> tuple[str, bool]:
+        """Pages of flows follow their names (unique, indexed)."""
+        return "name", False
 
     @document(responses={204: None, 409: CONFLICT})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -210,6 +211,17 @@ class DataFlowRunViewSet(
             # Run control works with the whole flow (queue, schedule, configuration).
             return DataFlowRun.objects.not_deleted().select_related("data_flow")
         return _runs()
+
+    def keyset_ordering(self, request: Request) -> tuple[str, bool]:
+        """Newest first, or the one field of ``?ordering=`` (validated by the filters)."""
+        fields = [
+            part.strip()
+            for part in request.query_params.get("ordering", DEFAULT_RUN_ORDERING).split(",")
+            if part.strip()
+        ] or [DEFAULT_RUN_ORDERING]
+        if len(fields) > 1:
+            raise ValidationError({"ordering": ["Order by one field at a time."]})
+        return fields[0].removeprefix("-"), fields[0].startswith("-")
 
     @document(responses={204: None, 409: CONFLICT})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:

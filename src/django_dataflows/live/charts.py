@@ -10,8 +10,6 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count
-from django.db.models.functions import TruncHour
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
@@ -50,17 +48,10 @@ def runs_per_hour(runs: Any, *, now: datetime, hours: int) -> SafeString:
     """Stacked bars: how many runs were created in each of the last ``hours`` hours."""
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(hours=hours)
-    rows = (
-        runs.filter(created_at__gte=start, created_at__lt=end)
-        .annotate(hour=TruncHour("created_at"))
-        .values("hour", "status")
-        .annotate(count=Count("pk"))
-        .order_by()
-    )
+    # From the hourly rollups (and the few active runs), not from every run of the week.
     buckets: dict[int, dict[str, int]] = defaultdict(dict)
-    for row in rows:
-        index = int((row["hour"] - start) / timedelta(hours=1))
-        buckets[index][row["status"]] = row["count"]
+    for hour, counts in runs.counts_per_hour(start, end).items():
+        buckets[int((hour - start) / timedelta(hours=1))].update(counts)
     peak = max((sum(bucket.values()) for bucket in buckets.values()), default=0)
     scale = (HEIGHT - BOTTOM - 10) / max(peak, 1)
     bar = (WIDTH - LEFT) / hours

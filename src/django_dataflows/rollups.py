@@ -1,0 +1,98 @@
+"""Recomputing the run rollups from the runs (``dataflows_rollups --rebuild``).
+
+The triggers of :mod:`django_dataflows.rollup_sql` keep the rollups as runs change; a
+rebuild is for a database where they were off (a bulk load with triggers disabled, a
+restore) or to check them. It works a few flows at a time, each group in its own short
+transaction, so a rebuild stopped halfway leaves every flow either rebuilt or as it was,
+and running it again gives the same rollups. Runs already pruned cannot be read again: a
+rebuild drops their contribution (``--since`` keeps the hours before it as they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from django.db import connections, transaction
+
+import django_dataflows.rollup_sql as rollup_sql
+from django_dataflows.models import ROLLUP_VENDORS, DataFlow, RunDurationBucket, RunRollup
+
+#: Flows recomputed per transaction: few enough that each holds its lock briefly.
+FLOWS_PER_TRANSACTION = 20
+
+
+class RollupsUnsupported(Exception):
+    """The database has no rollup triggers (only PostgreSQL and SQLite have them)."""
+
+
+def rebuild_rollups(
+    flow_ids: Iterable[int] | None = None,
+    *,
+    since: datetime | None = None,
+    using: str = "default",
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Recompute the rollups of these flows (all by default) from their runs.
+
+    With ``since``, only the hours from the one ``since`` falls in are recomputed. Works
+    through ``FLOWS_PER_TRANSACTION`` flows per transaction, calling ``progress(done,
+    total)`` after each; returns the number of flows rebuilt. On PostgreSQL each
+    transaction holds a ``SHARE`` lock on the run table, so no run changes between reading
+    the runs and writing their rollups (writers wait for those flows' rebuild only).
+    """
+    connection = connections[using]
+    vendor = connection.vendor
+    if vendor not in ROLLUP_VENDORS:
+        raise RollupsUnsupported(f"Run rollups need PostgreSQL or SQLite, not {vendor}.")
+    flows = DataFlow.objects.using(using).order_by("pk")
+    if flow_ids is not None:
+        flows = flows.filter(pk__in=list(flow_ids))
+    ids = list(flows.values_list("pk", flat=True))
+    hour = None if since is None else since.replace(minute=0, second=0, microsecond=0)
+    done = 0
+    for start in range(0, len(ids), FLOWS_PER_TRANSACTION):
+        chunk = ids[start : start + FLOWS_PER_TRANSACTION]
+        statements = rollup_sql.rebuild_statements(
+            vendor, flows=len(chunk), from_hour=hour is not None
+        )
+        with transaction.atomic(using=using):
+            if vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"LOCK TABLE {rollup_sql.RUNS} IN SHARE MODE")
+            for model in (RunRollup, RunDurationBucket):
+                old = model.objects.using(using).filter(data_flow_id__in=chunk)
+                if hour is not None:
+                    old = old.filter(hour__gte=hour)
+                old.delete()
+            params: list[Any] = list(chunk)
+            if hour is not None:
+                params.append(connection.ops.adapt_datetimefield_value(hour))
+            with connection.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute(sql, params)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(ids))
+    return len(ids)
+
+
+def restore_dropped_triggers(using: str = "default", **kwargs: Any) -> None:
+    """Create the rollup triggers again where a later migration dropped them (SQLite).
+
+    SQLite rebuilds a table for many schema changes (a new ``NOT NULL`` column, an altered
+    field), and the rebuild drops the table's triggers. Connected to ``post_migrate``: a
+    migration that rebuilds the run table leaves statistics kept all the same. PostgreSQL
+    keeps its triggers through ``ALTER TABLE``.
+    """
+    connection = connections[using]
+    if connection.vendor != "sqlite":
+        return
+    tables = connection.introspection.table_names()
+    if rollup_sql.ROLLUPS not in tables or rollup_sql.RUNS not in tables:
+        return  # before migration 0008
+    create, _drop = rollup_sql.trigger_statements("sqlite")
+    with connection.cursor() as cursor:
+        for sql in create:  # CREATE TRIGGER IF NOT EXISTS
+            cursor.execute(sql)
