@@ -41,6 +41,7 @@ def test_default_settings_pass():
         ({"RUN_TIMEOUT": -1, "RETRY_BACKOFF": "2"}, ["dataflows.E007", "dataflows.E007"]),
         ({"HEARTBEAT_MAX_BODY_SIZE": True}, ["dataflows.E007"]),
         ({"MAX_RETRIES": -1}, ["dataflows.E007"]),
+        ({"MAX_INPUT_BYTES": 0, "MAX_JSON_DEPTH": "32"}, ["dataflows.E007", "dataflows.E007"]),
         ({"PICKUP_TIMEOUT": 0, "MAX_REDELIVERIES": 1.5}, ["dataflows.E007", "dataflows.E007"]),
         ({"HEARTBEAT_TOKEN": ""}, ["dataflows.E008"]),
         ({"HEARTBEAT_TOKEN": 1234}, ["dataflows.E008"]),

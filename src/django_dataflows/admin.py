@@ -49,6 +49,7 @@ from django_dataflows.admin_control import (
     RunWithInputAdminMixin,
     progress_html,
 )
+from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.live.admin_views import LiveRunAdminMixin
@@ -302,12 +303,29 @@ class ConfigurationField(forms.JSONField):
                     code="invalid",
                     params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
                 ) from None
+            except RecursionError:
+                raise ValidationError(
+                    _("Enter JSON nested at most %(depth)d levels deep."),
+                    code="invalid",
+                    params={"depth": app_settings.MAX_JSON_DEPTH},
+                ) from None
         return super().to_python(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
 
     def prepare_value(self, value: Any) -> str:
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value  # show what was typed, mistakes included
-        return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+        text = json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate, refused anyway: show it escaped
+            text = json.dumps(value, indent=2, cls=self.encoder)
+        return text
 
 
 class DataFlowForm(_DataFlowModelForm):

@@ -39,7 +39,7 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
 )
-from django_dataflows.validators import validate_run_input
+from django_dataflows.validators import load_json_text, validate_run_input
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -292,13 +292,15 @@ class RunInputForm(forms.Form):
     def clean_input(self) -> dict[str, Any]:
         text = self.cleaned_data["input"]
         try:
-            value = json.loads(text)
+            value = load_json_text(text)
         except json.JSONDecodeError as exc:
             raise ValidationError(
                 _("Enter valid JSON: %(error)s (line %(line)d, column %(column)d)."),
                 code="invalid",
                 params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
             ) from None
+        except ValueError as exc:  # nested too deep to decode
+            raise ValidationError(str(exc), code="invalid") from None
         validate_run_input(value)
         assert isinstance(value, dict)
         return value

@@ -140,6 +140,9 @@ _POSITIVE = (
     "RUN_TIMEOUT",
     "RETRY_BACKOFF",
     "PICKUP_TIMEOUT",
+    "MAX_INPUT_BYTES",
+    "MAX_CONFIGURATION_BYTES",
+    "MAX_JSON_DEPTH",
 )
 #: Positive settings that may be fractions of a second; the others are whole numbers.
 _FRACTIONAL = frozenset({"RETRY_BACKOFF", "PICKUP_TIMEOUT"})

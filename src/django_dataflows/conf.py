@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
     "ALERT_EMAILS": [],
+    "MAX_INPUT_BYTES": 262_144,
+    "MAX_CONFIGURATION_BYTES": 262_144,
+    "MAX_JSON_DEPTH": 32,
 }
 
 
@@ -131,6 +134,18 @@ class DataFlowsSettings:
         value = self._get("ALERT_EMAILS") or []
         # A single address given as a string is one recipient, not a list of characters.
         return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def MAX_INPUT_BYTES(self) -> int:
+        return int(self._get("MAX_INPUT_BYTES"))
+
+    @property
+    def MAX_CONFIGURATION_BYTES(self) -> int:
+        return int(self._get("MAX_CONFIGURATION_BYTES"))
+
+    @property
+    def MAX_JSON_DEPTH(self) -> int:
+        return int(self._get("MAX_JSON_DEPTH"))
 
 
 def is_list_of_strings(value: Any) -> bool:

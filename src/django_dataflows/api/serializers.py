@@ -9,8 +9,7 @@ JSON, so keep these importable and stable.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,48 +28,29 @@ from django_dataflows.models import (
     RunTrigger,
     StepStatus,
 )
-
-#: Deepest nesting accepted in a JSON body (configuration, input): keeps validation and
-#: storage bounded whatever a client sends.
-MAX_JSON_DEPTH = 32
-
-
-def _json_problem(value: Any, depth: int = 0) -> str | None:
-    """Why ``value`` cannot be stored as JSON in every supported database, or ``None``."""
-    if depth > MAX_JSON_DEPTH:
-        return f"nested deeper than {MAX_JSON_DEPTH} levels"
-    if isinstance(value, str):
-        return "contains a NUL character (\\u0000)" if "\x00" in value else None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "contains a number that is not finite"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _json_problem(key, depth + 1) or _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    elif isinstance(value, list):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    return None
-
-
-def validate_storable_json_object(value: Any) -> None:
-    """A JSON object that PostgreSQL and SQLite both store as given (no NUL, no NaN)."""
-    if not isinstance(value, dict):
-        raise serializers.ValidationError('Enter a JSON object, such as {"batch_size": 500}.')
-    problem = _json_problem(value)
-    if problem:
-        raise serializers.ValidationError(f"This JSON object {problem}.")
+from django_dataflows.validators import validate_configuration_object, validate_run_input
 
 
 class JSONObjectField(serializers.JSONField):
-    """A JSON object (never a list, string or null), storable in every database."""
+    """A JSON object (never a list, string or null) that every database stores as given.
 
-    def __init__(self, **kwargs: Any) -> None:
+    ``validate`` is the model's own rule for the value (:mod:`django_dataflows.validators`),
+    so the API refuses exactly what the admin, the commands and ``trigger_run()`` refuse.
+    """
+
+    def __init__(self, *, validate: Callable[[Any], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.validators.append(validate_storable_json_object)
+        self.validators.append(_as_serializer_validator(validate))
+
+
+def _as_serializer_validator(validate: Callable[[Any], None]) -> Callable[[Any], None]:
+    def validator(value: Any) -> None:
+        try:
+            validate(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+    return validator
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -255,7 +235,19 @@ class RunStatusSerializer(serializers.ModelSerializer):
 class StartRunSerializer(serializers.Serializer):
     """The body of ``flows/{id}/start/``: the run's own parameters, optional."""
 
-    input = JSONObjectField(required=False, default=dict)
+    input = JSONObjectField(validate=validate_run_input, required=False, default=dict)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A misspelled key ({"inptu": ...}) would otherwise start a run with empty input.
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if self._has_mapping() else []
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["Unknown field: the body takes only 'input'."] for name in unknown}
+            )
+        return attrs
+
+    def _has_mapping(self) -> bool:
+        return isinstance(getattr(self, "initial_data", None), Mapping)
 
 
 # -- flows ------------------------------------------------------------------------------
@@ -270,7 +262,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
     flow's ``configuration_schema`` accepts.
     """
 
-    configuration = JSONObjectField(required=False)
+    configuration = JSONObjectField(validate=validate_configuration_object, required=False)
     last_run_status = serializers.ChoiceField(
         choices=RunStatus.choices, read_only=True, allow_blank=True
     )

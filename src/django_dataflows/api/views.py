@@ -20,10 +20,11 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import BaseParser, FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from django_dataflows.api.errors import Conflict, exception_handler
+from django_dataflows.api.errors import Conflict, StrictJSONParser, exception_handler
 from django_dataflows.api.filters import DataFlowFilterSet, DataFlowRunFilterSet
 from django_dataflows.api.permissions import RUN_PERMISSION, ActionPermission
 from django_dataflows.api.serializers import (
@@ -74,6 +75,7 @@ class APIViewMixin:
     permission_classes: tuple[type[ActionPermission], ...] = (ActionPermission,)
     pagination_class: type[Pagination] | None = Pagination
     filter_backends: tuple[type[DjangoFilterBackend], ...] = (DjangoFilterBackend,)
+    parser_classes: tuple[type[BaseParser], ...] = (StrictJSONParser, FormParser, MultiPartParser)
     action_permissions: dict[str | None, tuple[str, ...]]
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
