@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from django.contrib.auth.models import Permission
 from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections, transaction
@@ -234,3 +235,46 @@ def test_hostile_bodies_answer_json_never_a_server_error() -> None:
     send()
     print(f"hostile bodies: {dict(statuses)}")
     assert not DataFlowRun.objects.exists()
+
+
+def test_a_view_only_user_gets_exactly_what_the_schema_says() -> None:
+    """No backtrace for non-staff users, and the schema does not promise one."""
+    viewer = UserFactory()
+    viewer.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_dataflow", "view_dataflowrun"])
+    )
+    token = Token.objects.create(user=viewer).key
+    ids = real_data()
+    schema = load_schema(token)
+    headers = {"Authorization": f"Token {token}"}
+    sent: Counter[str] = Counter()
+    reads = [
+        result.ok()
+        for result in schema.get_all_operations()
+        if result.ok().method.upper() == "GET" and result.ok().path.startswith("/runs/")
+    ]
+    assert reads
+    with keeping_the_test_connection():
+        for operation in reads:
+            read_as_viewer(operation, ids, headers, sent)
+    assert set(sent) == {operation.label for operation in reads}
+
+
+def read_as_viewer(
+    operation: Any, ids: dict[str, list[int]], headers: dict[str, str], sent: Counter[str]
+) -> None:
+    @settings(
+        max_examples=8,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=case_strategy(operation, schemathesis.GenerationMode.POSITIVE, ids))
+    def send(case: Any) -> None:
+        response = case.call(headers=headers)
+        sent[operation.label] += 1
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+        assert "error_backtrace" not in response.text
+
+    send()

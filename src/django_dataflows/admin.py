@@ -63,6 +63,11 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.permissions import (
+    WHAT_RUNS_FIELDS,
+    fields_that_make_due,
+    run_permission_message,
+)
 from django_dataflows.schedules import describe_cron, get_zone, zone_name
 
 if TYPE_CHECKING:
@@ -335,6 +340,9 @@ class DataFlowForm(_DataFlowModelForm):
     and JSON-object rules are enforced here exactly as everywhere else.
     """
 
+    #: Whether the user may run the flow; without it, the form refuses making it due.
+    may_run = True
+
     flow = forms.ChoiceField(label=_("Flow"), widget=FlowSelect)
     schedule_kind = forms.ChoiceField(
         label=_("Schedule kind"),
@@ -384,12 +392,23 @@ class DataFlowForm(_DataFlowModelForm):
         and the model's rule (exactly one of the two) decides.
         """
         cleaned = super().clean() or {}
+        self._check_run_permission(cleaned)
         kind = cleaned.get("schedule_kind")
         dropped = {"cron": "run_interval", "interval": "cron"}.get(kind or "")
         if dropped is not None and dropped in self.fields:
             cleaned[dropped] = None if dropped == "run_interval" else ""
             self.errors.pop(dropped, None)  # a mistake in a field that is switched off
         return cleaned
+
+    def _check_run_permission(self, cleaned: dict[str, Any]) -> None:
+        if self.may_run:
+            return
+        changes = {
+            name: cleaned[name] for name in ("enabled", *WHAT_RUNS_FIELDS) if name in cleaned
+        }
+        before = self.instance if self.instance.pk else None
+        for name in fields_that_make_due(before, changes):
+            self.add_error(name, run_permission_message([name]))
 
     def _offer_registered_flows(self) -> None:
         field = self.fields["flow"]
@@ -694,7 +713,18 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             level = messages.INFO
         self.message_user(request, message, level)
 
-    @admin.action(description=_("Enable"), permissions=["change"])
+    def has_enable_permission(self, request: HttpRequest) -> bool:
+        """Enabling makes the heartbeat start runs: it needs change and run permissions."""
+        return self.has_change_permission(request) and self.has_run_permission(request)
+
+    def get_form(
+        self, request: HttpRequest, obj: DataFlow | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # The form refuses making the flow due for a user who may not run it.
+        return type(form.__name__, (form,), {"may_run": self.has_run_permission(request)})
+
+    @admin.action(description=_("Enable"), permissions=["enable"])
     def enable(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
         count = self._set_enabled(request, queryset, enabled=True)
         self.message_user(

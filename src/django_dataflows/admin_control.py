@@ -39,6 +39,7 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.permissions import RUN_PERMISSION  # "Run now", run control
 from django_dataflows.validators import load_json_text, validate_run_input
 
 if TYPE_CHECKING:
@@ -52,9 +53,6 @@ if TYPE_CHECKING:
 else:
     _DataFlowModelAdmin = _DataFlowRunModelAdmin = admin.ModelAdmin
     _StepInline = admin.TabularInline
-
-#: Needed for "Run now", "Run with input…" and every run control.
-RUN_PERMISSION = "dataflows.run_dataflow"
 
 #: The run controls, in the order the run page shows them.
 CONTROLS: dict[str, Callable[..., DataFlowRun]] = {

@@ -92,8 +92,9 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
     triggered_by = serializers.IntegerField(
         source="triggered_by_id", read_only=True, allow_null=True
     )
-    # required=False: the key is absent for users who may not see backtraces.
+    # The key is absent for users who may not see backtraces: optional in the schema too.
     error_backtrace = serializers.CharField(read_only=True, required=False)
+    optional_fields = ("error_backtrace",)
     steps = RunStepSerializer(many=True, read_only=True)
     cancel_requested = serializers.SerializerMethodField()
     pause_requested = serializers.SerializerMethodField()
