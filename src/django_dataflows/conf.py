@@ -27,6 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "EVENTS_REDIS_URL": "redis://127.0.0.1:6379/0",
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
+    "SSE_WSGI_MAX_SECONDS": 30,
+    "SSE_WSGI_MAX_STREAMS": 4,
+    "SSE_DB_CONNECTIONS": 4,
+    "SSE_DB_WAIT": 30,
     "ALERT_EMAILS": [],
     "MAX_INPUT_BYTES": 262_144,
     "MAX_CONFIGURATION_BYTES": 262_144,
@@ -128,6 +132,22 @@ class DataFlowsSettings:
     @property
     def SSE_POLL_INTERVAL(self) -> float:
         return float(self._get("SSE_POLL_INTERVAL"))
+
+    @property
+    def SSE_WSGI_MAX_SECONDS(self) -> float:
+        return float(self._get("SSE_WSGI_MAX_SECONDS"))
+
+    @property
+    def SSE_WSGI_MAX_STREAMS(self) -> int:
+        return int(self._get("SSE_WSGI_MAX_STREAMS"))
+
+    @property
+    def SSE_DB_CONNECTIONS(self) -> int:
+        return int(self._get("SSE_DB_CONNECTIONS"))
+
+    @property
+    def SSE_DB_WAIT(self) -> float:
+        return float(self._get("SSE_DB_WAIT"))
 
     @property
     def ALERT_EMAILS(self) -> list[str]:

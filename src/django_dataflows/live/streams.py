@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -37,8 +38,12 @@ from django_dataflows.live.base import (
     threadsafe_queue_deliver,
     to_micros,
 )
+from django_dataflows.live.limits import RECONNECT_MS, StreamsBusy, StreamSlot, database_turn
 
 KEEPALIVE = b": keep-alive\n\n"
+#: Sent before a stream ends on purpose (its WSGI lifetime is up, or the server is busy):
+#: the browser reconnects after that many milliseconds, with ``Last-Event-ID``.
+RECONNECT = f"retry: {RECONNECT_MS}\n\n".encode()
 #: Most runs one replay sends (a client that was away long gets the newest changes).
 REPLAY_LIMIT = 500
 
@@ -183,13 +188,23 @@ async def release_request_thread() -> None:
         executor.shutdown(wait=False)
 
 
+def gated_opening(stream: Stream) -> list[bytes]:
+    """The stream's first events, loaded in its turn at the database (see ``limits``)."""
+    with database_turn():
+        return stream.opening()
+
+
 async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[bytes]:
     """The stream under ASGI: waits on an asyncio queue, holding no thread."""
     batches: asyncio.Queue[list[RunState]] = asyncio.Queue()
     subscriber = stream.subscriber(threadsafe_queue_deliver(asyncio.get_running_loop(), batches))
     source.subscribe(subscriber)
     try:
-        opening = await in_pool_thread(stream.opening)
+        try:
+            opening = await in_pool_thread(gated_opening, stream)
+        except StreamsBusy:
+            yield RECONNECT
+            return
         await release_request_thread()
         for chunk in opening:
             yield chunk
@@ -206,20 +221,46 @@ async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[byt
         source.unsubscribe(subscriber)
 
 
-def sync_events(source: EventSource, stream: Stream) -> Iterator[bytes]:
-    """The stream under WSGI: the worker thread waits on a queue between events."""
+def sync_events(
+    source: EventSource,
+    stream: Stream,
+    *,
+    slot: StreamSlot | None = None,
+    max_seconds: float | None = None,
+) -> Iterator[bytes]:
+    """The stream under WSGI: the worker thread waits on a queue between events.
+
+    It holds that thread, so it ends after ``max_seconds`` with a ``retry:`` hint (the
+    browser reconnects with ``Last-Event-ID`` and misses nothing), and gives its database
+    connection back after the snapshot. ``slot`` is released when it ends.
+    """
     batches: queue.Queue[list[RunState]] = queue.Queue()
     subscriber = stream.subscriber(batches.put)
     source.subscribe(subscriber)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:
-        yield from stream.opening()
+        try:
+            yield from gated_opening(stream)
+        except StreamsBusy:
+            yield RECONNECT
+            return
         keepalive = app_settings.SSE_KEEPALIVE
         while not stream.finished:
+            wait = keepalive
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    yield RECONNECT
+                    return
+                wait = min(wait, left)
             try:
-                batch = batches.get(timeout=keepalive)
+                batch = batches.get(timeout=wait)
             except queue.Empty:
-                yield KEEPALIVE
+                if deadline is None or time.monotonic() < deadline:
+                    yield KEEPALIVE
                 continue
             yield from stream.receive(batch)
     finally:
         source.unsubscribe(subscriber)
+        if slot is not None:
+            slot.release()
