@@ -81,9 +81,15 @@ def starvation(logs: Path, session: str, samples: int) -> None:
             DATAFLOWS_TEST_SSE_KEEPALIVE="15",
         )
         with process:
-            streams = [
-                SSEClient(port, path, cookie=session, timeout=60) for _ in range(2 * threads)
-            ]
+            # Opened together: one by one on a loaded machine, the first would reach
+            # their lifetime (SSE_WSGI_MAX_SECONDS) and give their slots back meanwhile.
+            with ThreadPoolExecutor(max_workers=2 * threads) as pool:
+                streams = list(
+                    pool.map(
+                        lambda port: SSEClient(port, path, cookie=session, timeout=60),
+                        [port] * (2 * threads),
+                    )
+                )
             for stream in streams:
                 if stream.status == 200:
                     stream.next_event(timeout=60)
