@@ -44,6 +44,7 @@ def test_default_settings_pass():
         ({"MAX_INPUT_BYTES": 0, "MAX_JSON_DEPTH": "32"}, ["dataflows.E007", "dataflows.E007"]),
         ({"SSE_WSGI_MAX_STREAMS": -1, "SSE_DB_CONNECTIONS": 0}, ["dataflows.E007"] * 2),
         ({"SSE_WSGI_MAX_SECONDS": 0, "SSE_DB_WAIT": "1"}, ["dataflows.E051"] * 2),
+        ({"SSE_CLIENT_QUEUE": 0, "SUMMARY_FIELD_BYTES": None}, ["dataflows.E007"] * 2),
         ({"PICKUP_TIMEOUT": 0, "MAX_REDELIVERIES": 1.5}, ["dataflows.E007", "dataflows.E007"]),
         ({"HEARTBEAT_TOKEN": ""}, ["dataflows.E008"]),
         ({"HEARTBEAT_TOKEN": 1234}, ["dataflows.E008"]),

@@ -144,6 +144,10 @@ _POSITIVE = (
     "MAX_CONFIGURATION_BYTES",
     "MAX_JSON_DEPTH",
     "SSE_DB_CONNECTIONS",
+    "SUMMARY_FIELD_BYTES",
+    "SSE_CLIENT_QUEUE",
+    "SSE_REPLAY_MAX_EVENTS",
+    "SSE_REPLAY_MAX_BYTES",
 )
 #: Positive settings that may be fractions of a second; the others are whole numbers.
 _FRACTIONAL = frozenset({"RETRY_BACKOFF", "PICKUP_TIMEOUT"})

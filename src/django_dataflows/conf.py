@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_INPUT_BYTES": 262_144,
     "MAX_CONFIGURATION_BYTES": 262_144,
     "MAX_JSON_DEPTH": 32,
+    "SUMMARY_FIELD_BYTES": 4096,
+    "SSE_CLIENT_QUEUE": 100,
+    "SSE_REPLAY_MAX_EVENTS": 500,
+    "SSE_REPLAY_MAX_BYTES": 1_000_000,
 }
 
 
@@ -166,6 +170,22 @@ class DataFlowsSettings:
     @property
     def MAX_JSON_DEPTH(self) -> int:
         return int(self._get("MAX_JSON_DEPTH"))
+
+    @property
+    def SUMMARY_FIELD_BYTES(self) -> int:
+        return int(self._get("SUMMARY_FIELD_BYTES"))
+
+    @property
+    def SSE_CLIENT_QUEUE(self) -> int:
+        return int(self._get("SSE_CLIENT_QUEUE"))
+
+    @property
+    def SSE_REPLAY_MAX_EVENTS(self) -> int:
+        return int(self._get("SSE_REPLAY_MAX_EVENTS"))
+
+    @property
+    def SSE_REPLAY_MAX_BYTES(self) -> int:
+        return int(self._get("SSE_REPLAY_MAX_BYTES"))
 
 
 def is_list_of_strings(value: Any) -> bool:

@@ -100,6 +100,32 @@ def storable_json_problem(value: Any, *, max_bytes: int | None = None) -> str | 
     return None
 
 
+def capped_json(value: Any, max_bytes: int) -> Any:
+    """``value``, or when its JSON is longer than ``max_bytes`` a small stand-in saying so
+    (``{"truncated": true, "bytes": n}``): list pages and live events carry bounded
+    payloads; a run's own page (``runs/{id}/``) has the whole value."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    try:
+        size = len(json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False).encode())
+    except (TypeError, ValueError, RecursionError):
+        return {"truncated": True, "bytes": None}
+    return value if size <= max_bytes else {"truncated": True, "bytes": size}
+
+
+def cap_large_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """A run for a list page or a live event: ``input``, ``result`` and the steps' results
+    longer than ``SUMMARY_FIELD_BYTES`` become ``{"truncated": true, "bytes": n}``, so
+    what one page or event holds stays bounded (the run's own page has them whole)."""
+    limit = app_settings.SUMMARY_FIELD_BYTES
+    for key in ("input", "result"):
+        if key in run:
+            run[key] = capped_json(run[key], limit)
+    for step in run.get("steps") or ():
+        step["result"] = capped_json(step.get("result"), limit)
+    return run
+
+
 def _string_problem(text: str) -> str | None:
     if "\x00" in text:
         return "contains a NUL character (\\u0000)"

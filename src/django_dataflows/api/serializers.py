@@ -20,6 +20,7 @@ from rest_framework import ISO_8601, serializers
 from rest_framework.serializers import as_serializer_error
 from rest_framework.settings import api_settings
 
+from django_dataflows.conf import app_settings
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
@@ -28,7 +29,12 @@ from django_dataflows.models import (
     RunTrigger,
     StepStatus,
 )
-from django_dataflows.validators import validate_configuration_object, validate_run_input
+from django_dataflows.validators import (
+    cap_large_fields,
+    capped_json,
+    validate_configuration_object,
+    validate_run_input,
+)
 
 
 class JSONObjectField(serializers.JSONField):
@@ -143,6 +149,8 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
             data = super().to_representation(instance)
         if not can_see_backtraces(self.context.get("request")):
             data.pop("error_backtrace", None)
+        if self.context.get("summary"):
+            cap_large_fields(data)
         return data
 
     @staticmethod
@@ -319,6 +327,14 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "max_retries": {"max_value": 32_767},
             "disable_after_failures": {"max_value": 32_767},
         }
+
+    def to_representation(self, instance: DataFlow) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        if self.context.get("summary"):  # a list page: bounded, whatever the flows hold
+            limit = app_settings.SUMMARY_FIELD_BYTES
+            for key in ("configuration", "state"):
+                data[key] = capped_json(data.get(key), limit)
+        return data
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """The model's rules across fields (``DataFlow.full_clean()``), on a copy."""

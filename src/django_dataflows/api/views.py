@@ -96,6 +96,12 @@ class APIViewMixin:
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler
 
+    def get_serializer_context(self) -> dict[str, Any]:
+        context: dict[str, Any] = super().get_serializer_context()  # type: ignore[misc]
+        # List pages cap large JSON fields; a detail answer has them whole.
+        context["summary"] = getattr(self, "action", None) == "list"
+        return context
+
 
 def _runs() -> QuerySet[DataFlowRun]:
     """Runs as the API shows them: not soft-deleted, with their flow's name and steps.
