@@ -81,6 +81,7 @@ def starvation(logs: Path, session: str, samples: int) -> None:
             DATAFLOWS_TEST_SSE_KEEPALIVE="15",
         )
         with process:
+            timed(port, "GET", "/dataflows/api/runs/", session)  # the worker's first request
             # Opened together: one by one on a loaded machine, the first would reach
             # their lifetime (SSE_WSGI_MAX_SECONDS) and give their slots back meanwhile.
             with ThreadPoolExecutor(max_workers=2 * threads) as pool:
@@ -93,6 +94,9 @@ def starvation(logs: Path, session: str, samples: int) -> None:
             for stream in streams:
                 if stream.status == 200:
                     stream.next_event(timeout=60)
+                else:  # as a browser does with a 503: read it, close, try again later
+                    stream.body()
+                    stream.close()
             runs = [timed(port, "GET", "/dataflows/api/runs/", session) for _ in range(samples)]
             beats = [timed(port, "POST", "/dataflows/heartbeat/") for _ in range(samples)]
             opened = sum(stream.status == 200 for stream in streams)

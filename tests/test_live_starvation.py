@@ -82,6 +82,8 @@ def test_twice_as_many_streams_as_threads_leave_the_site_and_heartbeat_answering
             if stream.status == 503:
                 assert stream.headers["retry-after"] == "5"
                 assert stream.headers["content-type"] == "application/json"
+                assert b"SSE_WSGI_MAX_STREAMS" in stream.body()
+                stream.close()  # as a browser does, to try again later
 
         status, body = request(port, "GET", "/dataflows/api/runs/", cookie)
         assert status == 200, body
