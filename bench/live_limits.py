@@ -65,6 +65,16 @@ def timed(port: int, method: str, path: str, cookie: str = "") -> tuple[int, flo
         conn.close()
 
 
+def open_stream(port: int, path: str, session: str) -> SSEClient:
+    """A stream as a browser opens it: a 503 is read and closed at once (to be tried
+    again after Retry-After), a 200 kept open."""
+    stream = SSEClient(port, path, cookie=session, timeout=60)
+    if stream.status != 200:
+        stream.body()
+        stream.close()
+    return stream
+
+
 def starvation(logs: Path, session: str, samples: int) -> None:
     run = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
     path = f"/dataflows/api/runs/{run.pk}/events/"
@@ -86,17 +96,11 @@ def starvation(logs: Path, session: str, samples: int) -> None:
             # their lifetime (SSE_WSGI_MAX_SECONDS) and give their slots back meanwhile.
             with ThreadPoolExecutor(max_workers=2 * threads) as pool:
                 streams = list(
-                    pool.map(
-                        lambda port: SSEClient(port, path, cookie=session, timeout=60),
-                        [port] * (2 * threads),
-                    )
+                    pool.map(lambda port: open_stream(port, path, session), [port] * (2 * threads))
                 )
             for stream in streams:
                 if stream.status == 200:
                     stream.next_event(timeout=60)
-                else:  # as a browser does with a 503: read it, close, try again later
-                    stream.body()
-                    stream.close()
             runs = [timed(port, "GET", "/dataflows/api/runs/", session) for _ in range(samples)]
             beats = [timed(port, "POST", "/dataflows/heartbeat/") for _ in range(samples)]
             opened = sum(stream.status == 200 for stream in streams)
