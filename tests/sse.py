@@ -39,17 +39,31 @@ def server_database_url() -> str:
     return f"postgres://{db['USER']}{password}@{host}/{db['NAME']}"
 
 
+#: gunicorn's options for each kind of gunicorn server the tests and benchmarks start.
+GUNICORN_KINDS = {
+    "gunicorn": ["--worker-class", "gthread", "--threads", "8", "--workers", "1"],
+    "gunicorn-sync-3": ["--worker-class", "sync", "--workers", "3"],
+    "gunicorn-gthread-1": ["--worker-class", "gthread", "--threads", "1", "--workers", "1"],
+    "gunicorn-gthread-8": ["--worker-class", "gthread", "--threads", "8", "--workers", "1"],
+    "gunicorn-gthread-32": ["--worker-class", "gthread", "--threads", "32", "--workers", "1"],
+}
+
+
 def server_process(kind: str, log_path: Path, **env: str) -> tuple[WorkerProcess, int]:
-    """A real server of ``tests.urls`` (not started) and its port."""
+    """A real server of ``tests.urls`` (not started) and its port.
+
+    The streams' own limits are lifted (``SSE_WSGI_MAX_STREAMS``) unless ``env`` sets
+    ``DATAFLOWS_TEST_SETTINGS``: the tests of those limits set them.
+    """
     port = free_port()
     address = f"127.0.0.1:{port}"
     if kind == "uvicorn":
         argv = [sys.executable, "-m", "uvicorn", "tests.asgi:application", "--port", str(port)]
         argv += ["--log-level", "info", "--no-access-log", "--lifespan", "off"]
         marker = "Uvicorn running on"
-    elif kind == "gunicorn":
+    elif kind in GUNICORN_KINDS:
         argv = [sys.executable, "-m", "gunicorn", "tests.wsgi:application", "-b", address]
-        argv += ["--worker-class", "gthread", "--threads", "8", "--workers", "1"]
+        argv += [*GUNICORN_KINDS[kind], "--timeout", "120"]
         marker = "Booting worker"
     else:
         argv = [sys.executable, "-m", "django", "runserver", address, "--noreload"]
@@ -59,6 +73,7 @@ def server_process(kind: str, log_path: Path, **env: str) -> tuple[WorkerProcess
         "PYTHONUNBUFFERED": "1",
         "DATAFLOWS_TEST_SSE_KEEPALIVE": "1",
         "DATAFLOWS_TEST_SSE_POLL_INTERVAL": "0.1",
+        "DATAFLOWS_TEST_SETTINGS": json.dumps({"SSE_WSGI_MAX_STREAMS": 64}),
         **env,
     }
     return WorkerProcess(kind, argv, log_path=log_path, ready_marker=marker, env=environment), port
@@ -98,6 +113,7 @@ class SSEClient:
             name, _, value = line.partition(":")
             self.headers[name.strip().lower()] = value.strip()
         self.comments: list[str] = []
+        self.retry: int | None = None
         self.closed = False
 
     def body(self) -> bytes:
@@ -127,6 +143,9 @@ class SSEClient:
                 self.comments.append(line[1:].strip())
                 continue
             name, _, value = line.partition(":")
+            if name == "retry":  # the reconnection delay, not part of an event
+                self.retry = int(value)
+                continue
             fields[name] = value.removeprefix(" ")
 
     def events_until(self, predicate: Any, timeout: float = PATIENCE) -> list[Event]:

@@ -590,8 +590,8 @@ def test_a_view_only_user_cannot_change_or_add_a_flow(viewer_client):
     assert list(DataFlow.objects.values_list("name", flat=True)) == ["orders"]
 
 
-def test_a_user_with_change_permission_gets_the_actions(client):
-    editor = staff_client(client, "view_dataflow", "change_dataflow")
+def test_a_user_with_change_and_run_permissions_gets_the_actions(client):
+    editor = staff_client(client, "view_dataflow", "change_dataflow", "run_dataflow")
     data_flow = DataFlowFactory(enabled=False)
 
     post_action(editor, "enable", data_flow)

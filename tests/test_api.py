@@ -184,7 +184,7 @@ def test_flow_representation_has_every_field(client: APIClient) -> None:
 
 
 def test_create_flow() -> None:
-    api = client_for("view_dataflow", "add_dataflow")
+    api = client_for("view_dataflow", "add_dataflow", "run_dataflow")
     response = api.post(
         f"{API}flows/",
         {"name": "sync", "flow": "tests.testapp.flows.CountRows", "run_interval": 300},
@@ -246,7 +246,7 @@ def test_create_flow_with_bad_input_is_400_naming_the_field(
 
 
 def test_configuration_is_checked_against_the_flows_schema() -> None:
-    api = client_for("view_dataflow", "add_dataflow", "change_dataflow")
+    api = client_for("view_dataflow", "add_dataflow", "change_dataflow", "run_dataflow")
     body = {
         "name": "schema",
         "flow": "tests.testapp.flows.WithSchema",
@@ -279,7 +279,7 @@ def test_flow_shows_whether_it_is_overdue(client: APIClient) -> None:
 
 
 def test_create_cron_flow() -> None:
-    api = client_for("view_dataflow", "add_dataflow")
+    api = client_for("view_dataflow", "add_dataflow", "run_dataflow")
     body = {
         "name": "nightly",
         "flow": "tests.testapp.flows.CountRows",
@@ -409,7 +409,7 @@ def test_flow_list_is_paginated(client: APIClient) -> None:
 
 def test_enable_and_disable(client: APIClient) -> None:
     flow = DataFlowFactory(enabled=True)
-    api = client_for("view_dataflow", "change_dataflow")
+    api = client_for("view_dataflow", "change_dataflow", "run_dataflow")
     response = api.post(f"{API}flows/{flow.pk}/disable/")
     assert response.status_code == 200
     assert response.json()["enabled"] is False

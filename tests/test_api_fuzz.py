@@ -9,6 +9,7 @@ than stopping at a 404. Generation is derandomized: CI runs the same cases every
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from django.contrib.auth.models import Permission
 from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections, transaction
@@ -162,3 +164,117 @@ def fuzz(
         except Unsatisfiable:
             # Nothing in this operation can be made invalid (no parameters, no body).
             assert mode == schemathesis.GenerationMode.NEGATIVE
+
+
+# -- hostile bodies: what the schema's own generators never send -------------------------
+
+#: Strings with the characters databases refuse: NUL, lone surrogates (half an emoji).
+hostile_text = st.text(
+    alphabet=st.sampled_from(["a", "é", "😀", "\x00", "\ud800", "\udfff", "\ud83d"]), max_size=6
+)
+
+
+def _nest(depth: int, leaf: Any, as_list: bool) -> str:
+    inner = json.dumps(leaf)
+    return (
+        ("[" * depth + inner + "]" * depth) if as_list else ('{"a": ' * depth + inner + "}" * depth)
+    )
+
+
+@st.composite
+def hostile_json_text(draw: Any) -> str:
+    """A JSON object as text: deep (up to 20,000 levels), huge, or with unstorable strings."""
+    kind = draw(st.sampled_from(["deep", "huge", "strings", "numbers"]))
+    if kind == "deep":
+        depth = draw(st.sampled_from([31, 33, 900, 1_100, 20_000]))
+        return '{"x": ' + _nest(depth, draw(hostile_text), draw(st.booleans())) + "}"
+    if kind == "huge":
+        return json.dumps({"x": "y" * draw(st.sampled_from([262_100, 262_200, 1_000_000]))})
+    if kind == "numbers":
+        return '{"x": ' + draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"])) + "}"
+    key, value = draw(hostile_text), draw(hostile_text)
+    return json.dumps({key: value, "list": [value]})
+
+
+def test_hostile_bodies_answer_json_never_a_server_error() -> None:
+    flow = DataFlowFactory(flow="tests.testapp.flows.WithSchema", configuration={"batch_size": 5})
+    user = UserFactory(is_staff=True, is_superuser=True)
+    client = APIClient()
+    client.force_authenticate(user)
+    targets = [
+        ("post", f"{API}/flows/{flow.pk}/start/", '{{"input": {}}}'),
+        (
+            "post",
+            f"{API}/flows/",
+            '{{"name": "n", "flow": "tests.testapp.flows.CountRows", '
+            '"run_interval": 60, "configuration": {}}}',
+        ),
+        ("patch", f"{API}/flows/{flow.pk}/", '{{"configuration": {}}}'),
+    ]
+    statuses: Counter[int] = Counter()
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(body=hostile_json_text(), target=st.sampled_from(targets))
+    def send(body: str, target: tuple[str, str, str]) -> None:
+        method, url, template = target
+        with transaction.atomic():
+            response = getattr(client, method)(
+                url, template.format(body), content_type="application/json"
+            )
+            transaction.set_rollback(True)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, response.content[:300]
+        assert response["Content-Type"] == "application/json"
+
+    send()
+    print(f"hostile bodies: {dict(statuses)}")
+    assert not DataFlowRun.objects.exists()
+
+
+def test_a_view_only_user_gets_exactly_what_the_schema_says() -> None:
+    """No backtrace for non-staff users, and the schema does not promise one."""
+    viewer = UserFactory()
+    viewer.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_dataflow", "view_dataflowrun"])
+    )
+    token = Token.objects.create(user=viewer).key
+    ids = real_data()
+    schema = load_schema(token)
+    headers = {"Authorization": f"Token {token}"}
+    sent: Counter[str] = Counter()
+    reads = [
+        result.ok()
+        for result in schema.get_all_operations()
+        if result.ok().method.upper() == "GET" and result.ok().path.startswith("/runs/")
+    ]
+    assert reads
+    with keeping_the_test_connection():
+        for operation in reads:
+            read_as_viewer(operation, ids, headers, sent)
+    assert set(sent) == {operation.label for operation in reads}
+
+
+def read_as_viewer(
+    operation: Any, ids: dict[str, list[int]], headers: dict[str, str], sent: Counter[str]
+) -> None:
+    @settings(
+        max_examples=8,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=case_strategy(operation, schemathesis.GenerationMode.POSITIVE, ids))
+    def send(case: Any) -> None:
+        response = case.call(headers=headers)
+        sent[operation.label] += 1
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+        assert "error_backtrace" not in response.text
+
+    send()

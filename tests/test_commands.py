@@ -113,7 +113,13 @@ def test_run_with_enqueue_stores_the_input(dummy_backend):
     [
         ("{day: 1}", "--input is not valid JSON: Expecting property name"),
         ("[1, 2]", "--input must be a JSON object"),
-        ('{"x": NaN}', "--input: The run input cannot be stored as JSON"),
+        ('{"x": NaN}', "--input: The run input contains a number that is not finite"),
+        ('{"x": "a\\u0000"}', "--input: The run input contains a NUL character"),
+        pytest.param(
+            '{"x": ' * 5000 + "1" + "}" * 5000,
+            "--input is not valid JSON: JSON nested deeper",
+            id="nested-5000-deep",
+        ),
     ],
 )
 def test_run_with_bad_input_is_a_clear_error_and_starts_nothing(text, message):

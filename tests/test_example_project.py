@@ -544,3 +544,12 @@ def test_example_flows_run_on_postgresql(tmp_path, postgres_example_url):
     assert second_import["first_day"] == "2024-01-06"
     assert summary["days_summarised"] == 5
     assert count(env, "weather.DailySummary") == 10
+
+
+def test_check_deploy_passes_with_the_api_installed(env):
+    if find_spec("drf_spectacular") is None:
+        skip_or_fail("the api extra is not installed")
+    process = manage(env, "check", "--deploy")
+
+    assert process.returncode == 0, process.stderr
+    assert "drf_spectacular.E001" not in process.stdout + process.stderr

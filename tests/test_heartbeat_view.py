@@ -28,7 +28,7 @@ def post(client, remote="127.0.0.1", **extra):
 def assert_refused(response, status):
     assert response.status_code == status
     assert response["Content-Type"] == "application/json"
-    assert set(response.json()) == {"error"}
+    assert set(response.json()) == {"detail", "error"}
     assert not DataFlowRun.objects.exists()
 
 

@@ -217,8 +217,8 @@ def test_trigger_run_stores_the_input_and_the_flow_reads_it(django_capture_on_co
     [
         ([1, 2], "must be a JSON object"),
         ("text", "must be a JSON object"),
-        ({"when": object()}, "cannot be stored as JSON"),
-        ({"x": float("nan")}, "cannot be stored as JSON"),
+        ({"when": object()}, "cannot be written as JSON"),
+        ({"x": float("nan")}, "not finite"),
     ],
 )
 def test_input_that_is_not_a_json_object_is_refused_and_no_run_is_created(value, message):

@@ -56,6 +56,7 @@ from django_dataflows.admin_lists import (
     FlowFilter,
 )
 from django_dataflows.backends.sync import run_after_response
+from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.live.admin_views import LiveRunAdminMixin
@@ -68,6 +69,11 @@ from django_dataflows.models import (
     RunStats,
     RunStatus,
     RunTrigger,
+)
+from django_dataflows.permissions import (
+    WHAT_RUNS_FIELDS,
+    fields_that_make_due,
+    run_permission_message,
 )
 from django_dataflows.schedules import describe_cron, get_zone, zone_name
 
@@ -309,12 +315,29 @@ class ConfigurationField(forms.JSONField):
                     code="invalid",
                     params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
                 ) from None
+            except RecursionError:
+                raise ValidationError(
+                    _("Enter JSON nested at most %(depth)d levels deep."),
+                    code="invalid",
+                    params={"depth": app_settings.MAX_JSON_DEPTH},
+                ) from None
         return super().to_python(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
 
     def prepare_value(self, value: Any) -> str:
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value  # show what was typed, mistakes included
-        return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+        text = json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate, refused anyway: show it escaped
+            text = json.dumps(value, indent=2, cls=self.encoder)
+        return text
 
 
 class DataFlowForm(_DataFlowModelForm):
@@ -323,6 +346,9 @@ class DataFlowForm(_DataFlowModelForm):
     The model's own validation (``full_clean``) still runs, so the registered-flow, queue
     and JSON-object rules are enforced here exactly as everywhere else.
     """
+
+    #: Whether the user may run the flow; without it, the form refuses making it due.
+    may_run = True
 
     flow = forms.ChoiceField(label=_("Flow"), widget=FlowSelect)
     schedule_kind = forms.ChoiceField(
@@ -373,12 +399,23 @@ class DataFlowForm(_DataFlowModelForm):
         and the model's rule (exactly one of the two) decides.
         """
         cleaned = super().clean() or {}
+        self._check_run_permission(cleaned)
         kind = cleaned.get("schedule_kind")
         dropped = {"cron": "run_interval", "interval": "cron"}.get(kind or "")
         if dropped is not None and dropped in self.fields:
             cleaned[dropped] = None if dropped == "run_interval" else ""
             self.errors.pop(dropped, None)  # a mistake in a field that is switched off
         return cleaned
+
+    def _check_run_permission(self, cleaned: dict[str, Any]) -> None:
+        if self.may_run:
+            return
+        changes = {
+            name: cleaned[name] for name in ("enabled", *WHAT_RUNS_FIELDS) if name in cleaned
+        }
+        before = self.instance if self.instance.pk else None
+        for name in fields_that_make_due(before, changes):
+            self.add_error(name, run_permission_message([name]))
 
     def _offer_registered_flows(self) -> None:
         field = self.fields["flow"]
@@ -705,7 +742,18 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         ]
         return deleted, counts, perms_needed, protected
 
-    @admin.action(description=_("Enable"), permissions=["change"])
+    def has_enable_permission(self, request: HttpRequest) -> bool:
+        """Enabling makes the heartbeat start runs: it needs change and run permissions."""
+        return self.has_change_permission(request) and self.has_run_permission(request)
+
+    def get_form(
+        self, request: HttpRequest, obj: DataFlow | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # The form refuses making the flow due for a user who may not run it.
+        return type(form.__name__, (form,), {"may_run": self.has_run_permission(request)})
+
+    @admin.action(description=_("Enable"), permissions=["enable"])
     def enable(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
         count = self._set_enabled(request, queryset, enabled=True)
         self.message_user(

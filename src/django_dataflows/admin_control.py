@@ -40,8 +40,9 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.permissions import RUN_PERMISSION  # "Run now", run control
 from django_dataflows.runs.transitions import allowed_actions
-from django_dataflows.validators import validate_run_input
+from django_dataflows.validators import load_json_text, validate_run_input
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -54,9 +55,6 @@ if TYPE_CHECKING:
 else:
     _DataFlowModelAdmin = _DataFlowRunModelAdmin = admin.ModelAdmin
     _StepInline = admin.TabularInline
-
-#: Needed for "Run now", "Run with input…" and every run control.
-RUN_PERMISSION = "dataflows.run_dataflow"
 
 #: The run controls, in the order the run page shows them.
 CONTROLS: dict[str, Callable[..., DataFlowRun]] = {
@@ -286,13 +284,15 @@ class RunInputForm(forms.Form):
     def clean_input(self) -> dict[str, Any]:
         text = self.cleaned_data["input"]
         try:
-            value = json.loads(text)
+            value = load_json_text(text)
         except json.JSONDecodeError as exc:
             raise ValidationError(
                 _("Enter valid JSON: %(error)s (line %(line)d, column %(column)d)."),
                 code="invalid",
                 params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
             ) from None
+        except ValueError as exc:  # nested too deep to decode
+            raise ValidationError(str(exc), code="invalid") from None
         validate_run_input(value)
         assert isinstance(value, dict)
         return value

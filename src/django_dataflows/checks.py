@@ -73,7 +73,7 @@ def _check_live(config: Mapping[str, Any]) -> list[CheckMessage]:
     from django_dataflows.live import load_event_source_class
 
     errors: list[CheckMessage] = []
-    for key in ("SSE_KEEPALIVE", "SSE_POLL_INTERVAL"):
+    for key in ("SSE_KEEPALIVE", "SSE_POLL_INTERVAL", "SSE_WSGI_MAX_SECONDS", "SSE_DB_WAIT"):
         value = _get(config, key)
         if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
             errors.append(
@@ -140,6 +140,14 @@ _POSITIVE = (
     "RUN_TIMEOUT",
     "RETRY_BACKOFF",
     "PICKUP_TIMEOUT",
+    "MAX_INPUT_BYTES",
+    "MAX_CONFIGURATION_BYTES",
+    "MAX_JSON_DEPTH",
+    "SSE_DB_CONNECTIONS",
+    "SUMMARY_FIELD_BYTES",
+    "SSE_CLIENT_QUEUE",
+    "SSE_REPLAY_MAX_EVENTS",
+    "SSE_REPLAY_MAX_BYTES",
 )
 #: Positive settings that may be fractions of a second; the others are whole numbers.
 _FRACTIONAL = frozenset({"RETRY_BACKOFF", "PICKUP_TIMEOUT"})
@@ -159,7 +167,7 @@ def _check_numbers(config: Mapping[str, Any]) -> list[CheckMessage]:
                     id="dataflows.E007",
                 )
             )
-    for key in ("MAX_RETRIES", "MAX_REDELIVERIES"):
+    for key in ("MAX_RETRIES", "MAX_REDELIVERIES", "SSE_WSGI_MAX_STREAMS"):
         count = _get(config, key)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             errors.append(

@@ -27,7 +27,18 @@ DEFAULTS: dict[str, Any] = {
     "EVENTS_REDIS_URL": "redis://127.0.0.1:6379/0",
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
+    "SSE_WSGI_MAX_SECONDS": 30,
+    "SSE_WSGI_MAX_STREAMS": 4,
+    "SSE_DB_CONNECTIONS": 4,
+    "SSE_DB_WAIT": 30,
     "ALERT_EMAILS": [],
+    "MAX_INPUT_BYTES": 262_144,
+    "MAX_CONFIGURATION_BYTES": 262_144,
+    "MAX_JSON_DEPTH": 32,
+    "SUMMARY_FIELD_BYTES": 4096,
+    "SSE_CLIENT_QUEUE": 100,
+    "SSE_REPLAY_MAX_EVENTS": 500,
+    "SSE_REPLAY_MAX_BYTES": 1_000_000,
 }
 
 
@@ -127,10 +138,54 @@ class DataFlowsSettings:
         return float(self._get("SSE_POLL_INTERVAL"))
 
     @property
+    def SSE_WSGI_MAX_SECONDS(self) -> float:
+        return float(self._get("SSE_WSGI_MAX_SECONDS"))
+
+    @property
+    def SSE_WSGI_MAX_STREAMS(self) -> int:
+        return int(self._get("SSE_WSGI_MAX_STREAMS"))
+
+    @property
+    def SSE_DB_CONNECTIONS(self) -> int:
+        return int(self._get("SSE_DB_CONNECTIONS"))
+
+    @property
+    def SSE_DB_WAIT(self) -> float:
+        return float(self._get("SSE_DB_WAIT"))
+
+    @property
     def ALERT_EMAILS(self) -> list[str]:
         value = self._get("ALERT_EMAILS") or []
         # A single address given as a string is one recipient, not a list of characters.
         return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def MAX_INPUT_BYTES(self) -> int:
+        return int(self._get("MAX_INPUT_BYTES"))
+
+    @property
+    def MAX_CONFIGURATION_BYTES(self) -> int:
+        return int(self._get("MAX_CONFIGURATION_BYTES"))
+
+    @property
+    def MAX_JSON_DEPTH(self) -> int:
+        return int(self._get("MAX_JSON_DEPTH"))
+
+    @property
+    def SUMMARY_FIELD_BYTES(self) -> int:
+        return int(self._get("SUMMARY_FIELD_BYTES"))
+
+    @property
+    def SSE_CLIENT_QUEUE(self) -> int:
+        return int(self._get("SSE_CLIENT_QUEUE"))
+
+    @property
+    def SSE_REPLAY_MAX_EVENTS(self) -> int:
+        return int(self._get("SSE_REPLAY_MAX_EVENTS"))
+
+    @property
+    def SSE_REPLAY_MAX_BYTES(self) -> int:
+        return int(self._get("SSE_REPLAY_MAX_BYTES"))
 
 
 def is_list_of_strings(value: Any) -> bool:

@@ -53,6 +53,8 @@ from django_dataflows.schedules import (
 from django_dataflows.signals import runs_changed
 from django_dataflows.validators import (
     configuration_errors,
+    storable_json_problem,
+    validate_configuration_object,
     validate_json_object,
     validate_queue_name,
     validate_registered_flow,
@@ -471,6 +473,11 @@ class DataFlow(models.Model):
         # A blank JSONField skips its validators for None; the column is NOT NULL though.
         if "configuration" not in excluded and self.configuration is None:
             errors["configuration"] = validate_json_object.message
+        elif "configuration" not in excluded and isinstance(self.configuration, dict):
+            try:  # the field's validator checks the rule; its size limit is a setting
+                validate_configuration_object(self.configuration)
+            except ValidationError as exc:
+                errors["configuration"] = exc.messages
         if errors:
             raise ValidationError(errors)
         if isinstance(self.cron, str):
@@ -496,7 +503,11 @@ class DataFlow(models.Model):
         if message is not None:
             errors["cron"] = ValidationError(message, code="schedule")
             errors["run_interval"] = ValidationError(message, code="schedule")
-        if self.flow and isinstance(self.configuration, dict):
+        if (
+            self.flow
+            and isinstance(self.configuration, dict)
+            and storable_json_problem(self.configuration) is None  # else a field error
+        ):
             try:
                 flow_class = self.flow_class
             except FlowNotRegistered:

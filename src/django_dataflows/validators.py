@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +59,99 @@ def validate_registered_flow(value: str) -> None:
         )
 
 
+def storable_json_problem(value: Any, *, max_bytes: int | None = None) -> str | None:
+    """Why ``value`` cannot be stored as JSON on every supported database, else ``None``.
+
+    The one rule for every JSON value a person or program hands us (a flow's
+    configuration, a run's input): no NUL character and no lone surrogate (half an emoji)
+    in a string or a key, only finite numbers, at most ``MAX_JSON_DEPTH`` levels of
+    nesting, and, with ``max_bytes``, at most that many bytes once encoded. The walk is
+    iterative, so a value nested 100,000 deep is refused rather than a ``RecursionError``.
+    """
+    max_depth = app_settings.MAX_JSON_DEPTH
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > max_depth:
+            return f"is nested deeper than {max_depth} levels"
+        if isinstance(item, str):
+            problem = _string_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "contains a number that is not finite (NaN or Infinity)"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str):
+                    problem = _string_problem(key)
+                    if problem:
+                        return f"has a key that {problem}"
+                pending.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            pending.extend((child, depth + 1) for child in item)
+    if max_bytes is not None:
+        try:
+            size = len(json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False).encode())
+        except (TypeError, ValueError) as exc:
+            return f"cannot be written as JSON: {exc}"
+        if size > max_bytes:
+            return f"is {size:,} bytes long; at most {max_bytes:,} are accepted"
+    return None
+
+
+def capped_json(value: Any, max_bytes: int) -> Any:
+    """``value``, or when its JSON is longer than ``max_bytes`` a small stand-in saying so
+    (``{"truncated": true, "bytes": n}``): list pages and live events carry bounded
+    payloads; a run's own page (``runs/{id}/``) has the whole value."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    try:
+        size = len(json.dumps(value, cls=DjangoJSONEncoder, ensure_ascii=False).encode())
+    except (TypeError, ValueError, RecursionError):
+        return {"truncated": True, "bytes": None}
+    return value if size <= max_bytes else {"truncated": True, "bytes": size}
+
+
+def cap_large_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """A run for a list page or a live event: ``input``, ``result`` and the steps' results
+    longer than ``SUMMARY_FIELD_BYTES`` become ``{"truncated": true, "bytes": n}``, so
+    what one page or event holds stays bounded (the run's own page has them whole)."""
+    limit = app_settings.SUMMARY_FIELD_BYTES
+    for key in ("input", "result"):
+        if key in run:
+            run[key] = capped_json(run[key], limit)
+    for step in run.get("steps") or ():
+        step["result"] = capped_json(step.get("result"), limit)
+    return run
+
+
+def _string_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (\\ud800-\\udfff, half of a character such as an emoji)"
+    return None
+
+
+def load_json_text(text: str | bytes) -> Any:
+    """``json.loads`` that refuses too deep a nesting with ``ValueError``, never
+    ``RecursionError`` (the C decoder recurses once per level)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"JSON nested deeper than {app_settings.MAX_JSON_DEPTH} levels is not accepted"
+        ) from None
+
+
 @deconstructible
 class JSONObjectValidator:
-    """Accept only a JSON object (a ``dict``), the shape a flow's configuration must have."""
+    """Accept only a storable JSON object (a ``dict``), the shape a flow's configuration
+    and a run's input must have (see :func:`storable_json_problem`; sizes are checked
+    where the kind of value is known)."""
 
     message = 'Enter a JSON object, such as {"batch_size": 500}.'
     code = "not_an_object"
@@ -68,12 +159,27 @@ class JSONObjectValidator:
     def __call__(self, value: Any) -> None:
         if not isinstance(value, dict):
             raise ValidationError(self.message, code=self.code)
+        problem = storable_json_problem(value)
+        if problem:
+            raise ValidationError(
+                "This JSON object %(problem)s.", code="not_storable", params={"problem": problem}
+            )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, JSONObjectValidator)
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+def validate_configuration_object(value: Any) -> None:
+    """A flow's configuration: a storable JSON object within ``MAX_CONFIGURATION_BYTES``."""
+    validate_json_object(value)
+    problem = storable_json_problem(value, max_bytes=app_settings.MAX_CONFIGURATION_BYTES)
+    if problem:
+        raise ValidationError(
+            "The configuration %(problem)s.", code="not_storable", params={"problem": problem}
+        )
 
 
 validate_json_object = JSONObjectValidator()
@@ -107,6 +213,9 @@ def configuration_errors(flow_class: type[Flow], configuration: Any) -> list[str
         return [
             f"{flow_class.flow_path()}.configuration_schema is not a valid JSON Schema: {problem}"
         ]
+    problem = storable_json_problem(configuration)
+    if problem:  # a row stored around validation: jsonschema would recurse without end
+        return [f"The configuration {problem}."]
     validator_class = validator_for(schema)
     # Validate what will be stored (dates become strings), as the flow will read it.
     stored = json.loads(json.dumps(configuration, cls=DjangoJSONEncoder))
@@ -131,18 +240,15 @@ def validate_configuration(flow_class: type[Flow], configuration: Any) -> None:
 
 
 def validate_run_input(value: Any) -> None:
-    """A run's input must be a JSON object that can be stored."""
+    """A run's input must be a storable JSON object within ``MAX_INPUT_BYTES``."""
     if not isinstance(value, dict):
         raise ValidationError(
             'The run input must be a JSON object, such as {"since": "2026-01-01"}, not %(type)s.',
             code="input_not_an_object",
             params={"type": type(value).__name__},
         )
-    try:
-        json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    problem = storable_json_problem(value, max_bytes=app_settings.MAX_INPUT_BYTES)
+    if problem:
         raise ValidationError(
-            "The run input cannot be stored as JSON: %(error)s",
-            code="input_not_json",
-            params={"error": str(exc)},
-        ) from exc
+            "The run input %(problem)s.", code="input_not_json", params={"problem": problem}
+        )

@@ -40,7 +40,8 @@ def _refuse(
         error,
         f" ({detail})" if detail else "",
     )
-    response = JsonResponse({"error": error}, status=status)
+    # "detail", as in the API; "error" kept for the clients written against it.
+    response = JsonResponse({"detail": error, "error": error}, status=status)
     for name, value in headers.items():
         response[name] = value
     return response

@@ -7,8 +7,9 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-#: Starting a run and controlling runs need this permission besides seeing them.
-RUN_PERMISSION = "dataflows.run_dataflow"
+from django_dataflows.permissions import RUN_PERMISSION
+
+__all__ = ["RUN_PERMISSION", "ActionPermission"]
 
 
 class ActionPermission(BasePermission):

@@ -9,7 +9,7 @@ JSON, so keep these importable and stable.
 from __future__ import annotations
 
 import copy
-import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -17,6 +17,7 @@ from rest_framework import ISO_8601, serializers
 from rest_framework.serializers import as_serializer_error
 from rest_framework.settings import api_settings
 
+from django_dataflows.conf import app_settings
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
@@ -26,48 +27,34 @@ from django_dataflows.models import (
     StepStatus,
 )
 from django_dataflows.representation import flow_name, run_json
-
-#: Deepest nesting accepted in a JSON body (configuration, input): keeps validation and
-#: storage bounded whatever a client sends.
-MAX_JSON_DEPTH = 32
-
-
-def _json_problem(value: Any, depth: int = 0) -> str | None:
-    """Why ``value`` cannot be stored as JSON in every supported database, or ``None``."""
-    if depth > MAX_JSON_DEPTH:
-        return f"nested deeper than {MAX_JSON_DEPTH} levels"
-    if isinstance(value, str):
-        return "contains a NUL character (\\u0000)" if "\x00" in value else None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "contains a number that is not finite"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _json_problem(key, depth + 1) or _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    elif isinstance(value, list):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    return None
-
-
-def validate_storable_json_object(value: Any) -> None:
-    """A JSON object that PostgreSQL and SQLite both store as given (no NUL, no NaN)."""
-    if not isinstance(value, dict):
-        raise serializers.ValidationError('Enter a JSON object, such as {"batch_size": 500}.')
-    problem = _json_problem(value)
-    if problem:
-        raise serializers.ValidationError(f"This JSON object {problem}.")
+from django_dataflows.validators import (
+    cap_large_fields,
+    capped_json,
+    validate_configuration_object,
+    validate_run_input,
+)
 
 
 class JSONObjectField(serializers.JSONField):
-    """A JSON object (never a list, string or null), storable in every database."""
+    """A JSON object (never a list, string or null) that every database stores as given.
 
-    def __init__(self, **kwargs: Any) -> None:
+    ``validate`` is the model's own rule for the value (:mod:`django_dataflows.validators`),
+    so the API refuses exactly what the admin, the commands and ``trigger_run()`` refuse.
+    """
+
+    def __init__(self, *, validate: Callable[[Any], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.validators.append(validate_storable_json_object)
+        self.validators.append(_as_serializer_validator(validate))
+
+
+def _as_serializer_validator(validate: Callable[[Any], None]) -> Callable[[Any], None]:
+    def validator(value: Any) -> None:
+        try:
+            validate(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+    return validator
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -113,8 +100,9 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
     triggered_by = serializers.IntegerField(
         source="triggered_by_id", read_only=True, allow_null=True
     )
-    # required=False: the key is absent for users who may not see backtraces.
+    # The key is absent for users who may not see backtraces: optional in the schema too.
     error_backtrace = serializers.CharField(read_only=True, required=False)
+    optional_fields = ("error_backtrace",)
     steps = RunStepSerializer(many=True, read_only=True)
     cancel_requested = serializers.SerializerMethodField()
     pause_requested = serializers.SerializerMethodField()
@@ -163,6 +151,8 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
             data = super().to_representation(instance)
         if not can_see_backtraces(self.context.get("request")):
             data.pop("error_backtrace", None)
+        if self.context.get("summary"):
+            cap_large_fields(data)
         return data
 
     @staticmethod
@@ -200,7 +190,19 @@ class RunStatusSerializer(serializers.ModelSerializer):
 class StartRunSerializer(serializers.Serializer):
     """The body of ``flows/{id}/start/``: the run's own parameters, optional."""
 
-    input = JSONObjectField(required=False, default=dict)
+    input = JSONObjectField(validate=validate_run_input, required=False, default=dict)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A misspelled key ({"inptu": ...}) would otherwise start a run with empty input.
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if self._has_mapping() else []
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["Unknown field: the body takes only 'input'."] for name in unknown}
+            )
+        return attrs
+
+    def _has_mapping(self) -> bool:
+        return isinstance(getattr(self, "initial_data", None), Mapping)
 
 
 # -- flows ------------------------------------------------------------------------------
@@ -215,7 +217,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
     flow's ``configuration_schema`` accepts.
     """
 
-    configuration = JSONObjectField(required=False)
+    configuration = JSONObjectField(validate=validate_configuration_object, required=False)
     last_run_status = serializers.ChoiceField(
         choices=RunStatus.choices, read_only=True, allow_blank=True
     )
@@ -271,6 +273,14 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "max_retries": {"max_value": 32_767},
             "disable_after_failures": {"max_value": 32_767},
         }
+
+    def to_representation(self, instance: DataFlow) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        if self.context.get("summary"):  # a list page: bounded, whatever the flows hold
+            limit = app_settings.SUMMARY_FIELD_BYTES
+            for key in ("configuration", "state"):
+                data[key] = capped_json(data.get(key), limit)
+        return data
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """The model's rules across fields (``DataFlow.full_clean()``), on a copy."""

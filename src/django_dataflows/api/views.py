@@ -16,12 +16,14 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import BaseParser, FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
-from django_dataflows.api.errors import exception_handler
+from django_dataflows.api.errors import StrictJSONParser, exception_handler
 from django_dataflows.api.filters import (
     DEFAULT_RUN_ORDERING,
     DataFlowFilterSet,
@@ -44,6 +46,20 @@ from django_dataflows.backends.sync import run_after_response
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import registered_flows
 from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger
+from django_dataflows.permissions import fields_that_make_due, run_permission_message
+
+
+class Schema(AutoSchema):
+    """drf-spectacular's schema, which also leaves a serializer's ``optional_fields`` out of
+    ``required``: read-only fields are otherwise all promised, and ``error_backtrace`` is
+    absent for users who are not staff."""
+
+    def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
+        component: dict[str, Any] = super()._map_basic_serializer(serializer, direction)  # type: ignore[no-untyped-call]
+        optional = set(getattr(serializer, "optional_fields", ()))
+        if optional and "required" in component:
+            component["required"] = [name for name in component["required"] if name not in optional]
+        return component
 
 
 def document(**kwargs: Any) -> Callable[[Any], Any]:
@@ -54,7 +70,7 @@ def document(**kwargs: Any) -> Callable[[Any], Any]:
     """
 
     def decorator(function: Any) -> Any:
-        function.schema = AutoSchema
+        function.schema = Schema
         return extend_schema(**kwargs)(function)
 
     return decorator
@@ -67,14 +83,21 @@ CONFLICT = OpenApiResponse(ErrorSerializer, description="The state forbids it.")
 class APIViewMixin:
     """What every view of this API sets for itself instead of reading the project's defaults."""
 
-    schema = AutoSchema()
+    schema = Schema()
     permission_classes: tuple[type[ActionPermission], ...] = (ActionPermission,)
     pagination_class: type[CursorPagination] | None = CursorPagination
     filter_backends: tuple[type[DjangoFilterBackend], ...] = (DjangoFilterBackend,)
+    parser_classes: tuple[type[BaseParser], ...] = (StrictJSONParser, FormParser, MultiPartParser)
     action_permissions: dict[str | None, tuple[str, ...]]
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context: dict[str, Any] = super().get_serializer_context()  # type: ignore[misc]
+        # List pages cap large JSON fields; a detail answer has them whole.
+        context["summary"] = getattr(self, "action", None) == "list"
+        return context
 
 
 def _runs() -> QuerySet[DataFlowRun]:
@@ -114,7 +137,7 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         "create": ("dataflows.add_dataflow",),
         "update": ("dataflows.change_dataflow",),
         "partial_update": ("dataflows.change_dataflow",),
-        "enable": ("dataflows.change_dataflow",),
+        "enable": ("dataflows.change_dataflow", RUN_PERMISSION),
         "disable": ("dataflows.change_dataflow",),
         "destroy": ("dataflows.delete_dataflow",),
         "start": ("dataflows.view_dataflow", RUN_PERMISSION),
@@ -124,6 +147,20 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
     def keyset_ordering(self, request: Request) -> tuple[str, bool]:
         """Pages of flows follow their names (unique, indexed)."""
         return "name", False
+
+    def perform_create(self, serializer: BaseSerializer[DataFlow]) -> None:
+        self._check_run_permission(None, serializer.validated_data)
+        serializer.save()
+
+    def perform_update(self, serializer: BaseSerializer[DataFlow]) -> None:
+        self._check_run_permission(serializer.instance, serializer.validated_data)
+        serializer.save()
+
+    def _check_run_permission(self, before: DataFlow | None, changes: Any) -> None:
+        """Making a flow due is starting runs: it needs the run permission too."""
+        fields = fields_that_make_due(before, changes)
+        if fields and not self.request.user.has_perm(RUN_PERMISSION):
+            raise PermissionDenied(run_permission_message(fields))
 
     @document(responses={204: None, 409: CONFLICT})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -27,8 +27,10 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, connections
 from django.db.models import Prefetch
 
+from django_dataflows.conf import app_settings
 from django_dataflows.live.payloads import run_payload, step_payload
 from django_dataflows.models import DataFlowRun, DataFlowRunStep
+from django_dataflows.validators import cap_large_fields, capped_json
 
 logger = logging.getLogger("django_dataflows.live")
 
@@ -101,14 +103,21 @@ def load_runs(runs: Iterable[DataFlowRun]) -> list[RunState]:
                 status=run.status,
                 finished=not run.is_active,
                 updated=to_micros(run.updated_at),
-                payload=run_payload(run, backtrace=True),
+                # Events carry bounded payloads: large input and results are capped.
+                payload=cap_large_fields(run_payload(run, backtrace=True)),
                 steps=tuple(
-                    StepState(step.pk, to_micros(step.updated_at), step_payload(step))
+                    StepState(step.pk, to_micros(step.updated_at), _capped_step(step))
                     for step in steps
                 ),
             )
         )
     return states
+
+
+def _capped_step(step: DataFlowRunStep) -> dict[str, Any]:
+    payload = step_payload(step)
+    payload["result"] = capped_json(payload.get("result"), app_settings.SUMMARY_FIELD_BYTES)
+    return payload
 
 
 def runs_queryset() -> Any:

@@ -9,8 +9,10 @@ unsubscribe in ``finally``, which runs when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -34,13 +36,14 @@ from django_dataflows.live.base import (
     load_run_ids,
     load_runs,
     runs_queryset,
-    threadsafe_queue_deliver,
     to_micros,
 )
+from django_dataflows.live.limits import RECONNECT_MS, StreamsBusy, StreamSlot, database_turn
 
 KEEPALIVE = b": keep-alive\n\n"
-#: Most runs one replay sends (a client that was away long gets the newest changes).
-REPLAY_LIMIT = 500
+#: Sent before a stream ends on purpose (its WSGI lifetime is up, or the server is busy):
+#: the browser reconnects after that many milliseconds, with ``Last-Event-ID``.
+RECONNECT = f"retry: {RECONNECT_MS}\n\n".encode()
 
 
 def format_event(event: str, data: Any, event_id: int) -> bytes:
@@ -109,9 +112,23 @@ class Stream:
             runs = runs_queryset().filter(changed)
             if self.flow_id is not None:
                 runs = runs.filter(data_flow_id=self.flow_id)
-            ids = list(runs.order_by().values_list("pk", flat=True).distinct()[:REPLAY_LIMIT])
+            limit = app_settings.SSE_REPLAY_MAX_EVENTS
+            ids = list(runs.order_by().values_list("pk", flat=True).distinct()[: limit + 1])
+            if len(ids) > limit:  # away too long: the present state says more, and less
+                return self._snapshot()
             states = load_run_ids(ids)
-        return self.receive(states, since=to_micros(since))
+        chunks = self.receive(states, since=to_micros(since))
+        if len(chunks) > app_settings.SSE_REPLAY_MAX_EVENTS or (
+            sum(map(len, chunks)) > app_settings.SSE_REPLAY_MAX_BYTES
+        ):
+            return self._snapshot()
+        return chunks
+
+    def resync(self) -> list[bytes]:
+        """A fresh snapshot, for a client whose queue overflowed (it missed changes)."""
+        if self.run_id is not None:
+            self._seen.clear()
+        return self._snapshot()
 
     # -- changes -------------------------------------------------------------------------
 
@@ -183,13 +200,69 @@ async def release_request_thread() -> None:
         executor.shutdown(wait=False)
 
 
+#: Put in a client's queue instead of the changes it overflowed with.
+RESYNC: list[RunState] = []
+
+
+class Inbox:
+    """A client's queue of change batches, bounded by ``SSE_CLIENT_QUEUE``: a client that
+    does not read (or reads slowly) gets one :data:`RESYNC` (a fresh snapshot) instead of
+    the server keeping every batch for it."""
+
+    def __init__(self) -> None:
+        self.limit = max(2, app_settings.SSE_CLIENT_QUEUE)
+        self.queue: queue.Queue[list[RunState]] = queue.Queue()
+
+    def put(self, batch: list[RunState]) -> None:
+        with self.queue.mutex:  # only the source's listener puts
+            waiting = self.queue.queue
+            if len(waiting) >= self.limit - 1:  # keep a place for the resync
+                waiting.clear()
+                batch = RESYNC
+        self.queue.put(batch)
+
+    def get(self, timeout: float) -> list[RunState]:
+        return self.queue.get(timeout=timeout)
+
+
+def _async_put(inbox: asyncio.Queue[list[RunState]], limit: int, batch: list[RunState]) -> None:
+    """:meth:`Inbox.put` for an asyncio queue (called on the loop's thread)."""
+    if inbox.qsize() >= limit - 1:
+        while not inbox.empty():
+            inbox.get_nowait()
+        batch = RESYNC
+    inbox.put_nowait(batch)
+
+
+def gated_opening(stream: Stream) -> list[bytes]:
+    """The stream's first events, loaded in its turn at the database (see ``limits``)."""
+    with database_turn():
+        return stream.opening()
+
+
+def gated_resync(stream: Stream) -> list[bytes]:
+    with database_turn():
+        return stream.resync()
+
+
 async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[bytes]:
     """The stream under ASGI: waits on an asyncio queue, holding no thread."""
     batches: asyncio.Queue[list[RunState]] = asyncio.Queue()
-    subscriber = stream.subscriber(threadsafe_queue_deliver(asyncio.get_running_loop(), batches))
+    limit = max(2, app_settings.SSE_CLIENT_QUEUE)
+    loop = asyncio.get_running_loop()
+
+    def deliver(batch: list[RunState]) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone
+            loop.call_soon_threadsafe(_async_put, batches, limit, batch)
+
+    subscriber = stream.subscriber(deliver)
     source.subscribe(subscriber)
     try:
-        opening = await in_pool_thread(stream.opening)
+        try:
+            opening = await in_pool_thread(gated_opening, stream)
+        except StreamsBusy:
+            yield RECONNECT
+            return
         await release_request_thread()
         for chunk in opening:
             yield chunk
@@ -200,26 +273,67 @@ async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[byt
             except TimeoutError:
                 yield KEEPALIVE
                 continue
-            for chunk in stream.receive(batch):
+            if batch is RESYNC:
+                try:
+                    chunks = await in_pool_thread(gated_resync, stream)
+                except StreamsBusy:
+                    yield RECONNECT
+                    return
+            else:
+                chunks = stream.receive(batch)
+            for chunk in chunks:
                 yield chunk
     finally:
         source.unsubscribe(subscriber)
 
 
-def sync_events(source: EventSource, stream: Stream) -> Iterator[bytes]:
-    """The stream under WSGI: the worker thread waits on a queue between events."""
-    batches: queue.Queue[list[RunState]] = queue.Queue()
+def sync_events(
+    source: EventSource,
+    stream: Stream,
+    *,
+    slot: StreamSlot | None = None,
+    max_seconds: float | None = None,
+) -> Iterator[bytes]:
+    """The stream under WSGI: the worker thread waits on a queue between events.
+
+    It holds that thread, so it ends after ``max_seconds`` with a ``retry:`` hint (the
+    browser reconnects with ``Last-Event-ID`` and misses nothing), and gives its database
+    connection back after the snapshot. ``slot`` is released when it ends.
+    """
+    batches = Inbox()
     subscriber = stream.subscriber(batches.put)
     source.subscribe(subscriber)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:
-        yield from stream.opening()
+        try:
+            yield from gated_opening(stream)
+        except StreamsBusy:
+            yield RECONNECT
+            return
         keepalive = app_settings.SSE_KEEPALIVE
         while not stream.finished:
+            wait = keepalive
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    yield RECONNECT
+                    return
+                wait = min(wait, left)
             try:
-                batch = batches.get(timeout=keepalive)
+                batch = batches.get(timeout=wait)
             except queue.Empty:
-                yield KEEPALIVE
+                if deadline is None or time.monotonic() < deadline:
+                    yield KEEPALIVE
                 continue
-            yield from stream.receive(batch)
+            if batch is RESYNC:
+                try:
+                    yield from gated_resync(stream)
+                except StreamsBusy:
+                    yield RECONNECT
+                    return
+            else:
+                yield from stream.receive(batch)
     finally:
         source.unsubscribe(subscriber)
+        if slot is not None:
+            slot.release()

@@ -8,6 +8,8 @@ for ``text/event-stream``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from django.apps import apps
@@ -17,8 +19,16 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.views.decorators.cache import never_cache
 
+from django_dataflows.conf import app_settings
 from django_dataflows.live import get_event_source
-from django_dataflows.live.base import load_run_ids, runs_queryset
+from django_dataflows.live.base import EPOCH, LOOKBACK, load_run_ids, runs_queryset, to_micros
+from django_dataflows.live.limits import (
+    RETRY_AFTER,
+    StreamsBusy,
+    StreamSlot,
+    database_turn,
+    wsgi_stream_slots,
+)
 from django_dataflows.live.streams import Stream, async_events, sync_events
 from django_dataflows.models import DataFlow
 
@@ -60,19 +70,75 @@ def _authenticate(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     return user, None
 
 
+#: The largest event id a stream can have sent (microseconds up to the year 9999); larger
+#: values, or anything but ASCII digits, are not ours and start the stream afresh.
+MAX_EVENT_ID = to_micros(datetime.max.replace(tzinfo=UTC)) - to_micros(EPOCH + LOOKBACK)
+#: The largest primary key any supported database stores.
+MAX_ID = 2**63 - 1
+
+
+def _ascii_int(text: str, maximum: int) -> int | None:
+    """``text`` as a non-negative integer up to ``maximum``, else ``None`` (never an
+    exception: ``int()`` would take ``²``-like digits, and 5,000 of them, and fail)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
 def _last_event_id(request: HttpRequest) -> int | None:
-    value = request.headers.get("Last-Event-ID", "").strip()
-    # Only ids this server sent are understood; anything else starts afresh.
-    return int(value) if value.isdigit() else None
+    # Only ids this server could have sent are understood; anything else starts afresh.
+    return _ascii_int(request.headers.get("Last-Event-ID", "").strip(), MAX_EVENT_ID)
 
 
-def _stream_response(request: HttpRequest, stream: Stream) -> StreamingHttpResponse:
+def _busy(detail: str) -> JsonResponse:
+    return _error(503, detail, **{"Retry-After": str(RETRY_AFTER)})
+
+
+class _ReleasingBody:
+    """A WSGI stream's body that gives its slot back when the server closes the response,
+    also if it was never iterated (a generator's ``finally`` would then never run)."""
+
+    def __init__(self, events: Iterator[bytes], slot: StreamSlot) -> None:
+        self.events = events
+        self.slot = slot
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.events
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.events, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.slot.release()
+
+
+def _stream_response(request: HttpRequest, stream: Stream) -> HttpResponseBase:
     source = get_event_source()
     body: Any
+    slot: StreamSlot | None = None
     if isinstance(request, ASGIRequest):
         body = async_events(source, stream)
+    elif not request.META.get("wsgi.multithread", False) or not app_settings.SSE_WSGI_MAX_STREAMS:
+        # One thread per worker process (gunicorn's sync workers), or no stream may hold
+        # one: a short stream, its first events then a retry hint; the browser comes back
+        # with Last-Event-ID. Live within about a second, and never holding the worker.
+        body = sync_events(source, stream, max_seconds=0)
     else:
-        body = sync_events(source, stream)
+        # A WSGI stream holds a worker thread: a few per process, each for a while.
+        slot = wsgi_stream_slots.take()
+        if slot is None:
+            return _busy(
+                "This server process has as many live streams open as it serves "
+                "(DATAFLOWS['SSE_WSGI_MAX_STREAMS']); try again shortly, or serve streams "
+                "from ASGI."
+            )
+        events = sync_events(
+            source, stream, slot=slot, max_seconds=app_settings.SSE_WSGI_MAX_SECONDS
+        )
+        body = _ReleasingBody(events, slot)
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # Proxies such as nginx would otherwise hold events back in their buffers.
@@ -89,17 +155,21 @@ def run_events(request: HttpRequest, pk: int) -> HttpResponseBase:
     """``GET runs/{id}/events/``: one run's status, until it ends."""
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request)
-    user, error = _authenticate(request)
-    if error is not None:
-        return error
-    if not runs_queryset().filter(pk=pk).exists():
-        return _error(404, "Not found.")
-    last_event_id = _last_event_id(request)
-    if last_event_id is not None:
-        states = load_run_ids([pk])
-        if states and states[0].finished and states[0].latest <= last_event_id:
-            # Nothing new for a finished run: 204 tells EventSource to stop reconnecting.
-            return HttpResponse(status=204)
+    try:
+        with database_turn():
+            user, error = _authenticate(request)
+            if error is not None:
+                return error
+            if not runs_queryset().filter(pk=pk).exists():
+                return _error(404, "Not found.")
+            last_event_id = _last_event_id(request)
+            if last_event_id is not None:
+                states = load_run_ids([pk])
+                if states and states[0].finished and states[0].latest <= last_event_id:
+                    # Nothing new for a finished run: 204 stops EventSource reconnecting.
+                    return HttpResponse(status=204)
+    except StreamsBusy as exc:
+        return _busy(str(exc))
     # As in the API, only staff users see backtraces.
     stream = Stream(run_id=pk, backtrace=user.is_staff, last_event_id=last_event_id)
     return _stream_response(request, stream)
@@ -110,22 +180,25 @@ def events(request: HttpRequest) -> HttpResponseBase:
     """``GET events/``: every run (``?flow=ID`` for one flow's), until the client goes."""
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request)
-    user, error = _authenticate(request)
-    if error is not None:
-        return error
-    flow_id: int | None = None
     flow = request.GET.get("flow", "").strip()
-    if flow:
-        if not flow.isdigit() or not DataFlow.objects.filter(pk=int(flow)).exists():
-            return _error(
-                400,
-                {
-                    "flow": [
-                        "Select a valid choice. That choice is not one of the available choices."
-                    ]
-                },
-            )
-        flow_id = int(flow)
+    flow_id = _ascii_int(flow, MAX_ID) if flow else None
+    try:
+        with database_turn():
+            user, error = _authenticate(request)
+            if error is not None:
+                return error
+            if flow and (flow_id is None or not DataFlow.objects.filter(pk=flow_id).exists()):
+                return _error(
+                    400,
+                    {
+                        "flow": [
+                            "Select a valid choice. That choice is not one of the available "
+                            "choices."
+                        ]
+                    },
+                )
+    except StreamsBusy as exc:
+        return _busy(str(exc))
     stream = Stream(
         flow_id=flow_id,
         backtrace=user.is_staff,

@@ -47,5 +47,5 @@ class Command(BaseCommand):
         """
         if logger.hasHandlers():
             logger.exception("Heartbeat failed: %s", error)
-        self.stdout.write(json.dumps({"error": error}))
+        self.stdout.write(json.dumps({"detail": error, "error": error}))
         raise CommandError(error, returncode=2)

@@ -13,6 +13,7 @@ from django_dataflows.backends import load_backend
 from django_dataflows.exceptions import DataFlowError, RunAlreadyActive
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 from django_dataflows.runs.starting import trigger_run
+from django_dataflows.validators import load_json_text
 
 #: The backend of a run in the foreground.
 SYNC_BACKEND = "django_dataflows.backends.sync.SyncBackend"
@@ -68,8 +69,8 @@ class Command(BaseCommand):
         if text is None:
             return None
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
+            value = load_json_text(text)
+        except ValueError as exc:
             raise CommandError(f"--input is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise CommandError(

@@ -28,11 +28,23 @@
     });
   }
 
-  function open(url, handlers) {
+  /* Streams end on purpose (a WSGI server's lifetime, a short stream): EventSource
+     reconnects by itself, with Last-Event-ID. A busy server answers 503, after which
+     EventSource gives up: while there is still something to follow (wanted()), open a
+     new one a few seconds later (it starts with a fresh snapshot). */
+  var RETRY_MS = 5000;
+
+  function open(url, handlers, wanted) {
     var source = new EventSource(url, { withCredentials: true });
     source.onopen = function () { connection("live"); };
     source.onerror = function () {
-      connection(source.readyState === EventSource.CLOSED ? "ended" : "reconnecting…");
+      if (source.readyState !== EventSource.CLOSED) { connection("reconnecting…"); return; }
+      if (wanted && wanted()) {
+        connection("reconnecting…");
+        setTimeout(function () { open(url, handlers, wanted); }, RETRY_MS);
+      } else {
+        connection("ended");
+      }
     };
     Object.keys(handlers).forEach(function (name) {
       source.addEventListener(name, function (event) { handlers[name](JSON.parse(event.data)); });
@@ -73,11 +85,15 @@
       panel.dataset.status = run.status;
     }
 
-    var source = open(panel.dataset.streamUrl, { snapshot: render, run: render, step: renderStep });
+    function ended(run) {
+      if (ACTIVE.indexOf(run.status) < 0) { connection("ended"); }
+    }
     // The stream ends after the run's last event; the reconnect answers 204 and stops.
-    source.addEventListener("run", function (event) {
-      if (ACTIVE.indexOf(JSON.parse(event.data).status) < 0) { connection("ended"); }
-    });
+    open(
+      panel.dataset.streamUrl,
+      { snapshot: render, run: function (run) { render(run); ended(run); }, step: renderStep },
+      function () { return !panel.dataset.status || ACTIVE.indexOf(panel.dataset.status) >= 0; }
+    );
   }
 
   function followRuns(module) {
@@ -123,7 +139,7 @@
       snapshot: function (runs) { runs.forEach(render); },
       run: render,
       step: function () {}
-    });
+    }, function () { return true; });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
