@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
     "ALERT_EMAILS": [],
+    "RUN_LOG_LEVEL": "INFO",
+    "RUN_LOG_MAX_LINES": 10_000,
+    "RUN_LOG_MAX_BYTES": 1_000_000,
+    "HEALTH_MAX_HEARTBEAT_AGE": 180,
 }
 
 
@@ -131,6 +136,28 @@ class DataFlowsSettings:
         value = self._get("ALERT_EMAILS") or []
         # A single address given as a string is one recipient, not a list of characters.
         return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def RUN_LOG_LEVEL(self) -> int:
+        """The level a record needs to enter its run's log (a name or a number)."""
+        value = self._get("RUN_LOG_LEVEL")
+        if isinstance(value, int):
+            return value
+        level = logging.getLevelName(str(value).upper())
+        # An unknown name is reported by the dataflows.E060 check; meanwhile, INFO.
+        return level if isinstance(level, int) else logging.INFO
+
+    @property
+    def RUN_LOG_MAX_LINES(self) -> int:
+        return int(self._get("RUN_LOG_MAX_LINES"))
+
+    @property
+    def RUN_LOG_MAX_BYTES(self) -> int:
+        return int(self._get("RUN_LOG_MAX_BYTES"))
+
+    @property
+    def HEALTH_MAX_HEARTBEAT_AGE(self) -> float:
+        return float(self._get("HEALTH_MAX_HEARTBEAT_AGE"))
 
 
 def is_list_of_strings(value: Any) -> bool:
