@@ -49,6 +49,7 @@ from django_dataflows.admin_control import (
     RunWithInputAdminMixin,
     progress_html,
 )
+from django_dataflows.admin_logs import RunLogAdminMixin
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.live.admin_views import LiveRunAdminMixin
@@ -828,7 +829,9 @@ class DeletedRunsFilter(admin.SimpleListFilter):
 
 
 @admin.register(DataFlowRun)
-class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunModelAdmin):
+class DataFlowRunAdmin(
+    RunLogAdminMixin, LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunModelAdmin
+):
     """The run history: read-only; only superusers may delete runs.
 
     Users with ``dataflows.run_dataflow`` may cancel, pause, resume and retry runs (actions,
@@ -905,6 +908,7 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
             (_("Outcome"), {"fields": outcome}),
             (_("Control"), {"fields": ["cancel_requested_at", "pause_requested_at"]}),
             (_("Backend"), {"fields": ["queue", "task_id"]}),
+            *self.run_log_fieldsets(),
         ]
 
     def render_change_form(

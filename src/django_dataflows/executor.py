@@ -54,6 +54,7 @@ from django_dataflows.models import (
     hand_to_backend,
     row_lock,
 )
+from django_dataflows.runlogs import observe_run
 from django_dataflows.runtime import RunSession, close_steps, json_value, milliseconds
 from django_dataflows.statements import end_run, take_pending_run
 from django_dataflows.validators import validate_configuration, validate_json_object
@@ -120,9 +121,11 @@ class FlowExecutor:
         """Call the taken run's flow and record its outcome (see :meth:`execute`)."""
         data_flow = run.data_flow
         try:
-            flow = cls._instantiate(data_flow, run, session)
-            result = cls._serialisable(flow.run())
-            state = cls._changed_state(flow, data_flow)
+            # The run's log and cost: what the body logs and prints, its CPU and queries.
+            with observe_run(run, session):
+                flow = cls._instantiate(data_flow, run, session)
+                result = cls._serialisable(flow.run())
+                state = cls._changed_state(flow, data_flow)
         except RunInterrupted as interruption:
             session.release_unstarted()
             cls._record_interruption(run, interruption, session)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from django_dataflows.models import DataFlow, DataFlowRun
 
 logger = logging.getLogger(__name__)
+#: The parent of every flow's own logger.
+FLOW_LOGGER = "django_dataflows.flow"
 
 _registry: dict[str, type[Flow]] = {}
 
@@ -187,6 +189,16 @@ class Flow:
             with self.step(name) as step:
                 step.result = getattr(self, name)()
         return {name: self.results.get(name) for name in self.steps}
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The flow's logger, ``django_dataflows.flow.<data flow name>``.
+
+        What it logs at or above ``DATAFLOWS["RUN_LOG_LEVEL"]`` is kept with the run, as is
+        what any other logger or ``print()`` emits in the code running the flow.
+        """
+        name = self.context.data_flow.name if self.context else type(self).__name__
+        return logging.getLogger(f"{FLOW_LOGGER}.{name}")
 
     @property
     def results(self) -> dict[str, Any]:

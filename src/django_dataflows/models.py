@@ -338,6 +338,16 @@ class DataFlow(models.Model):
         editable=False,
         help_text=_("When the overdue episode already announced began; cleared by a success."),
     )
+    max_duration = models.PositiveIntegerField(
+        _("max duration"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_(
+            "Seconds a run may take before it is late: one alert, and it keeps running; "
+            "empty for no limit."
+        ),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -1103,6 +1113,27 @@ class DataFlowRun(models.Model):
         editable=False,
         help_text=_("Set from the database clock by every write to the run or its steps."),
     )
+    cpu_time_ms = models.PositiveBigIntegerField(
+        _("CPU time (ms)"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("CPU time of the thread that ran the flow's body."),
+    )
+    db_queries = models.PositiveIntegerField(
+        _("database queries"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("Queries the flow's body made."),
+    )
+    late_since = models.DateTimeField(
+        _("late since"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the run was found running past its flow's max duration (alerted once)."),
+    )
 
     objects: ClassVar[DataFlowRunQuerySet] = DataFlowRunQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -1292,3 +1323,28 @@ class Heartbeat(models.Model):
     def last(cls) -> Heartbeat | None:
         """The last heartbeat received, or ``None`` if there has never been one."""
         return cls.objects.filter(pk=cls.SINGLETON_PK).first()
+
+
+class DataFlowRunLog(models.Model):
+    """One line of what a run logged or printed, in order (``position`` from 1)."""
+
+    run = models.ForeignKey(
+        DataFlowRun, on_delete=models.CASCADE, related_name="logs", verbose_name=_("run")
+    )
+    position = models.PositiveIntegerField(_("position"))
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    level = models.CharField(_("level"), max_length=10)
+    logger = models.CharField(_("logger"), max_length=200, blank=True)
+    message = models.TextField(_("message"), blank=True)
+    step = models.CharField(_("step"), max_length=200, blank=True)
+
+    class Meta:
+        verbose_name = _("run log line")
+        verbose_name_plural = _("run log lines")
+        ordering = ("run", "position")
+        constraints = (
+            models.UniqueConstraint(fields=("run", "position"), name="dataflows_one_log_position"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.level} {self.logger}: {self.message[:80]}"

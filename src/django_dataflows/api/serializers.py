@@ -24,6 +24,7 @@ from rest_framework.settings import api_settings
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
+    DataFlowRunLog,
     DataFlowRunStep,
     RunStatus,
     RunTrigger,
@@ -117,6 +118,9 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
     steps = RunStepSerializer(many=True, read_only=True)
     cancel_requested = serializers.SerializerMethodField()
     pause_requested = serializers.SerializerMethodField()
+    late = serializers.SerializerMethodField(
+        help_text="The run was still in progress past its flow's max_duration."
+    )
 
     class Meta:
         model = DataFlowRun
@@ -143,8 +147,14 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
             "cancel_requested",
             "pause_requested",
             "updated_at",
+            "cpu_time_ms",
+            "db_queries",
+            "late",
         )
         read_only_fields = fields
+
+    def get_late(self, run: DataFlowRun) -> bool:
+        return run.late_since is not None
 
     def get_flow_name(self, run: DataFlowRun) -> str:
         return flow_name(run)
@@ -205,6 +215,9 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
             "cancel_requested": run.cancel_requested_at is not None,
             "pause_requested": run.pause_requested_at is not None,
             "updated_at": moment(run.updated_at),
+            "cpu_time_ms": run.cpu_time_ms,
+            "db_queries": run.db_queries,
+            "late": run.late_since is not None,
         }
 
 
@@ -305,6 +318,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "consecutive_failures",
             "overdue_episode_since",
             "overdue",
+            "max_duration",
             "created_at",
             "updated_at",
         )
@@ -323,6 +337,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "run_interval": {"max_value": 2_147_483_647},
             "timeout": {"max_value": 2_147_483_647},
             "alert_after": {"max_value": 2_147_483_647},
+            "max_duration": {"max_value": 2_147_483_647},
             "max_retries": {"max_value": 32_767},
             "disable_after_failures": {"max_value": 32_767},
         }
@@ -351,6 +366,33 @@ class FlowTypeSerializer(serializers.Serializer):
     description = serializers.CharField(allow_blank=True)
     configuration_schema = serializers.JSONField(allow_null=True)
     steps = serializers.ListField(child=serializers.CharField())
+
+
+class RunLogSerializer(serializers.ModelSerializer):
+    """One line of a run's log (``runs/{id}/logs/``)."""
+
+    class Meta:
+        model = DataFlowRunLog
+        fields = ("position", "created_at", "level", "logger", "message", "step")
+        read_only_fields = fields
+
+
+class RunLogQuerySerializer(serializers.Serializer):
+    """Query parameters of ``runs/{id}/logs/``."""
+
+    after = serializers.IntegerField(
+        required=False, min_value=0, help_text="Lines after this position (default 0: all)."
+    )
+
+
+class RunLogPageSerializer(serializers.Serializer):
+    """A page of a run's log: the lines after ``?after=``, and where the next page starts."""
+
+    results = RunLogSerializer(many=True)
+    after = serializers.IntegerField(help_text="Ask with ?after=<this> for the lines that follow.")
+    complete = serializers.BooleanField(
+        help_text="The run has ended and every line stored is in this or an earlier page."
+    )
 
 
 class StatsSerializer(serializers.Serializer):
