@@ -340,6 +340,7 @@ class DataFlowForm(_DataFlowModelForm):
             "alert_after",
             "alert_emails",
             "disable_after_failures",
+            "max_duration",
             "configuration",
             "queue",
             "max_retries",
@@ -490,7 +491,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlow | None = None) -> Any:
         schedule = ["schedule_kind", "run_interval", "cron", "timezone"]
-        alerts = ["alert_after", "alert_emails", "disable_after_failures"]
+        alerts = ["alert_after", "alert_emails", "disable_after_failures", "max_duration"]
         if obj is not None:
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
             alerts += ["overdue_display", "consecutive_failures"]
