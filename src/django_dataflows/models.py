@@ -15,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
 from django.db.models import (
+    Avg,
     ExpressionWrapper,
     F,
     Func,
@@ -703,6 +704,8 @@ class RunStats(TypedDict):
     max_duration_ms: int | None
     p50_duration_ms: float | None
     p95_duration_ms: float | None
+    avg_cpu_time_ms: float | None
+    avg_db_queries: float | None
 
 
 #: The percentiles stats() reports, by key.
@@ -812,7 +815,17 @@ def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> Run
         max_duration_ms=row["max_duration_ms"],
         p50_duration_ms=percentiles["p50_duration_ms"],
         p95_duration_ms=percentiles["p95_duration_ms"],
+        avg_cpu_time_ms=None,
+        avg_db_queries=None,
     )
+
+
+def _with_costs(stats: RunStats, rated: models.QuerySet[Any]) -> RunStats:
+    """Add the rated runs' average ``cpu_time_ms`` and ``db_queries`` (one query)."""
+    costs = rated.aggregate(cpu=Avg("cpu_time_ms"), queries=Avg("db_queries"))
+    for key, value in (("avg_cpu_time_ms", costs["cpu"]), ("avg_db_queries", costs["queries"])):
+        stats[key] = None if value is None else round(float(value), 3)  # type: ignore[literal-required]
+    return stats
 
 
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
@@ -848,9 +861,11 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         success rate is ``success / (success + failed + timed_out)`` in percent (``None``
         with none of those): active runs are not rated, cancelled ones are counted but not
         rated. Durations (average, minimum, maximum and the exact, interpolated 50th and 95th
-        percentiles) are over the same rated runs.
+        percentiles) are over the same rated runs, and so are the averages of the run's
+        cost, ``avg_cpu_time_ms`` and ``avg_db_queries`` (one more query; ``stats_per_flow``
+        leaves them ``None``).
 
-        At most three queries, whatever the number of runs: the counts and averages, then
+        At most four queries, whatever the number of runs: the counts and averages, then
         the percentiles: on PostgreSQL one ``percentile_cont`` for up to
         ``SORTED_PERCENTILES_LIMIT`` rated runs; beyond that (and on other databases) one
         ordered ``OFFSET`` query per percentile, which reads the partial index of rated
@@ -865,7 +880,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             return _run_stats(row, percentiles)
         rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
         if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
-            return _run_stats(row, _sorted_percentiles(rated))
+            return _with_costs(_run_stats(row, _sorted_percentiles(rated)), rated)
         durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
         for key, fraction in PERCENTILES.items():
             lower, upper, weight = _percentile_positions(count, fraction)
@@ -873,7 +888,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
                 value for value in durations[lower : upper + 1] if value is not None
             ]
             percentiles[key] = _interpolate(values[0], values[-1], weight)
-        return _run_stats(row, percentiles)
+        return _with_costs(_run_stats(row, percentiles), rated)
 
     def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
         """:meth:`stats` for each flow of these runs, keyed by flow id, in two queries at most.

@@ -415,6 +415,12 @@ class StatsSerializer(serializers.Serializer):
     max_duration_ms = serializers.IntegerField(allow_null=True)
     p50_duration_ms = serializers.FloatField(allow_null=True)
     p95_duration_ms = serializers.FloatField(allow_null=True)
+    avg_cpu_time_ms = serializers.FloatField(
+        allow_null=True, help_text="Average CPU time of the rated runs' bodies."
+    )
+    avg_db_queries = serializers.FloatField(
+        allow_null=True, help_text="Average number of queries of the rated runs' bodies."
+    )
 
 
 class StatsQuerySerializer(serializers.Serializer):

@@ -94,6 +94,9 @@ def builtin_run_payload(
         "cancel_requested": run.cancel_requested_at is not None,
         "pause_requested": run.pause_requested_at is not None,
         "updated_at": _time(run.updated_at),
+        "cpu_time_ms": run.cpu_time_ms,
+        "db_queries": run.db_queries,
+        "late": run.late_since is not None,
     }
     if backtrace:
         payload["error_backtrace"] = run.error_backtrace
