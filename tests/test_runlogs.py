@@ -405,3 +405,25 @@ def test_the_run_pages_log_view_answers_the_lines_after_a_position(staff_client)
         staff_client.get(f"/admin/dataflows/dataflowrun/{run.pk}/logs/?after=x").status_code == 400
     )
     assert staff_client.get("/admin/dataflows/dataflowrun/999/logs/").status_code == 404
+
+
+def test_a_resumed_run_numbers_its_lines_after_the_ones_before_the_pause(
+    django_capture_on_commit_callbacks,
+):
+    flow = DataFlowFactory(
+        flow="tests.testapp.flows.TalksInSteps", configuration={"pause_once": True}
+    )
+    FlowExecutor.execute(flow)
+    run = DataFlowRun.objects.get(data_flow=flow)
+    assert run.status == RunStatus.PAUSED
+
+    with django_capture_on_commit_callbacks(execute=True):
+        FlowExecutor.resume(run)  # the sync backend runs it again at once
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCESS
+    assert list(run.logs.values_list("position", "step", "message")) == [
+        (1, "extract", "extracting"),
+        (2, "load", "loading"),
+        (3, "load", "loading"),
+    ]

@@ -65,7 +65,10 @@ class RunLog:
         self.written = 0
         #: Writing lines: what the write itself logs or queries is not the run's.
         self.busy = False
-        self._next_position: int | None = None
+        # A first start numbers its lines from 1; a resumed run (started before it was last
+        # activated) reads where its earlier lines stopped, once.
+        first_start = run.started_at is not None and run.started_at == run.activated_at
+        self._next_position: int | None = 1 if first_start else None
         self._flushed_at = time.monotonic()
         self._partial = ""
 
@@ -199,24 +202,41 @@ def _capturing_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     assert _previous_factory is not None
     record = _previous_factory(*args, **kwargs)
     run_log = _current.get()
-    if run_log is not None and not run_log.busy and record.levelno >= run_log.level:
+    if (
+        run_log is not None
+        and not run_log.busy
+        and record.levelno >= run_log.level
+        and not getattr(record, "_dataflows_kept", False)  # ours twice in a chain
+    ):
+        record._dataflows_kept = True
         run_log.add_record(record)
     return record
 
 
+#: The level this module gave the flows' logger (a level set by the project is kept).
+_flows_level: int | None = None
+
+
 def _install_record_factory() -> None:
-    """Chain our factory in front of the current one, once per process."""
-    global _previous_factory
-    with _install_lock:
-        if _previous_factory is not None:
-            return
-        _previous_factory = logging.getLogRecordFactory()
-        logging.setLogRecordFactory(_capturing_factory)
-        # A flow's own logger would otherwise inherit the root's WARNING, and its INFO
-        # lines would never be made. A level the project configured is kept.
-        flows_logger = logging.getLogger(FLOW_LOGGER)
-        if flows_logger.level == logging.NOTSET:
-            flows_logger.setLevel(app_settings.RUN_LOG_LEVEL)
+    """Chain our factory in front of the current one; give the flows' logger its level.
+
+    Checked at every run, cheaply: logging may have been configured again since (a test's
+    ``caplog``, a project's own ``dictConfig``).
+    """
+    global _previous_factory, _flows_level
+    if logging.getLogRecordFactory() is not _capturing_factory:
+        with _install_lock:
+            current = logging.getLogRecordFactory()
+            if current is not _capturing_factory:
+                _previous_factory = current
+                logging.setLogRecordFactory(_capturing_factory)
+    # A flow's own logger would otherwise inherit the root's WARNING, and its INFO lines
+    # would never be made.
+    flows_logger = logging.getLogger(FLOW_LOGGER)
+    wanted = app_settings.RUN_LOG_LEVEL
+    if flows_logger.level in (logging.NOTSET, _flows_level) and flows_logger.level != wanted:
+        flows_logger.setLevel(wanted)
+        _flows_level = wanted
 
 
 class _TeeStream:
@@ -227,9 +247,17 @@ class _TeeStream:
 
     def write(self, text: str) -> int:
         run_log = _current.get()
-        if run_log is not None and not run_log.busy and isinstance(text, str):
+        if run_log is None or run_log.busy:
+            return self._target.write(text)
+        if isinstance(text, str):
             run_log.add_output(text)
-        return self._target.write(text)
+        # What the stream below does with the text is not the flow's: Celery's worker, for
+        # one, turns printed lines into log records, which would be kept twice.
+        run_log.busy = True
+        try:
+            return self._target.write(text)
+        finally:
+            run_log.busy = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)

@@ -434,4 +434,12 @@ class TalksInSteps(Flow):
 
     def load(self) -> int:
         self.logger.warning("loading")
+        run_id = self.context.run.pk if self.context else None
+        if (
+            self.configuration.get("pause_once")
+            and not Record.objects.filter(label="paused", run_id=run_id).exists()
+        ):
+            Record.objects.create(label="paused", run_id=run_id)
+            _request(self, "pause")
+            self.checkpoint()
         return 2
