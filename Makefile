@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@echo "==> Creating $(VENV) and installing django-dataflows with its test tools"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1" 2>&1 | { $(PIP_QUIET_FILTER); }
-	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres,redis,metrics]" \
+	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres,redis,metrics,otel]" \
 		--group test --group lint --group docs 2>&1 | { $(PIP_QUIET_FILTER); }
 	@touch $(STAMP)
 

@@ -20,6 +20,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import autodiscover_modules
 
 from django_dataflows.exceptions import FlowNotRegistered
+from django_dataflows.tracing import step_span
 
 if TYPE_CHECKING:
     from django_dataflows.models import DataFlow, DataFlowRun
@@ -219,13 +220,14 @@ class Flow:
         run again on resume; only the methods in :attr:`steps` are skipped once done.
         """
         self.checkpoint()
-        step = self._recorder.begin_step(name)
-        try:
-            yield step
-        except BaseException as exc:
-            self._recorder.end_step(step, exc)
-            raise
-        self._recorder.end_step(step, None)
+        with step_span(name):
+            step = self._recorder.begin_step(name)
+            try:
+                yield step
+            except BaseException as exc:
+                self._recorder.end_step(step, exc)
+                raise
+            self._recorder.end_step(step, None)
 
     def checkpoint(self) -> None:
         """Stop here if the run has been asked to cancel or pause.

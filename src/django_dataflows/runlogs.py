@@ -1,4 +1,4 @@
-"""What a run logs and prints, kept with the run; and what its body cost.
+"""What a run logs and prints, kept with the run; what its body cost; its trace span.
 
 :func:`observe_run` wraps a flow's body. Inside it, in the thread (or task) running the
 flow and only there:
@@ -35,6 +35,7 @@ from django.utils import timezone
 from django_dataflows.conf import app_settings
 from django_dataflows.flows import FLOW_LOGGER
 from django_dataflows.models import DataFlowRun, DataFlowRunLog
+from django_dataflows.tracing import run_span
 
 if TYPE_CHECKING:
     from django_dataflows.runtime import RunSession
@@ -326,6 +327,7 @@ def observe_run(run: DataFlowRun, session: RunSession | None = None) -> Iterator
     started = time.thread_time()
     try:
         with ExitStack() as stack:
+            stack.enter_context(run_span(run))
             for alias in connections:
                 stack.enter_context(connections[alias].execute_wrapper(counter))
             yield run_log
