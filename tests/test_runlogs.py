@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -427,3 +428,57 @@ def test_a_resumed_run_numbers_its_lines_after_the_ones_before_the_pause(
         (2, "load", "loading"),
         (3, "load", "loading"),
     ]
+
+
+# -- reading: the run's live stream ------------------------------------------------------
+
+
+def test_a_runs_stream_sends_the_log_lines_written_after_it_opened():
+    from django_dataflows.live.base import load_run_ids
+    from django_dataflows.live.streams import Stream
+    from tests.factories import DataFlowRunFactory
+
+    run = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
+    DataFlowRunLog.objects.create(run=run, position=1, level="INFO", message="before")
+    stream = Stream(run_id=run.pk)
+    stream.opening()
+    DataFlowRunLog.objects.create(
+        run=run, position=2, level="WARNING", logger="x", message="after", step="load"
+    )
+    DataFlowRun.objects.filter(pk=run.pk).update()  # what a batch of lines does
+
+    chunks = stream.receive(load_run_ids([run.pk]))
+
+    events = [chunk.decode() for chunk in chunks if chunk.startswith(b"event: log")]
+    assert len(events) == 1
+    data = json.loads(events[0].split("data: ", 1)[1])
+    assert (data["run"], data["position"], data["message"], data["step"]) == (
+        run.pk,
+        2,
+        "after",
+        "load",
+    )
+    assert stream.receive(load_run_ids([run.pk])) == []  # sent once
+
+
+@pytest.mark.django_db(transaction=True)  # batches wait while a transaction is open
+def test_a_batch_written_while_the_run_goes_on_stamps_the_run(monkeypatch):
+    from django_dataflows import runlogs
+
+    monkeypatch.setattr(runlogs, "FLUSH_INTERVAL", 0)
+    flow = DataFlowFactory(flow="tests.testapp.flows.Talks", configuration={"lines": 2})
+
+    with CaptureQueriesContext(connection) as queries:
+        FlowExecutor.execute(flow)
+
+    run_table = DataFlowRun._meta.db_table
+    # Only updated_at: not a transition, not progress (the run's own writes set more).
+    touches = [
+        q
+        for q in queries
+        if q["sql"].startswith("UPDATE")
+        and run_table in q["sql"]
+        and q["sql"].split(" SET ")[1].split(" WHERE ")[0].count("=") == 1
+    ]
+    assert DataFlowRunLog.objects.count() == 2
+    assert len(touches) == 2  # a batch per line here

@@ -185,6 +185,10 @@ class RunLog:
                         self._next_position + 1,
                     )
                 DataFlowRunLog.objects.bulk_create(lines, batch_size=1000)
+                if not final:
+                    # Live streams follow runs by updated_at: they then read the new lines.
+                    # (The run's last write stamps it after the final batch.)
+                    DataFlowRun.objects.filter(pk=self.run.pk).update()
             self.written += len(lines)
         except Exception:
             self._next_position = None  # read it again next time
