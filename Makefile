@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@echo "==> Creating $(VENV) and installing django-dataflows with its test tools"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1" 2>&1 | { $(PIP_QUIET_FILTER); }
-	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres,redis]" \
+	@$(BIN)/python -m pip install --quiet --progress-bar off -e ".[celery,tasks,api,postgres,redis,metrics,otel]" \
 		--group test --group lint --group docs 2>&1 | { $(PIP_QUIET_FILTER); }
 	@touch $(STAMP)
 
@@ -101,6 +101,7 @@ bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis); figures are printed, 
 	@DATABASE_URL=$(POSTGRES_URL)_bench_faults $(BIN)/python bench/frozen_broker.py
 	@DATABASE_URL=$(POSTGRES_URL)_live_bench $(BIN)/python bench/live.py
 	@DATABASE_URL=$(POSTGRES_URL)_limits_bench $(BIN)/python bench/live_limits.py
+	@DATABASE_URL=$(POSTGRES_URL)_bench_obs $(BIN)/python bench/observability.py
 
 clean:  ## Remove the virtualenv and build leftovers.
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist docs/_build example_project/var test-artifacts

@@ -154,3 +154,9 @@ if find_spec("rest_framework") is not None:
             "rest_framework.authentication.SessionAuthentication",
         ],
     }
+
+# Worker processes of tests/test_tracing.py write their spans to a file.
+if os.environ.get("DATAFLOWS_TEST_TRACE_FILE"):
+    from tests.tracing import install_file_exporter
+
+    install_file_exporter(os.environ["DATAFLOWS_TEST_TRACE_FILE"])

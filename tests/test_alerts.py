@@ -276,3 +276,67 @@ def test_a_failing_overdue_receiver_is_logged_and_the_heartbeat_goes_on(caplog):
     assert "of flow_overdue failed" in caplog.text
     data_flow.refresh_from_db()
     assert data_flow.overdue_episode_since is not None  # announced: not sent again
+
+
+# -- late runs (max_duration) -------------------------------------------------------------
+
+
+def running_for(data_flow, seconds):
+    return DataFlowRunFactory(
+        data_flow=data_flow,
+        status=RunStatus.IN_PROGRESS,
+        started_at=timezone.now() - datetime.timedelta(seconds=seconds),
+        ended_at=None,
+        duration_ms=None,
+    )
+
+
+def test_a_run_past_its_max_duration_is_late_and_mailed_once_and_goes_on(
+    mailoutbox, django_capture_on_commit_callbacks
+):
+    data_flow = DataFlowFactory(name="orders", max_duration=60, alert_emails="ops@example.com")
+    not_due(data_flow)
+    run = running_for(data_flow, 120)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run_heartbeat()
+    with django_capture_on_commit_callbacks(execute=True):
+        run_heartbeat()
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.IN_PROGRESS
+    assert run.late_since is not None
+    assert [message.subject for message in mailoutbox] == [
+        f"[dataflows] orders: run {run.pk} is late"
+    ]
+    assert "longer than 60 seconds (its max_duration)" in mailoutbox[0].body
+
+
+def test_a_run_within_its_max_duration_or_without_one_is_not_late():
+    within = DataFlowFactory(max_duration=3600)
+    unlimited = DataFlowFactory()
+    not_due(within)
+    not_due(unlimited)
+    runs = [running_for(within, 120), running_for(unlimited, 100_000)]
+
+    run_heartbeat()
+
+    assert [DataFlow.objects.get(pk=r.data_flow_id).runs.get().late_since for r in runs] == [
+        None,
+        None,
+    ]
+
+
+def test_a_late_run_shows_as_late_in_the_api():
+    from rest_framework.test import APIClient
+
+    from tests.factories import UserFactory
+
+    data_flow = DataFlowFactory(max_duration=1)
+    not_due(data_flow)
+    run = running_for(data_flow, 10)
+    run_heartbeat()
+    api = APIClient()
+    api.force_authenticate(UserFactory(is_staff=True, is_superuser=True))
+
+    assert api.get(f"/dataflows/api/runs/{run.pk}/").json()["late"] is True

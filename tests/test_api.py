@@ -176,6 +176,7 @@ def test_flow_representation_has_every_field(client: APIClient) -> None:
         "next_run_at",
         "state",
         "overdue",
+        "max_duration",
         "created_at",
         "updated_at",
     }
@@ -600,6 +601,9 @@ def test_run_representation(client: APIClient) -> None:
         "cancel_requested",
         "pause_requested",
         "updated_at",
+        "cpu_time_ms",
+        "db_queries",
+        "late",
     ]
     assert [step["name"] for step in body["steps"]] == ["extract", "load"]
     assert body["steps"][0] == {

@@ -105,7 +105,7 @@ def test_percentiles_of_many_runs_read_offsets_and_agree(monkeypatch: pytest.Mon
     monkeypatch.setattr("django_dataflows.models.SORTED_PERCENTILES_LIMIT", 10)
     with CaptureQueriesContext(connection) as queries:
         offset_stats = DataFlowRun.objects.stats_from_runs()
-    assert len(queries) == 3
+    assert len(queries) == 4  # counts, two offsets, the costs
     assert offset_stats == sorted_stats
     assert offset_stats["p95_duration_ms"] == pytest.approx(reference_percentile(durations, 0.95))
 
@@ -136,6 +136,32 @@ def test_stats_query_count_is_bounded() -> None:
         DataFlowRun.objects.stats()
     # The rollups and the active runs, then the durations of these few rated runs.
     assert len(queries) == 2
+
+
+def test_stats_average_the_cost_of_rated_runs() -> None:
+    flow = DataFlowFactory()
+    for status, cpu, queries in (
+        (RunStatus.SUCCESS, 10, 4),
+        (RunStatus.FAILED, 30, 2),
+        (RunStatus.CANCELLED, 1000, 1000),
+    ):
+        DataFlowRunFactory(
+            data_flow=flow, status=status, duration_ms=5, cpu_time_ms=cpu, db_queries=queries
+        )
+
+    stats = DataFlowRun.objects.stats_from_runs()
+
+    assert (stats["avg_cpu_time_ms"], stats["avg_db_queries"]) == (20.0, 3.0)
+
+
+def test_stats_from_rollups_leave_the_cost_averages_out() -> None:
+    # The rollups carry no costs yet: the whole-history statistics do not guess them.
+    DataFlowRunFactory(status=RunStatus.SUCCESS, duration_ms=5, cpu_time_ms=10, db_queries=4)
+
+    stats = DataFlowRun.objects.stats()
+
+    assert stats["success"] == 1
+    assert (stats["avg_cpu_time_ms"], stats["avg_db_queries"]) == (None, None)
 
 
 def test_stats_per_flow_matches_stats_of_each_flow_in_two_queries() -> None:

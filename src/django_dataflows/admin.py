@@ -55,6 +55,7 @@ from django_dataflows.admin_lists import (
     CreatedWithinFilter,
     FlowFilter,
 )
+from django_dataflows.admin_logs import RunLogAdminMixin
 from django_dataflows.backends.sync import run_after_response
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
@@ -372,6 +373,7 @@ class DataFlowForm(_DataFlowModelForm):
             "alert_after",
             "alert_emails",
             "disable_after_failures",
+            "max_duration",
             "configuration",
             "queue",
             "max_retries",
@@ -533,7 +535,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlow | None = None) -> Any:
         schedule = ["schedule_kind", "run_interval", "cron", "timezone"]
-        alerts = ["alert_after", "alert_emails", "disable_after_failures"]
+        alerts = ["alert_after", "alert_emails", "disable_after_failures", "max_duration"]
         if obj is not None:
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
             alerts += ["overdue_display", "consecutive_failures"]
@@ -905,7 +907,9 @@ class DeletedRunsFilter(admin.SimpleListFilter):
 
 
 @admin.register(DataFlowRun)
-class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunModelAdmin):
+class DataFlowRunAdmin(
+    RunLogAdminMixin, LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunModelAdmin
+):
     """The run history: read-only; only superusers may delete runs.
 
     Users with ``dataflows.run_dataflow`` may cancel, pause, resume and retry runs (actions,
@@ -984,6 +988,7 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
             (_("Outcome"), {"fields": outcome}),
             (_("Control"), {"fields": ["cancel_requested_at", "pause_requested_at"]}),
             (_("Backend"), {"fields": ["queue", "task_id"]}),
+            *self.run_log_fieldsets(),
         ]
 
     def render_change_form(

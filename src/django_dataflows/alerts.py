@@ -8,6 +8,8 @@ executor and the heartbeat know nothing of e-mail:
   With ``disable_after_failures``, the failure that reaches it disables the flow and
   says so in an alert of its own.
 * ``flow_overdue`` (sent by the heartbeat once per overdue episode) sends one alert.
+* ``run_late`` (sent by the heartbeat once per run in progress past its flow's
+  ``max_duration``) sends one alert; the run goes on.
 * ``run_finished`` with a successful run ends both kinds of episode and, if one was open,
   sends one "recovered" message.
 
@@ -43,6 +45,7 @@ def connect() -> None:
     signals.flow_overdue.connect(
         on_flow_overdue, sender=DataFlow, dispatch_uid="dataflows.alerts.flow_overdue"
     )
+    signals.run_late.connect(on_run_late, sender=DataFlow, dispatch_uid="dataflows.alerts.run_late")
 
 
 def on_run_finished(sender: Any, run: DataFlowRun, status: str, **kwargs: Any) -> None:
@@ -64,6 +67,21 @@ def on_flow_overdue(sender: Any, data_flow: DataFlow, since: datetime, **kwargs:
         "You are told once; the next successful run ends this and sends a recovery message.",
     ]
     _send_after_commit(data_flow, f"{data_flow.name} is overdue", lines)
+
+
+def on_run_late(sender: Any, run: DataFlowRun, since: datetime, **kwargs: Any) -> None:
+    data_flow = run.data_flow
+    lines = [
+        f"Run {run.pk} of data flow {data_flow.name!r} has been in progress for longer than "
+        f"{data_flow.max_duration} seconds (its max_duration).",
+        "",
+        f"Started: {_when(run.started_at)}",
+        f"Found late: {_when(since)}",
+        f"Trigger: {run.trigger}",
+        "",
+        "The run goes on; you are told once per run.",
+    ]
+    _send_after_commit(data_flow, f"{data_flow.name}: run {run.pk} is late", lines)
 
 
 def record_failure(run: DataFlowRun) -> None:

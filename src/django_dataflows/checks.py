@@ -6,6 +6,7 @@ reference documentation; ``tests/test_checks.py`` pins the exact ids.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from numbers import Real
 from typing import Any
@@ -66,7 +67,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_flow_modules(config)
     errors += _check_live(config)
     errors += _check_alert_emails(config)
+    errors += _check_run_log_level(config)
     return errors
+
+
+def _check_run_log_level(config: Mapping[str, Any]) -> list[CheckMessage]:
+    level = _get(config, "RUN_LOG_LEVEL")
+    if isinstance(level, int) and not isinstance(level, bool):
+        return []
+    if isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
+        return []
+    return [
+        Error(
+            f"DATAFLOWS['RUN_LOG_LEVEL'] must be a logging level, not {level!r}.",
+            hint='A name such as "INFO" or "WARNING", or a number.',
+            id="dataflows.E060",
+        )
+    ]
 
 
 def _check_live(config: Mapping[str, Any]) -> list[CheckMessage]:
@@ -148,9 +165,12 @@ _POSITIVE = (
     "SSE_CLIENT_QUEUE",
     "SSE_REPLAY_MAX_EVENTS",
     "SSE_REPLAY_MAX_BYTES",
+    "RUN_LOG_MAX_LINES",
+    "RUN_LOG_MAX_BYTES",
+    "HEALTH_MAX_HEARTBEAT_AGE",
 )
 #: Positive settings that may be fractions of a second; the others are whole numbers.
-_FRACTIONAL = frozenset({"RETRY_BACKOFF", "PICKUP_TIMEOUT"})
+_FRACTIONAL = frozenset({"RETRY_BACKOFF", "PICKUP_TIMEOUT", "HEALTH_MAX_HEARTBEAT_AGE"})
 
 
 def _check_numbers(config: Mapping[str, Any]) -> list[CheckMessage]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "SSE_CLIENT_QUEUE": 100,
     "SSE_REPLAY_MAX_EVENTS": 500,
     "SSE_REPLAY_MAX_BYTES": 1_000_000,
+    "RUN_LOG_LEVEL": "INFO",
+    "RUN_LOG_MAX_LINES": 10_000,
+    "RUN_LOG_MAX_BYTES": 1_000_000,
+    "HEALTH_MAX_HEARTBEAT_AGE": 180,
 }
 
 
@@ -186,6 +191,28 @@ class DataFlowsSettings:
     @property
     def SSE_REPLAY_MAX_BYTES(self) -> int:
         return int(self._get("SSE_REPLAY_MAX_BYTES"))
+
+    @property
+    def RUN_LOG_LEVEL(self) -> int:
+        """The level a record needs to enter its run's log (a name or a number)."""
+        value = self._get("RUN_LOG_LEVEL")
+        if isinstance(value, int):
+            return value
+        level = logging.getLevelName(str(value).upper())
+        # An unknown name is reported by the dataflows.E060 check; meanwhile, INFO.
+        return level if isinstance(level, int) else logging.INFO
+
+    @property
+    def RUN_LOG_MAX_LINES(self) -> int:
+        return int(self._get("RUN_LOG_MAX_LINES"))
+
+    @property
+    def RUN_LOG_MAX_BYTES(self) -> int:
+        return int(self._get("RUN_LOG_MAX_BYTES"))
+
+    @property
+    def HEALTH_MAX_HEARTBEAT_AGE(self) -> float:
+        return float(self._get("HEALTH_MAX_HEARTBEAT_AGE"))
 
 
 def is_list_of_strings(value: Any) -> bool:

@@ -20,11 +20,14 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import autodiscover_modules
 
 from django_dataflows.exceptions import FlowNotRegistered
+from django_dataflows.tracing import step_span
 
 if TYPE_CHECKING:
     from django_dataflows.models import DataFlow, DataFlowRun
 
 logger = logging.getLogger(__name__)
+#: The parent of every flow's own logger.
+FLOW_LOGGER = "django_dataflows.flow"
 
 _registry: dict[str, type[Flow]] = {}
 
@@ -189,6 +192,16 @@ class Flow:
         return {name: self.results.get(name) for name in self.steps}
 
     @property
+    def logger(self) -> logging.Logger:
+        """The flow's logger, ``django_dataflows.flow.<data flow name>``.
+
+        What it logs at or above ``DATAFLOWS["RUN_LOG_LEVEL"]`` is kept with the run, as is
+        what any other logger or ``print()`` emits in the code running the flow.
+        """
+        name = self.context.data_flow.name if self.context else type(self).__name__
+        return logging.getLogger(f"{FLOW_LOGGER}.{name}")
+
+    @property
     def results(self) -> dict[str, Any]:
         """The results of the steps that succeeded so far, by step name.
 
@@ -207,13 +220,14 @@ class Flow:
         run again on resume; only the methods in :attr:`steps` are skipped once done.
         """
         self.checkpoint()
-        step = self._recorder.begin_step(name)
-        try:
-            yield step
-        except BaseException as exc:
-            self._recorder.end_step(step, exc)
-            raise
-        self._recorder.end_step(step, None)
+        with step_span(name):
+            step = self._recorder.begin_step(name)
+            try:
+                yield step
+            except BaseException as exc:
+                self._recorder.end_step(step, exc)
+                raise
+            self._recorder.end_step(step, None)
 
     def checkpoint(self) -> None:
         """Stop here if the run has been asked to cancel or pause.

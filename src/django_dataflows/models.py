@@ -15,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
 from django.db.models import (
+    Avg,
     Count,
     Exists,
     ExpressionWrapper,
@@ -372,6 +373,16 @@ class DataFlow(models.Model):
         blank=True,
         editable=False,
         help_text=_("When the overdue episode already announced began; cleared by a success."),
+    )
+    max_duration = models.PositiveIntegerField(
+        _("max duration"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_(
+            "Seconds a run may take before it is late: one alert, and it keeps running; "
+            "empty for no limit."
+        ),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
@@ -791,6 +802,8 @@ class RunStats(TypedDict):
     max_duration_ms: int | None
     p50_duration_ms: float | None
     p95_duration_ms: float | None
+    avg_cpu_time_ms: float | None
+    avg_db_queries: float | None
 
 
 #: The percentiles stats() reports, by key.
@@ -900,7 +913,17 @@ def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> Run
         max_duration_ms=row["max_duration_ms"],
         p50_duration_ms=percentiles["p50_duration_ms"],
         p95_duration_ms=percentiles["p95_duration_ms"],
+        avg_cpu_time_ms=None,
+        avg_db_queries=None,
     )
+
+
+def _with_costs(stats: RunStats, rated: models.QuerySet[Any]) -> RunStats:
+    """Add the rated runs' average ``cpu_time_ms`` and ``db_queries`` (one query)."""
+    costs = rated.aggregate(cpu=Avg("cpu_time_ms"), queries=Avg("db_queries"))
+    for key, value in (("avg_cpu_time_ms", costs["cpu"]), ("avg_db_queries", costs["queries"])):
+        stats[key] = None if value is None else round(float(value), 3)  # type: ignore[literal-required]
+    return stats
 
 
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
@@ -1010,6 +1033,9 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         PostgreSQL one ``percentile_cont`` for up to ``SORTED_PERCENTILES_LIMIT`` rated
         runs; beyond that (and on other databases) one ordered ``OFFSET`` query per
         percentile. Exact percentiles; the rebuild and the tests compare rollups with it.
+        The averages of the run's cost (``avg_cpu_time_ms``, ``avg_db_queries``) come from
+        here only (one more query): the rollups do not carry costs yet, so :meth:`stats`
+        answered from them leaves those two ``None``.
         """
         runs = self._stats_base(since)
         rows = self._stats_rows(runs, percentiles=False, per_flow=False)
@@ -1020,7 +1046,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             return _run_stats(row, percentiles)
         rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
         if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
-            return _run_stats(row, _sorted_percentiles(rated))
+            return _with_costs(_run_stats(row, _sorted_percentiles(rated)), rated)
         durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
         for key, fraction in PERCENTILES.items():
             lower, upper, weight = _percentile_positions(count, fraction)
@@ -1028,7 +1054,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
                 value for value in durations[lower : upper + 1] if value is not None
             ]
             percentiles[key] = _interpolate(values[0], values[-1], weight)
-        return _run_stats(row, percentiles)
+        return _with_costs(_run_stats(row, percentiles), rated)
 
     def stats_per_flow_from_runs(self, since: datetime | None = None) -> dict[int, RunStats]:
         """:meth:`stats_per_flow` computed from the runs, in two queries at most.
@@ -1277,6 +1303,27 @@ class DataFlowRun(models.Model):
         db_default=Now(),
         editable=False,
         help_text=_("Set from the database clock by every write to the run or its steps."),
+    )
+    cpu_time_ms = models.PositiveBigIntegerField(
+        _("CPU time (ms)"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("CPU time of the thread that ran the flow's body."),
+    )
+    db_queries = models.PositiveIntegerField(
+        _("database queries"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("Queries the flow's body made."),
+    )
+    late_since = models.DateTimeField(
+        _("late since"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the run was found running past its flow's max duration (alerted once)."),
     )
 
     objects: ClassVar[DataFlowRunQuerySet] = DataFlowRunQuerySet.as_manager()  # type: ignore[assignment]
@@ -1804,3 +1851,28 @@ def _rollup_percentiles(
                 for name, fraction in PERCENTILES.items()
             }
     return result
+
+
+class DataFlowRunLog(models.Model):
+    """One line of what a run logged or printed, in order (``position`` from 1)."""
+
+    run = models.ForeignKey(
+        DataFlowRun, on_delete=models.CASCADE, related_name="logs", verbose_name=_("run")
+    )
+    position = models.PositiveIntegerField(_("position"))
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    level = models.CharField(_("level"), max_length=10)
+    logger = models.CharField(_("logger"), max_length=200, blank=True)
+    message = models.TextField(_("message"), blank=True)
+    step = models.CharField(_("step"), max_length=200, blank=True)
+
+    class Meta:
+        verbose_name = _("run log line")
+        verbose_name_plural = _("run log lines")
+        ordering = ("run", "position")
+        constraints = (
+            models.UniqueConstraint(fields=("run", "position"), name="dataflows_one_log_position"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.level} {self.logger}: {self.message[:80]}"

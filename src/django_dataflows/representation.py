@@ -77,6 +77,9 @@ def run_json(run: DataFlowRun, *, backtrace: bool, moment: Moment = iso_moment) 
         "cancel_requested": run.cancel_requested_at is not None,
         "pause_requested": run.pause_requested_at is not None,
         "updated_at": moment(run.updated_at),
+        "cpu_time_ms": run.cpu_time_ms,
+        "db_queries": run.db_queries,
+        "late": run.late_since is not None,
     }
     if not backtrace:
         del data["error_backtrace"]

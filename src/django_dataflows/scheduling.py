@@ -300,6 +300,50 @@ def announce_overdue_flows(now: datetime) -> int:
     return len(overdue)
 
 
+def announce_late_runs(now: datetime) -> int:
+    """Send ``run_late`` once for each run in progress past its flow's ``max_duration``.
+
+    The run goes on: being late is news, not a failure. ``late_since`` is set by a
+    conditional update, so one heartbeat announces a run however many run at once. Reads
+    only the runs in progress of flows with a limit (at most one per flow).
+    """
+    candidates = DataFlowRun.objects.filter(
+        status=RunStatus.IN_PROGRESS,
+        late_since__isnull=True,
+        data_flow__max_duration__isnull=False,
+        started_at__isnull=False,
+    ).values_list("pk", "started_at", "data_flow__max_duration")
+    late = [
+        pk
+        for pk, started_at, limit in candidates
+        if started_at is not None
+        and limit is not None
+        and (now - started_at).total_seconds() > limit
+    ]
+    announced = 0
+    for pk in late:
+        if not DataFlowRun.objects.filter(
+            pk=pk, status=RunStatus.IN_PROGRESS, late_since__isnull=True
+        ).update(late_since=now):
+            continue  # another heartbeat announced it, or it ended meanwhile
+        run = DataFlowRun.objects.select_related("data_flow").get(pk=pk)
+        announced += 1
+        logger.warning(
+            "Run %s of data flow %r is late: in progress for longer than its max_duration (%ss)",
+            run.pk,
+            run.data_flow.name,
+            run.data_flow.max_duration,
+        )
+        for receiver, response in signals.run_late.send_robust(sender=DataFlow, run=run, since=now):
+            if isinstance(response, Exception):
+                logger.error(
+                    "Receiver %r of run_late failed",
+                    receiver,
+                    exc_info=(type(response), response, response.__traceback__),
+                )
+    return announced
+
+
 def run_heartbeat(
     *, source: str = "http", client: str = "", now: datetime | None = None
 ) -> HeartbeatResult:
@@ -330,6 +374,7 @@ def run_heartbeat(
             pk__in=result.run_ids, status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)
         ).count()
     result.flows_overdue = announce_overdue_flows(now)
+    announce_late_runs(now)
     Heartbeat.record(received_at=now, source=source, client=client, result=result.as_dict())
     # The runs are committed and dispatched by now: a receiver's error is logged, never
     # turned into a failed heartbeat (which cron would report, and retry for nothing).

@@ -23,6 +23,10 @@ class and these keyword arguments:
 ``flow_overdue``
     ``data_flow`` and ``since`` (the instant it became overdue): sent by the heartbeat once
     per overdue episode, which the flow's next successful run ends.
+``run_late``
+    ``run`` (the ``DataFlowRun``, with its ``data_flow``) and ``since`` (when the heartbeat
+    found it in progress past its flow's ``max_duration``): sent once per run; the run
+    goes on.
 
 Receivers run inside the worker that executes the flow. An exception in a receiver is
 logged and never changes the run's outcome.
@@ -39,3 +43,4 @@ run_step_finished = Signal()
 heartbeat_finished = Signal()
 runs_changed = Signal()
 flow_overdue = Signal()
+run_late = Signal()

@@ -21,9 +21,10 @@ register_timeout_exception(SoftTimeLimitExceeded)
 
 
 @shared_task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
-def run_data_flow(run_id: int) -> None:
-    """Execute the pending run ``run_id`` (see ``django_dataflows.backends.celery.execute_run``)."""
-    execute_run(run_id)
+def run_data_flow(run_id: int, trace: dict[str, str] | None = None) -> None:
+    """Execute the pending run ``run_id`` (see ``django_dataflows.backends.celery.execute_run``);
+    ``trace`` is the trace context of its hand-over, if any."""
+    execute_run(run_id, trace)
 
 
 def _record_lost_process(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from django_dataflows.backends.tasks_framework import TASK_BACKEND_ALIAS, tasks_framework
 from django_dataflows.conf import app_settings
 from django_dataflows.runs.execution import RunExecutor
+from django_dataflows.tracing import received_context
 
 __all__ = ["run_data_flow"]
 
@@ -21,11 +22,12 @@ __all__ = ["run_data_flow"]
 @tasks_framework().task(  # type: ignore[untyped-decorator]
     queue_name=app_settings.DEFAULT_QUEUE, backend=TASK_BACKEND_ALIAS
 )
-def run_data_flow(run_id: int) -> None:
+def run_data_flow(run_id: int, trace: dict[str, str] | None = None) -> None:
     """Execute the pending run ``run_id``: what a worker does with the task.
 
     A run that is no longer pending (the task was enqueued twice, or the run was cancelled
     or timed out meanwhile) is logged and skipped. The flow's exception propagates, so the
     framework records the task as failed as well. (The framework has no retries.)
     """
-    RunExecutor.execute_queued(run_id)
+    with received_context(trace):
+        RunExecutor.execute_queued(run_id)

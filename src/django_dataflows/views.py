@@ -29,11 +29,18 @@ logger = logging.getLogger("django_dataflows.heartbeat")
 
 
 def _refuse(
-    status: int, error: str, client: str, *, detail: str = "", **headers: str
+    status: int,
+    error: str,
+    client: str,
+    *,
+    detail: str = "",
+    what: str = "Heartbeat",
+    **headers: str,
 ) -> JsonResponse:
     """Answer ``status`` with ``error``; the log line adds ``detail``, never the answer."""
     logger.warning(
-        "Heartbeat refused: at=%s status=%s client=%s reason=%s%s",
+        "%s refused: at=%s status=%s client=%s reason=%s%s",
+        what,
         timezone.now().isoformat(),
         status,
         client,
@@ -69,51 +76,9 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     peer = request.META.get("REMOTE_ADDR", "") or "unknown"
     if request.method != "POST":
         return _refuse(405, "Method not allowed; use POST.", peer, Allow="POST")
-    # Web servers do not run the system checks: a setting they would have caught is a
-    # JSON 503 naming it, not a crash into an HTML 500.
-    misconfigured = _configuration_error()
-    if misconfigured:
-        logger.error("Heartbeat refused: %s", misconfigured)
-        return _unavailable(misconfigured, peer)
-    try:
-        address = _identify(request)
-    except MalformedForwardedFor as exc:
-        return _refuse(400, f"Malformed X-Forwarded-For entry: {exc}", peer)
-    client = str(address) if address else peer
-
-    allowed_ips = app_settings.HEARTBEAT_ALLOWED_IPS
-    token = app_settings.HEARTBEAT_TOKEN
-    if allowed_ips:
-        if address is None or not ip_in(address, parse_networks(tuple(allowed_ips))):
-            return _refuse(403, "This client is not allowed to call the heartbeat.", client)
-    elif token is None:
-        if address is None or not address.is_loopback:
-            return _refuse(
-                403,
-                "Without DATAFLOWS['HEARTBEAT_TOKEN'] or ['HEARTBEAT_ALLOWED_IPS'] only "
-                "loopback clients may call the heartbeat.",
-                client,
-            )
-        if address == _peer(request) and _proxied(request):
-            # A reverse proxy on this host makes every client look like loopback; a
-            # request it forwarded is not from this machine, whatever REMOTE_ADDR says.
-            return _refuse(
-                403,
-                "This request came through a proxy; set DATAFLOWS['HEARTBEAT_TOKEN'] (or "
-                "list the proxy in HEARTBEAT_TRUSTED_PROXIES and the client in "
-                "HEARTBEAT_ALLOWED_IPS).",
-                client,
-            )
-    presented = presented_token(request) if token is not None else None
-    if token is not None and not token_matches(presented, token):
-        # Which it was helps whoever reads the log fix cron; the client learns neither.
-        return _refuse(
-            401,
-            "A valid heartbeat token is required (Authorization: Bearer <token>).",
-            client,
-            detail="no token was sent" if presented is None else "the token sent is wrong",
-            **{"WWW-Authenticate": 'Bearer realm="dataflows"'},
-        )
+    refusal, client = check_caller(request, "Heartbeat")
+    if refusal is not None:
+        return refusal
     if _body_too_large(request):
         return _refuse(413, "The heartbeat takes no request body.", client)
 
@@ -140,8 +105,73 @@ def heartbeat(request: HttpRequest) -> JsonResponse:
     return JsonResponse(result.as_dict(), status=status)
 
 
-def _unavailable(error: str, client: str) -> JsonResponse:
-    return _refuse(503, error, client, **{"Retry-After": "60"})
+def check_caller(request: HttpRequest, what: str) -> tuple[JsonResponse | None, str]:
+    """Guard an endpoint like the heartbeat: the settings, the IP allowlist, the token.
+
+    Returns the refusal to answer (``None`` when the caller may go on) and the client as
+    logged. ``what`` names the endpoint in the log lines.
+    """
+    peer = request.META.get("REMOTE_ADDR", "") or "unknown"
+    # Web servers do not run the system checks: a setting they would have caught is a
+    # JSON 503 naming it, not a crash into an HTML 500.
+    misconfigured = _configuration_error()
+    if misconfigured:
+        logger.error("%s refused: %s", what, misconfigured)
+        return _unavailable(misconfigured, peer, what=what), peer
+    try:
+        address = _identify(request)
+    except MalformedForwardedFor as exc:
+        return _refuse(400, f"Malformed X-Forwarded-For entry: {exc}", peer, what=what), peer
+    client = str(address) if address else peer
+    return _refusal(request, address, client, what), client
+
+
+def _refusal(
+    request: HttpRequest, address: IPAddress | None, client: str, what: str
+) -> JsonResponse | None:
+    allowed_ips = app_settings.HEARTBEAT_ALLOWED_IPS
+    token = app_settings.HEARTBEAT_TOKEN
+    if allowed_ips:
+        if address is None or not ip_in(address, parse_networks(tuple(allowed_ips))):
+            return _refuse(
+                403, "This client is not allowed to call the heartbeat.", client, what=what
+            )
+    elif token is None:
+        if address is None or not address.is_loopback:
+            return _refuse(
+                403,
+                "Without DATAFLOWS['HEARTBEAT_TOKEN'] or ['HEARTBEAT_ALLOWED_IPS'] only "
+                "loopback clients may call the heartbeat.",
+                client,
+                what=what,
+            )
+        if address == _peer(request) and _proxied(request):
+            # A reverse proxy on this host makes every client look like loopback; a
+            # request it forwarded is not from this machine, whatever REMOTE_ADDR says.
+            return _refuse(
+                403,
+                "This request came through a proxy; set DATAFLOWS['HEARTBEAT_TOKEN'] (or "
+                "list the proxy in HEARTBEAT_TRUSTED_PROXIES and the client in "
+                "HEARTBEAT_ALLOWED_IPS).",
+                client,
+                what=what,
+            )
+    presented = presented_token(request) if token is not None else None
+    if token is not None and not token_matches(presented, token):
+        # Which it was helps whoever reads the log fix cron; the client learns neither.
+        return _refuse(
+            401,
+            "A valid heartbeat token is required (Authorization: Bearer <token>).",
+            client,
+            detail="no token was sent" if presented is None else "the token sent is wrong",
+            what=what,
+            **{"WWW-Authenticate": 'Bearer realm="dataflows"'},
+        )
+    return None
+
+
+def _unavailable(error: str, client: str, *, what: str = "Heartbeat") -> JsonResponse:
+    return _refuse(503, error, client, what=what, **{"Retry-After": "60"})
 
 
 def _configuration_error() -> str | None:

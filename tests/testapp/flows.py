@@ -389,3 +389,79 @@ class WaitsForGate(Flow):
                 raise TimeoutError("the gate was never opened")
             time.sleep(0.05)
         return {"opened": True}
+
+
+class Talks(Flow):
+    """Logs and prints what its configuration asks for (run logs).
+
+    ``lines``: INFO lines on its own logger; ``prints``: lines to standard output;
+    ``debug``: DEBUG lines; ``other``: WARNING lines on another logger; ``big``: one line of
+    that many characters; ``odd``: bytes that are not UTF-8, a lone surrogate and a NUL;
+    ``bad_args``: a record whose ``%`` arguments fail to format; ``thread``: a line
+    logged from a thread the flow starts; ``replace_stdout``: leave ``sys.stdout``
+    replaced; ``queries``: how many queries to make; ``fail``: raise at the end.
+    """
+
+    def run(self) -> dict[str, Any]:
+        import logging
+        import sys
+        import threading
+
+        config = self.configuration
+        for number in range(config.get("lines", 0)):
+            self.logger.info("line %s", number)
+        for number in range(config.get("prints", 0)):
+            print(f"printed {number}")
+        for number in range(config.get("debug", 0)):
+            self.logger.debug("debug %s", number)
+        for number in range(config.get("other", 0)):
+            logging.getLogger("tests.somelibrary").warning("library says %s", number)
+        if config.get("big"):
+            self.logger.info("x" * config["big"])
+        if config.get("odd"):
+            self.logger.info("bytes %s", b"\xff\xfe")
+            self.logger.info("surrogate \udcff and NUL \x00 end")
+        if config.get("bad_args"):
+            self.logger.info("%d rows", "not a number")
+        if config.get("thread"):
+            thread = threading.Thread(
+                target=lambda: logging.getLogger("tests.elsewhere").warning("from a thread")
+            )
+            thread.start()
+            thread.join()
+        if config.get("replace_stdout"):
+            import io
+
+            sys.stdout = io.StringIO()
+            print("into the flow's own buffer")
+        for _ in range(config.get("queries", 0)):
+            Record.objects.count()
+        if config.get("fail"):
+            try:
+                raise KeyError("missing")
+            except KeyError:
+                self.logger.exception("could not find it")
+            raise ValueError("talked, then failed")
+        return {"said": config.get("lines", 0)}
+
+
+class TalksInSteps(Flow):
+    """Logs one line in each of its two steps."""
+
+    steps = ("extract", "load")
+
+    def extract(self) -> int:
+        self.logger.info("extracting")
+        return 1
+
+    def load(self) -> int:
+        self.logger.warning("loading")
+        run_id = self.context.run.pk if self.context else None
+        if (
+            self.configuration.get("pause_once")
+            and not Record.objects.filter(label="paused", run_id=run_id).exists()
+        ):
+            Record.objects.create(label="paused", run_id=run_id)
+            _request(self, "pause")
+            self.checkpoint()
+        return 2

@@ -21,6 +21,7 @@ from django_dataflows.conf import app_settings
 from django_dataflows.models import (
     DataFlow,
     DataFlowRun,
+    DataFlowRunLog,
     DataFlowRunStep,
     RunStatus,
     RunTrigger,
@@ -106,6 +107,9 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
     steps = RunStepSerializer(many=True, read_only=True)
     cancel_requested = serializers.SerializerMethodField()
     pause_requested = serializers.SerializerMethodField()
+    late = serializers.SerializerMethodField(
+        help_text="The run was still in progress past its flow's max_duration."
+    )
 
     class Meta:
         model = DataFlowRun
@@ -132,8 +136,14 @@ class DataFlowRunSerializer(serializers.ModelSerializer):
             "cancel_requested",
             "pause_requested",
             "updated_at",
+            "cpu_time_ms",
+            "db_queries",
+            "late",
         )
         read_only_fields = fields
+
+    def get_late(self, run: DataFlowRun) -> bool:
+        return run.late_since is not None
 
     def get_flow_name(self, run: DataFlowRun) -> str:
         return flow_name(run)
@@ -252,6 +262,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "consecutive_failures",
             "overdue_episode_since",
             "overdue",
+            "max_duration",
             "created_at",
             "updated_at",
         )
@@ -270,6 +281,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "run_interval": {"max_value": 2_147_483_647},
             "timeout": {"max_value": 2_147_483_647},
             "alert_after": {"max_value": 2_147_483_647},
+            "max_duration": {"max_value": 2_147_483_647},
             "max_retries": {"max_value": 32_767},
             "disable_after_failures": {"max_value": 32_767},
         }
@@ -308,6 +320,33 @@ class FlowTypeSerializer(serializers.Serializer):
     steps = serializers.ListField(child=serializers.CharField())
 
 
+class RunLogSerializer(serializers.ModelSerializer):
+    """One line of a run's log (``runs/{id}/logs/``)."""
+
+    class Meta:
+        model = DataFlowRunLog
+        fields = ("position", "created_at", "level", "logger", "message", "step")
+        read_only_fields = fields
+
+
+class RunLogQuerySerializer(serializers.Serializer):
+    """Query parameters of ``runs/{id}/logs/``."""
+
+    after = serializers.IntegerField(
+        required=False, min_value=0, help_text="Lines after this position (default 0: all)."
+    )
+
+
+class RunLogPageSerializer(serializers.Serializer):
+    """A page of a run's log: the lines after ``?after=``, and where the next page starts."""
+
+    results = RunLogSerializer(many=True)
+    after = serializers.IntegerField(help_text="Ask with ?after=<this> for the lines that follow.")
+    complete = serializers.BooleanField(
+        help_text="The run has ended and every line stored is in this or an earlier page."
+    )
+
+
 class StatsSerializer(serializers.Serializer):
     """What ``DataFlowRun.objects.stats()`` returns: counts, success rate, durations."""
 
@@ -328,6 +367,12 @@ class StatsSerializer(serializers.Serializer):
     max_duration_ms = serializers.IntegerField(allow_null=True)
     p50_duration_ms = serializers.FloatField(allow_null=True)
     p95_duration_ms = serializers.FloatField(allow_null=True)
+    avg_cpu_time_ms = serializers.FloatField(
+        allow_null=True, help_text="Average CPU time of the rated runs' bodies."
+    )
+    avg_db_queries = serializers.FloatField(
+        allow_null=True, help_text="Average number of queries of the rated runs' bodies."
+    )
 
 
 class StatsQuerySerializer(serializers.Serializer):

@@ -35,6 +35,9 @@ from django_dataflows.api.serializers import (
     DataFlowRunSerializer,
     DataFlowSerializer,
     FlowTypeSerializer,
+    RunLogPageSerializer,
+    RunLogQuerySerializer,
+    RunLogSerializer,
     RunStatusSerializer,
     StartRunSerializer,
     StatsQuerySerializer,
@@ -47,6 +50,7 @@ from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import registered_flows
 from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger
 from django_dataflows.permissions import fields_that_make_due, run_permission_message
+from django_dataflows.runlogs import LOG_PAGE_SIZE, log_lines
 
 
 class Schema(AutoSchema):
@@ -273,6 +277,23 @@ class DataFlowRunViewSet(
     def status(self, request: Request, pk: str | None = None) -> Response:
         """The small live view: status, progress, steps, updated_at."""
         return Response(RunStatusSerializer(self.get_object()).data)
+
+    @document(parameters=[RunLogQuerySerializer], responses=RunLogPageSerializer)
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def logs(self, request: Request, pk: str | None = None) -> Response:
+        """The run's log lines after position ``?after=`` (0: from the start), in order."""
+        query = RunLogQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        after: int = query.validated_data.get("after", 0)
+        run = self.get_object()
+        found = log_lines(run.pk, after=after)
+        return Response(
+            {
+                "results": RunLogSerializer(found, many=True).data,
+                "after": found[-1].position if found else after,
+                "complete": not run.is_active and len(found) < LOG_PAGE_SIZE,
+            }
+        )
 
     @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])

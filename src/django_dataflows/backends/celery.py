@@ -30,6 +30,7 @@ from django_dataflows.exceptions import (
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
 from django_dataflows.runs.execution import RunExecutor
 from django_dataflows.runs.starting import trigger_run
+from django_dataflows.tracing import outgoing_context, received_context
 
 logger = logging.getLogger("django_dataflows.backends.celery")
 
@@ -140,6 +141,8 @@ class CeleryBackend(BaseBackend):
         app.send_task(
             TASK_NAME,
             args=(run.pk,),
+            # The trace context of the hand-over, when there is one (the otel extra).
+            kwargs=_trace_kwargs(),
             task_id=run.task_id,
             queue=run.queue or data_flow.effective_queue,
             countdown=countdown,
@@ -198,14 +201,20 @@ class CeleryBackend(BaseBackend):
 # -- in the worker: what the task does -------------------------------------------------
 
 
-def execute_run(run_id: int) -> None:
+def _trace_kwargs() -> dict[str, Any] | None:
+    carrier = outgoing_context()
+    return {"trace": carrier} if carrier else None
+
+
+def execute_run(run_id: int, trace: dict[str, str] | None = None) -> None:
     """Execute the pending run ``run_id``; the body of the Celery task.
 
     A run that is no longer pending (a duplicated or late message) is logged and skipped. If
     the flow fails and attempts remain, the next attempt is enqueued as a new run; the
     flow's exception is then re-raised so that Celery records the task as failed too.
     """
-    RunExecutor.execute_queued(run_id, on_failure=schedule_retry)
+    with received_context(trace):
+        RunExecutor.execute_queued(run_id, on_failure=schedule_retry)
 
 
 def record_lost_process(run_id: int, exc: BaseException, *, timed_out: bool) -> None:

@@ -22,6 +22,7 @@ from django_dataflows.backends.tasks_framework import TASK_BACKEND_ALIAS, tasks_
 from django_dataflows.conf import app_settings
 from django_dataflows.models import DataFlowRun
 from django_dataflows.runs.execution import RunExecutor
+from django_dataflows.tracing import outgoing_context
 
 logger = logging.getLogger("django_dataflows.backends.django_tasks")
 
@@ -42,7 +43,9 @@ class DjangoTasksBackend(BaseBackend):
 
         queue = run.queue or run.data_flow.effective_queue
         task = run_data_flow.using(queue_name=queue, backend=TASK_BACKEND_ALIAS)
-        result = task.enqueue(run.pk)
+        # The trace context of the hand-over, when there is one (the otel extra).
+        carrier = outgoing_context()
+        result = task.enqueue(run.pk, trace=carrier) if carrier else task.enqueue(run.pk)
         RunExecutor.record_enqueued(run, task_id=str(result.id), queue=queue)
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:

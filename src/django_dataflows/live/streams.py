@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
-from django.db.models import Q
+from django.db.models import Max, Q
 
 from django_dataflows.conf import app_settings
 from django_dataflows.live.base import (
@@ -39,6 +39,7 @@ from django_dataflows.live.base import (
     to_micros,
 )
 from django_dataflows.live.limits import RECONNECT_MS, StreamsBusy, StreamSlot, database_turn
+from django_dataflows.models import DataFlowRunLog
 
 KEEPALIVE = b": keep-alive\n\n"
 #: Sent before a stream ends on purpose (its WSGI lifetime is up, or the server is busy):
@@ -70,6 +71,8 @@ class Stream:
         self.cursor = last_event_id or 0
         self.finished = False
         self._seen: dict[tuple[str, int], tuple[int, str]] = {}
+        #: One run's stream: the position of the last log line sent (or not to send again).
+        self.log_after = 0
 
     def subscriber(self, deliver: Any) -> Subscriber:
         return Subscriber(deliver, run_id=self.run_id, flow_id=self.flow_id)
@@ -92,6 +95,8 @@ class Stream:
             self._remember(state)
             self.cursor = max(self.cursor, state.latest)
             self.finished = state.finished
+            # The log so far is the logs endpoint's; the stream sends the lines that follow.
+            self.log_after = _last_log_position(self.run_id)
             return [format_event("snapshot", self._payload(state), self.cursor)]
         self.cursor = max(self.cursor, to_micros(database_now()))
         runs = runs_queryset().active().order_by("created_at", "pk")
@@ -107,6 +112,7 @@ class Stream:
     def _replay(self, since: datetime) -> list[bytes]:
         if self.run_id is not None:
             states = load_run_ids([self.run_id])
+            self.log_after = _last_log_position(self.run_id, before=since)
         else:
             changed = Q(updated_at__gte=since) | Q(steps__updated_at__gte=since)
             runs = runs_queryset().filter(changed)
@@ -133,8 +139,14 @@ class Stream:
     # -- changes -------------------------------------------------------------------------
 
     def receive(self, states: list[RunState], since: int | None = None) -> list[bytes]:
-        """The events for these changed runs that this client has not had yet."""
+        """The events for these changed runs that this client has not had yet.
+
+        A one-run stream also sends the run's new log lines (``log`` events) first: writing
+        a batch of them stamps the run's ``updated_at``, which brings the run here.
+        """
         chunks: list[bytes] = []
+        if self.run_id is not None and states:
+            chunks += self._log_events()
         for state in sorted(states, key=lambda state: state.updated):
             for step in state.steps:
                 if since is not None and step.updated < since:
@@ -149,6 +161,26 @@ class Stream:
                 chunks.append(format_event("run", payload, self.cursor))
             if self.run_id is not None and state.finished:
                 self.finished = True
+        return chunks
+
+    def _log_events(self) -> list[bytes]:
+        assert self.run_id is not None
+        lines = DataFlowRunLog.objects.filter(
+            run_id=self.run_id, position__gt=self.log_after
+        ).order_by("position")[: app_settings.SSE_REPLAY_MAX_EVENTS]
+        chunks = []
+        for line in lines:
+            payload = {
+                "run": self.run_id,
+                "position": line.position,
+                "created_at": line.created_at,
+                "level": line.level,
+                "logger": line.logger,
+                "message": line.message,
+                "step": line.step,
+            }
+            chunks.append(format_event("log", payload, self.cursor))
+            self.log_after = line.position
         return chunks
 
     def _payload(self, state: RunState) -> dict[str, Any]:
@@ -280,7 +312,8 @@ async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[byt
                     yield RECONNECT
                     return
             else:
-                chunks = stream.receive(batch)
+                # Reads the run's new log lines: database work, off the event loop.
+                chunks = await in_pool_thread(stream.receive, batch)
             for chunk in chunks:
                 yield chunk
     finally:
@@ -337,3 +370,12 @@ def sync_events(
         source.unsubscribe(subscriber)
         if slot is not None:
             slot.release()
+
+
+def _last_log_position(run_id: int, before: datetime | None = None) -> int:
+    """The position of the run's last log line (written before ``before``), 0 if none."""
+    lines = DataFlowRunLog.objects.filter(run_id=run_id)
+    if before is not None:
+        lines = lines.filter(created_at__lt=before)
+    last: int | None = lines.aggregate(last=Max("position"))["last"]
+    return last or 0

@@ -45,6 +45,7 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
 )
+from django_dataflows.runlogs import observe_run
 from django_dataflows.runs.bookkeeping import create_pending_run, give_slot_back, give_slots_back
 from django_dataflows.runs.runtime import RunSession, json_value
 from django_dataflows.runs.statements import take
@@ -123,9 +124,11 @@ class RunExecutor:
         """Call the taken run's flow and record its outcome (see :meth:`execute`)."""
         data_flow = run.data_flow
         try:
-            flow = cls._instantiate(data_flow, run, session)
-            result = cls._serialisable(flow.run())
-            state = cls._changed_state(flow, data_flow)
+            # The run's log and cost: what the body logs and prints, its CPU and queries.
+            with observe_run(run, session):
+                flow = cls._instantiate(data_flow, run, session)
+                result = cls._serialisable(flow.run())
+                state = cls._changed_state(flow, data_flow)
         except RunInterrupted as interruption:
             session.release_unstarted()
             cls._record_interruption(run, interruption, session)

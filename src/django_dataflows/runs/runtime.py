@@ -92,6 +92,8 @@ class RunSession:
         self._progress_written_at = float("-inf")
         #: The first declared step, created already in progress: its position.
         self._started_early: int | None = None
+        #: More fields for the run's last write (the run's cost, set by ``runlogs``).
+        self.outcome_fields: dict[str, Any] = {}
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -234,10 +236,19 @@ class RunSession:
             logger.exception("Could not reset the first step of run %s", self.run.pk)
 
     def final_fields(self) -> dict[str, Any]:
-        """Fields the run's last write carries: the latest progress, if not stored yet."""
+        """Fields the run's last write carries: the latest progress, if not stored yet,
+        and :attr:`outcome_fields`."""
         if self._progress_stored or self._progress is None:
-            return {}
-        return {"progress": self._progress}
+            return dict(self.outcome_fields)
+        return {**self.outcome_fields, "progress": self._progress}
+
+    @property
+    def current_step(self) -> str:
+        """The name of the step in progress, or ``""`` between steps."""
+        for name, status in self._rows.values():
+            if status == StepStatus.IN_PROGRESS:
+                return name
+        return ""
 
     # -- helpers ------------------------------------------------------------------------
 
