@@ -199,3 +199,24 @@ def test_a_refusal_names_the_statuses_the_table_allows() -> None:
     )
     assert str(refusal(run, "resume")).endswith("it is success, not paused.")
     assert str(refusal(run, "retry")).endswith("it is success, not failed, timed_out or cancelled.")
+
+
+def test_many_runs_write_their_flows_as_one_run_would() -> None:
+    runs = [a_run(RunStatus.IN_PROGRESS) for _ in range(2)]
+
+    moved = apply_many(TRANSITIONS["time_out"], runs)
+
+    for run in moved:
+        flow = DataFlow.objects.get(pk=run.data_flow_id)
+        assert flow.last_run_status == RunStatus.TIMED_OUT
+        assert flow.last_run_at == DataFlowRun.objects.get(pk=run.pk).started_at
+
+
+def test_the_reaper_leaves_a_run_whose_cancel_came_meanwhile_to_its_cancel() -> None:
+    run = a_run(RunStatus.IN_PROGRESS)
+    # Read as stuck without a cancel request; the cancel lands before the reaper writes.
+    DataFlowRun.objects.filter(pk=run.pk).update(cancel_requested_at=Now())
+
+    assert apply_many(TRANSITIONS["time_out_lost"], [run]) == []
+    assert [r.pk for r in apply_many(TRANSITIONS["stop_cancelled"], [run])] == [run.pk]
+    assert DataFlowRun.objects.get(pk=run.pk).status == RunStatus.CANCELLED

@@ -172,19 +172,17 @@ class DataFlowQuerySet(models.QuerySet["DataFlow"]):
     def delete(self) -> tuple[int, dict[str, int]]:
         """Delete the flows and their history; ``FlowHasActiveRun`` if any has an active run.
 
-        The flows are locked first, as a trigger locks its flow: no run can start between
-        the check and the delete. The admin, the API and code all delete through here or
-        :meth:`DataFlow.delete`.
+        The flows are locked first (in key order), as a trigger locks its flow: no run can
+        start between the check and the delete. The admin, the API and code all delete
+        through here or :meth:`DataFlow.delete`.
         """
+        flows = DataFlow.objects.db_manager(self.db)
         with transaction.atomic(using=self.db):
-            locked = row_lock(self.order_by()).values_list("pk", flat=True)
-            pks = list(locked)
-            busy = list(
-                DataFlow.objects.filter(pk__in=pks).with_active_run().values_list("name", flat=True)
-            )
+            pks = list(row_lock(self.order_by("pk")).values_list("pk", flat=True))
+            busy = list(flows.filter(pk__in=pks).with_active_run().values_list("name", flat=True))
             if busy:
                 raise FlowHasActiveRun(sorted(busy))
-            return super(DataFlowQuerySet, DataFlow.objects.filter(pk__in=pks)).delete()
+            return super(DataFlowQuerySet, flows.filter(pk__in=pks)).delete()
 
     def due_to_run(self, now: datetime | None = None) -> DataFlowQuerySet:
         """Enabled flows whose ``next_run_at`` has come (uses the due index).
@@ -452,9 +450,15 @@ class DataFlow(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         """Delete the flow and its run history; ``FlowHasActiveRun`` while a run is active."""
-        with transaction.atomic(using=kwargs.get("using") or self._state.db):
-            row_lock(DataFlow.objects.filter(pk=self.pk)).values_list("pk").first()
-            if self.runs.active().exists():
+        using = kwargs.get("using") or self._state.db or "default"
+        with transaction.atomic(using=using):
+            flows = DataFlow._base_manager.db_manager(using)
+            row_lock(flows.filter(pk=self.pk)).values_list("pk").first()
+            if (
+                DataFlowRun._base_manager.db_manager(using)
+                .filter(data_flow_id=self.pk, status__in=ACTIVE_STATUSES)
+                .exists()
+            ):
                 raise FlowHasActiveRun([self.name])
             return super().delete(*args, **kwargs)
 

@@ -82,6 +82,7 @@ STOP_CANCELLED, STOP_PAUSED = TRANSITIONS["stop_cancelled"], TRANSITIONS["stop_p
 CANCEL, REQUEST_CANCEL = TRANSITIONS["cancel"], TRANSITIONS["request_cancel"]
 REQUEST_PAUSE, RESUME, RETRY = (TRANSITIONS[n] for n in ("request_pause", "resume", "retry"))
 REFUSE, RENEW = TRANSITIONS["refuse"], TRANSITIONS["renew"]
+TIME_OUT_LOST = TRANSITIONS["time_out_lost"]
 
 
 def register_timeout_exception(exc_class: type[BaseException]) -> None:
@@ -523,7 +524,7 @@ class RunExecutor:
                     f"Timed out: still in progress after the {timeout}-second timeout; its "
                     "worker was probably lost."
                 )
-                ended += apply_many(TIME_OUT, runs, fields={"error_message": message})
+                ended += apply_many(TIME_OUT_LOST, runs, fields={"error_message": message})
         cls._after_bulk_finish(ended)
         return len(ended)
 

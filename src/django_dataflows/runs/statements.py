@@ -2,9 +2,12 @@
 
 :func:`~django_dataflows.runs.transitions.apply` carries a transition out through the ORM
 in one transaction: the run's conditional ``UPDATE``, then its flow's, then its steps'.
-On PostgreSQL, outside a transaction, the same querysets, compiled by Django, are joined
-into one statement with data-modifying ``WITH`` clauses, and its commit is the run's only
-one: a worker costs two statements per run (:func:`take`, then the end).
+On PostgreSQL, outside a transaction, the same definition is written as one statement with
+data-modifying ``WITH`` clauses, and its commit is the run's only one: a worker costs two
+statements per run (:func:`take`, then the end). The text is built from the transition
+(columns from the models' ``_meta``, every value a parameter) once per shape and reused,
+so a worker builds no SQL per run; ``tests/test_transitions.py`` runs every transition
+both ways and compares the rows.
 
 The worker's start mark (the ``start`` transition is not ``durable``) does not wait for
 its commit (``synchronous_commit`` off for that transaction only). Losing it in a database
@@ -17,24 +20,30 @@ the statements go through a cursor that binds parameters on the server, so Postg
 plans each of them once per connection instead of once per run (:func:`_cursor`).
 """
 
+# Every statement here is built from the models' _meta and the transitions' definitions;
+# every value is a parameter.
+# ruff: noqa: S608
+
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection
 from django.db.backends.utils import CursorWrapper
-from django.db.models import BooleanField, Model, QuerySet
-from django.db.models.expressions import RawSQL
+from django.db.models import Model
 
-from django_dataflows.models import DataFlow, DataFlowRun, announce_runs_changed
-from django_dataflows.runs.sql import compiled_update, converters, returning_sql
+from django_dataflows.models import (
+    ACTIVE_STATUSES,
+    DataFlow,
+    DataFlowRun,
+    announce_runs_changed,
+)
+from django_dataflows.runs.sql import converters
 from django_dataflows.runs.transitions import Transition
 
 #: The name of the run's ``UPDATE`` in the statement, which the flow's refers to.
 _MOVED = "moved"
-_DURABILITY_OFF = RawSQL(
-    "set_config('synchronous_commit', 'off', true) IS NOT NULL", (), output_field=BooleanField()
-)
 
 
 def _cursor() -> CursorWrapper:
@@ -99,61 +108,119 @@ def load_flow(data_flow: DataFlow, values: dict[str, Any]) -> None:
         setattr(data_flow, name, value)
 
 
-def _names(model: type[Model]) -> list[str]:
-    return [field.attname for field in model._meta.concrete_fields]
+@lru_cache(maxsize=4)
+def _names(model: type[Model]) -> tuple[str, ...]:
+    return tuple(field.attname for field in model._meta.concrete_fields)
 
 
-def _statement(
+def _column(model: type[Model], name: str) -> str:
+    return connection.ops.quote_name(str(model._meta.get_field(name).column))  # type: ignore[union-attr]
+
+
+@lru_cache(maxsize=64)
+def _statement_sql(
     transition: Transition,
-    runs: QuerySet[DataFlowRun],
-    fields: dict[str, Any] | None,
-    flow_values: dict[str, Any],
-    run_names: list[str],
-    flow_names: list[str],
-    run_ids: list[int],
-) -> list[Any] | None:
-    """Run the transition's statement; the row it returns (run fields, flow fields, alert state)."""
+    field_names: tuple[str, ...],
+    flow_names: tuple[str, ...],
+    run_names: tuple[str, ...],
+    flow_returned: tuple[str, ...],
+) -> str:
+    """The transition's one statement for a shape of values (built once, then reused).
+
+    Written from the transition's definition, as :meth:`Transition.assignments`,
+    :meth:`Transition.runs` and :meth:`Transition.flows` are for the ORM; the text is kept
+    per shape (which fields are written), so a worker does not build SQL per run.
+    """
+    now = "STATEMENT_TIMESTAMP()"
+    quote = connection.ops.quote_name
+    runs, flows = quote(DataFlowRun._meta.db_table), quote(DataFlow._meta.db_table)
+    assignments = [f"{_column(DataFlowRun, 'updated_at')} = {now}"]
+    if transition.target is not None:
+        assignments.append("status = %s")
+    assignments += [f"{_column(DataFlowRun, name)} = {now}" for name in transition.stamps]
+    assignments += [
+        f"{_column(DataFlowRun, name)} = COALESCE({_column(DataFlowRun, name)}, {now})"
+        for name in transition.first_stamps
+    ]
+    assignments += [f"{_column(DataFlowRun, name)} = NULL" for name in transition.clears]
+    assignments += [f"{_column(DataFlowRun, name)} = %s" for name in field_names]
+    conditions = ["id = %s", f"status IN ({', '.join(['%s'] * len(transition.sources))})"]
+    conditions += [f"{_column(DataFlowRun, name)} IS NULL" for name in transition.requires_empty]
     if not transition.durable:
-        runs = runs.filter(_DURABILITY_OFF)
-    run_sql, params = compiled_update(runs, transition.assignments(fields))
-    sql = f"WITH {_MOVED} AS ({run_sql} RETURNING {returning_sql(DataFlowRun, run_names)})"
-    flow_table = connection.ops.quote_name(DataFlow._meta.db_table)
-    selected = [f"{_MOVED}.{connection.ops.quote_name(name)}" for name in run_names]
+        conditions.append("set_config('synchronous_commit', 'off', true) IS NOT NULL")
+    returning = ", ".join(_column(DataFlowRun, name) for name in run_names)
+    sql = (
+        f"WITH {_MOVED} AS (UPDATE {runs} SET {', '.join(assignments)} "
+        f"WHERE {' AND '.join(conditions)} RETURNING {returning})"
+    )
+    selected = [f"{_MOVED}.{_column(DataFlowRun, name)}" for name in run_names]
     joined = ""
-    if flow_values:
-        # Names only: no value of anybody's in this SQL.
-        mine = RawSQL(  # noqa: S611
-            f"{flow_table}.id IN (SELECT data_flow_id FROM {_MOVED})",  # noqa: S608
-            (),
-            BooleanField(),
+    if flow_names:
+        flow_set = ", ".join(f"{_column(DataFlow, name)} = %s" for name in flow_names)
+        flow_conditions = [f"flow.id IN (SELECT data_flow_id FROM {_MOVED})"]
+        if transition.ends:
+            # The statement's snapshot still sees the run active: it is left out by its id.
+            active = ", ".join(["%s"] * len(ACTIVE_STATUSES))
+            flow_conditions.append(
+                f"NOT EXISTS (SELECT 1 FROM {runs} AS other WHERE other.data_flow_id = flow.id "
+                f"AND other.status IN ({active}) AND other.id <> %s)"
+            )
+        flow_returning = ", ".join(f"flow.{_column(DataFlow, name)}" for name in flow_returned)
+        sql += (
+            f", flow AS (UPDATE {flows} AS flow SET {flow_set} "
+            f"WHERE {' AND '.join(flow_conditions)} RETURNING {flow_returning})"
         )
-        flow_sql, flow_params = compiled_update(
-            transition.flows(None, run_ids).filter(mine), flow_values
-        )
-        returning = returning_sql(DataFlow, flow_names)
-        sql += f", flow AS ({flow_sql} RETURNING {returning})"
-        params += flow_params
-        selected += [f"flow.{connection.ops.quote_name(name)}" for name in flow_names]
+        selected += [f"flow.{_column(DataFlow, name)}" for name in flow_returned]
         joined = f" LEFT JOIN flow ON flow.id = {_MOVED}.data_flow_id"
     if transition.ends:
         # The flow's alert state, read by the same statement (the alerts need no read).
         selected += [
-            f"(SELECT {column} FROM {flow_table} WHERE id = {_MOVED}.data_flow_id)"  # noqa: S608
+            f"(SELECT {column} FROM {flows} WHERE id = {_MOVED}.data_flow_id)"
             for column in ("consecutive_failures", "overdue_episode_since")
         ]
-    sql += f" SELECT {', '.join(selected)} FROM {_MOVED}{joined}"  # noqa: S608 - no user input
+    return f"{sql} SELECT {', '.join(selected)} FROM {_MOVED}{joined}"
+
+
+def _statement(
+    transition: Transition,
+    run_id: int,
+    fields: dict[str, Any] | None,
+    flow_values: dict[str, Any],
+    run_names: tuple[str, ...],
+    flow_returned: tuple[str, ...],
+) -> list[Any] | None:
+    """Run the transition's statement; the row it returns (run fields, flow fields, alert state)."""
+    fields = fields or {}
+    for name, value in fields.items():
+        if hasattr(value, "resolve_expression"):  # pragma: no cover - a programming error
+            raise TypeError(f"{name}: the one-statement path writes values, not expressions")
+    sql = _statement_sql(transition, tuple(fields), tuple(flow_values), run_names, flow_returned)
+    params: list[Any] = [] if transition.target is None else [str(transition.target)]
+    params += [_prepared(DataFlowRun, name, value) for name, value in fields.items()]
+    params += [run_id, *(str(status) for status in transition.sources)]
+    if flow_values:
+        params += [_prepared(DataFlow, name, value) for name, value in flow_values.items()]
+        if transition.ends:
+            params += [*(str(status) for status in ACTIVE_STATUSES), run_id]
     with _cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else list(row)
 
 
-def _convert(model: type[Model], names: list[str], values: list[Any]) -> list[Any]:
+def _prepared(model: type[Model], name: str, value: Any) -> Any:
+    return model._meta.get_field(name).get_db_prep_save(value, connection)  # type: ignore[union-attr]
+
+
+@lru_cache(maxsize=16)
+def _loaders(model: type[Model], names: tuple[str, ...], alias: str) -> list[Any]:
     fields = [model._meta.get_field(name).name for name in names]  # attname -> name
-    return [
-        load(value)
-        for load, value in zip(converters(model, fields, connection.alias), values, strict=True)
-    ]
+    return converters(model, fields, alias)
+
+
+def _convert(model: type[Model], names: tuple[str, ...], values: list[Any]) -> list[Any]:
+    loaders = _loaders(model, names, connection.alias)
+    return [load(value) for load, value in zip(loaders, values, strict=True)]
 
 
 def take(transition: Transition, run_id: int) -> DataFlowRun | None:
@@ -162,15 +229,8 @@ def take(transition: Transition, run_id: int) -> DataFlowRun | None:
     ``None`` if the run is not pending (a duplicated or late message).
     """
     run_names, flow_names = _names(DataFlowRun), _names(DataFlow)
-    run = DataFlowRun(pk=run_id)
     row = _statement(
-        transition,
-        transition.runs([run_id]),
-        None,
-        transition.flow_values(run),
-        run_names,
-        flow_names,
-        [run_id],
+        transition, run_id, None, transition.flow_values(DataFlowRun()), run_names, flow_names
     )
     if row is None:
         return None
@@ -194,15 +254,9 @@ def apply_as_statement(
 ) -> bool:
     """:func:`~django_dataflows.runs.transitions.apply` in one statement (see the module)."""
     flow_values = transition.flow_values(run, flow_fields)
-    run_names = ["data_flow_id", *RETURNED]
+    run_names = ("data_flow_id", *RETURNED)
     row = _statement(
-        transition,
-        transition.runs([run.pk]),
-        fields,
-        flow_values,
-        run_names,
-        ["id"] if flow_values else [],
-        [run.pk],
+        transition, run.pk, fields, flow_values, run_names, ("id",) if flow_values else ()
     )
     if row is None:
         return False

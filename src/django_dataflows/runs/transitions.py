@@ -161,6 +161,18 @@ TRANSITIONS: dict[str, Transition] = {
             flow_last_run_at=True,
             closes_steps=True,
         ),
+        # The reaper: a run in progress past its timeout lost its worker. Unless a cancel
+        # was requested meanwhile, which the next reaping honours (stop_cancelled).
+        Transition(
+            "time_out_lost",
+            (RunStatus.IN_PROGRESS,),
+            RunStatus.TIMED_OUT,
+            requires_empty=("cancel_requested_at",),
+            stamps=_ENDED,
+            flow_status=True,
+            flow_last_run_at=True,
+            closes_steps=True,
+        ),
         # The body stopped at a checkpoint after a cancel request (or its worker was lost
         # with one pending).
         Transition(
@@ -220,13 +232,15 @@ TRANSITIONS: dict[str, Transition] = {
             (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED),
             action="retry",
         ),
-        # Hand-over: the backend refused the run, or it was never picked up.
+        # Hand-over: the backend refused the run, or it was never picked up (a resumed run
+        # has steps: the ones left are skipped).
         Transition(
             "refuse",
             (RunStatus.PENDING,),
             RunStatus.FAILED,
             stamps=_ENDED,
             flow_status=True,
+            closes_steps=True,
         ),
         # Hand-over again (redelivery), or a sign of life of the batch it waits in.
         Transition("renew", (RunStatus.PENDING,), stamps=("activated_at",)),

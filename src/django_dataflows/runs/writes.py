@@ -92,8 +92,16 @@ def apply_many(
             )
             DataFlow.objects.filter(pk__in=written).update(last_run_status=transition.target)
             for run in moved:
-                if run.data_flow_id in written:
-                    run.data_flow.last_run_status = str(transition.target)
+                if run.data_flow_id not in written:
+                    continue
+                run.data_flow.last_run_status = str(transition.target)
+                # As apply() writes it: the flow's last run started when this one did.
+                values = transition.flow_values(run)
+                if "last_run_at" in values:
+                    DataFlow.objects.filter(pk=run.data_flow_id).update(
+                        last_run_at=values["last_run_at"]
+                    )
+                    run.data_flow.last_run_at = values["last_run_at"]
         if moved and transition.closes_steps:
             close_steps([run.pk for run in moved], str(transition.target))
     announce_runs_changed([run.pk for run in moved], connection.alias)
