@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
     "ALERT_EMAILS": [],
+    "OWNERS_MANAGE_OWN_FLOWS": True,
 }
 
 
@@ -131,6 +132,10 @@ class DataFlowsSettings:
         value = self._get("ALERT_EMAILS") or []
         # A single address given as a string is one recipient, not a list of characters.
         return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def OWNERS_MANAGE_OWN_FLOWS(self) -> bool:
+        return bool(self._get("OWNERS_MANAGE_OWN_FLOWS"))
 
 
 def is_list_of_strings(value: Any) -> bool:
