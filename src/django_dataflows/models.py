@@ -162,6 +162,13 @@ def _is_active_user(user: Any) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active)
 
 
+def may_see_every_run(user: Any) -> bool:
+    """Whether ``user`` sees every run: the view (or change) model permission of runs."""
+    return _is_active_user(user) and (
+        user.has_perm(VIEW_RUN_PERMISSION) or user.has_perm("dataflows.change_dataflowrun")
+    )
+
+
 def owns_a_flow(user: Any) -> bool:
     """Whether ``user`` owns at least one flow (one indexed query)."""
     return _is_active_user(user) and DataFlow.objects.filter(owner_id=user.pk).exists()
@@ -974,7 +981,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
     def visible_to(self, user: Any) -> DataFlowRunQuerySet:
         """The runs among these that ``user`` may see: all of them with
         ``dataflows.view_dataflowrun``, else those of the flows ``user`` owns."""
-        if _is_active_user(user) and user.has_perm(VIEW_RUN_PERMISSION):
+        if may_see_every_run(user):
             return self
         if not _is_active_user(user):
             return self.none()

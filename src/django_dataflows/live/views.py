@@ -21,7 +21,7 @@ from django.views.decorators.cache import never_cache
 from django_dataflows.live import get_event_source
 from django_dataflows.live.base import load_run_ids, runs_queryset
 from django_dataflows.live.streams import Stream, async_events, sync_events
-from django_dataflows.models import VIEW_RUN_PERMISSION, DataFlow
+from django_dataflows.models import DataFlow, may_see_every_run
 
 FORBIDDEN = "You do not have permission to perform this action."
 
@@ -114,7 +114,7 @@ def events(request: HttpRequest) -> HttpResponseBase:
         return error
     flow_id: int | None = None
     flow_ids: frozenset[int] | None = None
-    if not user.has_perm(VIEW_RUN_PERMISSION):
+    if not may_see_every_run(user):
         # An owner's stream: their flows' runs only (the flows they own as it opens).
         owned = DataFlow.objects.filter(owner_id=user.pk).values_list("pk", flat=True)
         flow_ids = frozenset(owned)
