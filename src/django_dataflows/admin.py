@@ -471,7 +471,12 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
         "p50_display",
         "p95_display",
     )
-    list_filter = ("enabled", "last_run_status", "flow", "owner")
+    list_filter = (
+        "enabled",
+        "last_run_status",
+        "flow",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    )
     search_fields = ("name", "description")
     actions = ("run_now", "run_with_input", "enable", "disable")
     readonly_fields = (

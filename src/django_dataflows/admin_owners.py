@@ -132,6 +132,13 @@ class OwnedFlowsAdminMixin(OwnedObjectsAdminMixin):
 class OwnedRunsAdminMixin(OwnedObjectsAdminMixin):
     """Run pages of the flows the user sees; deleting runs is recorded."""
 
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        # The flow filter offers the flows of the listed runs, never every flow's name.
+        return tuple(
+            ("data_flow", admin.RelatedOnlyFieldListFilter) if entry == "data_flow" else entry
+            for entry in super().get_list_filter(request)
+        )
+
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is not None and not may_see_every_run(request.user):
             return _flow_of(obj).user_may(request.user, "dataflows.view_dataflowrun")
@@ -169,6 +176,16 @@ class AuditEntryAdmin(_ModelAdmin):
         "details",
         "remote_addr",
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return AuditEntry.objects.visible_to(request.user).select_related("actor", "run")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or owns_a_flow(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Owners read the entries of their own flows (the queryset keeps to those).
+        return super().has_view_permission(request, obj) or owns_a_flow(request.user)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1487,6 +1487,17 @@ class AuditAction(models.TextChoices):
     RUN_DELETED = "run_deleted", _("Run deleted")
 
 
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def visible_to(self, user: Any) -> AuditEntryQuerySet:
+        """Every entry with ``dataflows.view_auditentry``; else the entries of the flows
+        ``user`` sees (an owner's own), so no entry names another owner's flow."""
+        if _is_active_user(user) and user.has_perm("dataflows.view_auditentry"):
+            return self
+        if not _is_active_user(user):
+            return self.none()
+        return self.filter(data_flow__in=DataFlow.objects.visible_to(user).values("pk"))
+
+
 class AuditEntry(models.Model):
     """Who changed what, from where: one row per change a person or a program made.
 
@@ -1525,6 +1536,8 @@ class AuditEntry(models.Model):
     )
     details = models.JSONField(_("details"), default=dict, blank=True, encoder=DjangoJSONEncoder)
     remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
+
+    objects: ClassVar[AuditEntryQuerySet] = AuditEntryQuerySet.as_manager()  # type: ignore[assignment]
 
     class Meta:
         verbose_name = _("audit entry")

@@ -399,11 +399,14 @@ class AuditPagination(CursorPagination):
 
 class AuditEntryViewSet(APIViewMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     """The audit trail (staff only): ``?flow=``, ``?actor=``, ``?action=``, ``?source=``,
-    ``?after=``, ``?before=``."""
+    ``?after=``, ``?before=``. Staff without ``dataflows.view_auditentry`` see the entries
+    of the flows they see."""
 
-    queryset = AuditEntry.objects.select_related("actor")
     serializer_class = AuditEntrySerializer
     filterset_class = AuditEntryFilterSet
     pagination_class = AuditPagination
     permission_classes = (IsAdminUser,)
     action_permissions = {None: ()}
+
+    def get_queryset(self) -> QuerySet[AuditEntry]:
+        return AuditEntry.objects.visible_to(self.request.user).select_related("actor")
