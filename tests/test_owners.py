@@ -250,7 +250,7 @@ def test_audit_list_is_for_staff_with_cursor_paging_and_filters(alice, flows):
         api.post(f"{API}flows/{flows[0].pk}/disable/")
         api.post(f"{API}flows/{flows[0].pk}/enable/")
     assert api.get(f"{API}audit/").status_code == 403
-    staff = api_as(UserFactory(is_staff=True))
+    staff = api_as(grant(UserFactory(is_staff=True), "view_auditentry"))
     first = staff.get(f"{API}audit/", {"limit": 4, "flow": flows[0].pk})
     assert first.status_code == 200
     body = first.json()
@@ -261,6 +261,8 @@ def test_audit_list_is_for_staff_with_cursor_paging_and_filters(alice, flows):
     assert "count" not in body
     rest = staff.get(body["next"]).json()["results"]
     assert len(body["results"]) + len(rest) == 6
+    bare_staff = api_as(UserFactory(is_staff=True))
+    assert bare_staff.get(f"{API}audit/").json()["results"] == []  # no flow of theirs
     only = staff.get(f"{API}audit/", {"action": AuditAction.FLOW_DISABLED, "actor": alice.pk})
     assert len(only.json()["results"]) == 3
     assert staff.get(f"{API}audit/", {"after": "not a time"}).status_code == 400
@@ -334,3 +336,46 @@ def test_an_admin_edit_is_audited_with_its_fields(client, alice, flows):
     )
     flows[1].refresh_from_db()
     assert flows[1].enabled
+
+
+def test_an_admin_change_records_the_fields_it_changed(client, flows):
+    admin_user = UserFactory(is_staff=True, is_superuser=True)
+    client.force_login(admin_user)
+    page = client.get(f"/admin/dataflows/dataflow/{flows[0].pk}/change/")
+    form = page.context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data["configuration"] = "{}"  # as the browser posts the form's text
+    data["description"] = "changed in the admin"
+    response = client.post(f"/admin/dataflows/dataflow/{flows[0].pk}/change/", data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.source) == (AuditAction.FLOW_CHANGED, AuditSource.ADMIN)
+    # The fields the admin form reports changed (as its own history message lists them).
+    assert "description" in entry.details["fields"]
+    assert "name" not in entry.details["fields"]
+
+
+def test_an_admin_run_control_is_audited(client, alice, flows):
+    alice.is_staff = True
+    alice.save()
+    client.force_login(alice)
+    failed = DataFlowRunFactory(data_flow=flows[0], status=RunStatus.FAILED)
+    client.post(f"/admin/dataflows/dataflowrun/{failed.pk}/control/retry/")
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.actor, entry.details) == (
+        AuditAction.RUN_RETRIED,
+        alice,
+        {"retry_of": failed.pk},
+    )
+
+
+def test_an_owners_stream_wants_only_their_flows_runs(flows):
+    from django_dataflows.live.base import Subscriber, load_run_ids
+
+    mine = DataFlowRunFactory(data_flow=flows[0])
+    theirs = DataFlowRunFactory(data_flow=flows[1])
+    subscriber = Subscriber(lambda states: None, flow_ids=frozenset({flows[0].pk}))
+    wanted = [
+        state.run_id for state in load_run_ids([mine.pk, theirs.pk]) if subscriber.wants(state)
+    ]
+    assert wanted == [mine.pk]
