@@ -57,9 +57,9 @@ from tests.celery_app import BROKER_KEY_PREFIX  # noqa: E402
 from tests.celery_app import app as celery_app  # noqa: E402
 from tests.testapp.models import Record  # noqa: E402
 
-from django_dataflows.runs.starting import dispatch_many  # noqa: E402
 from django_dataflows.backends.celery import execute_run  # noqa: E402
 from django_dataflows.models import DataFlow, DataFlowRun, RunStatus  # noqa: E402
+from django_dataflows.runs.starting import dispatch_many  # noqa: E402
 from django_dataflows.scheduling import claim_due_flows, run_heartbeat  # noqa: E402
 from django_dataflows.tasks import run_data_flow  # noqa: E402
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
@@ -99,16 +100,10 @@ def world() -> World:
     }
     flow_a, run_a = _flow("a", users["owner_a"])
     flow_b, run_b = _flow("b", users["owner_b"])
-    with transaction_atomic():
-        for data_flow, run in ((flow_a, run_a), (flow_b, run_b)):
+    with transaction.atomic():
+        for run in (run_a, run_b):
             audit.record(AuditAction.RUN_STARTED, source=AuditSource.API, run=run)
     return World(flow_a, flow_b, run_a, users)
-
-
-def transaction_atomic() -> Any:
-    from django.db import transaction
-
-    return transaction.atomic()
 
 
 @dataclass(frozen=True)

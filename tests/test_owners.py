@@ -203,10 +203,14 @@ def test_a_deleted_flow_keeps_its_name_in_the_trail(flows):
 
 @pytest.mark.django_db(transaction=True)
 def test_an_entry_rolls_back_with_its_change(alice, flows):
-    with pytest.raises(RuntimeError), transaction.atomic():
-        flows[0].set_enabled(False)
-        audit.record(AuditAction.FLOW_DISABLED, source=AuditSource.API, data_flow=flows[0])
-        raise RuntimeError("the change fails after the entry was written")
+    def change_that_fails() -> None:
+        with transaction.atomic():
+            flows[0].set_enabled(False)
+            audit.record(AuditAction.FLOW_DISABLED, source=AuditSource.API, data_flow=flows[0])
+            raise RuntimeError("the change fails after the entry was written")
+
+    with pytest.raises(RuntimeError):
+        change_that_fails()
     assert not AuditEntry.objects.exists()
     flows[0].refresh_from_db()
     assert flows[0].enabled
