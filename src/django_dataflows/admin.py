@@ -56,6 +56,7 @@ from django_dataflows.admin_lists import (
     FlowFilter,
 )
 from django_dataflows.admin_logs import RunLogAdminMixin
+from django_dataflows.admin_owners import OwnedFlowsAdminMixin, OwnedRunsAdminMixin, record
 from django_dataflows.backends.sync import run_after_response
 from django_dataflows.conf import app_settings
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
@@ -63,6 +64,7 @@ from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.live.admin_views import LiveRunAdminMixin
 from django_dataflows.models import (
     ACTIVE_STATUSES,
+    AuditAction,
     DataFlow,
     DataFlowQuerySet,
     DataFlowRun,
@@ -76,6 +78,7 @@ from django_dataflows.permissions import (
     fields_that_make_due,
     run_permission_message,
 )
+from django_dataflows.runs.starting import trigger_run
 from django_dataflows.schedules import describe_cron, get_zone, zone_name
 
 if TYPE_CHECKING:
@@ -499,7 +502,7 @@ def _count_recent_runs(since: datetime, statuses: tuple[str, ...]) -> Coalesce:
 
 
 @admin.register(DataFlow)
-class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
+class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModelAdmin):
     form = DataFlowForm
     list_display = (
         "name",
@@ -514,7 +517,12 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         "p50_display",
         "p95_display",
     )
-    list_filter = ("enabled", "last_run_status", "flow")
+    list_filter = (
+        "enabled",
+        "last_run_status",
+        "flow",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    )
     search_fields = ("name", "description")
     actions = ("run_now", "run_with_input", "enable", "disable")
     readonly_fields = (
@@ -540,7 +548,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
             alerts += ["overdue_display", "consecutive_failures"]
         fieldsets: list[tuple[Any, dict[str, Any]]] = [
-            (None, {"fields": ["name", "description", "flow", "enabled"]}),
+            (None, {"fields": ["name", "description", "owner", "flow", "enabled"]}),
             (_("Schedule"), {"fields": schedule}),
             (_("Alerts"), {"fields": alerts}),
             (_("Configuration"), {"fields": ["configuration"]}),
@@ -686,8 +694,16 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
     def run_now(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
         run_after_response()  # with the in-process backend: answer first, then run
         for data_flow in queryset:
+            if not self.has_run_permission(request, data_flow):
+                self._refuse(request, data_flow)
+                continue
             try:
-                run = data_flow.trigger_run(trigger=RunTrigger.MANUAL, user=request.user)
+                run = trigger_run(
+                    data_flow,
+                    trigger=RunTrigger.MANUAL,
+                    user=request.user,
+                    on_recorded=lambda run: record(request, AuditAction.RUN_STARTED, run=run),
+                )
             except (RunAlreadyActive, EnqueueFailed) as exc:
                 self.message_user(
                     request,
@@ -697,6 +713,13 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
                 )
                 continue
             self._report_run(request, data_flow, run)
+
+    def _refuse(self, request: HttpRequest, data_flow: DataFlow) -> None:
+        self.message_user(
+            request,
+            gettext("You may not change “%(name)s”.") % {"name": data_flow.name},
+            messages.ERROR,
+        )
 
     def _report_run(self, request: HttpRequest, data_flow: DataFlow, run: DataFlowRun) -> None:
         link = format_html(
@@ -787,8 +810,13 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         label = str(DataFlow._meta.get_field("enabled").verbose_name)
         with transaction.atomic():
             for data_flow in queryset.filter(enabled=not enabled):
+                if not self.has_change_permission(request, data_flow):
+                    self._refuse(request, data_flow)
+                    continue
                 data_flow.set_enabled(enabled)
                 self.log_change(request, data_flow, [{"changed": {"fields": [label]}}])
+                action = AuditAction.FLOW_ENABLED if enabled else AuditAction.FLOW_DISABLED
+                record(request, action, data_flow=data_flow)
                 changed += 1
         return changed
 
@@ -908,7 +936,11 @@ class DeletedRunsFilter(admin.SimpleListFilter):
 
 @admin.register(DataFlowRun)
 class DataFlowRunAdmin(
-    RunLogAdminMixin, LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunModelAdmin
+    RunLogAdminMixin,
+    OwnedRunsAdminMixin,
+    LiveRunAdminMixin,
+    RunControlAdminMixin,
+    _DataFlowRunModelAdmin,
 ):
     """The run history: read-only; only superusers may delete runs.
 

@@ -16,6 +16,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -25,6 +26,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
+from django_dataflows.admin_owners import record
 from django_dataflows.backends.sync import run_after_response
 from django_dataflows.exceptions import (
     EnqueueFailed,
@@ -34,6 +36,7 @@ from django_dataflows.exceptions import (
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import is_registered
 from django_dataflows.models import (
+    AuditAction,
     DataFlow,
     DataFlowRun,
     DataFlowRunStep,
@@ -41,6 +44,7 @@ from django_dataflows.models import (
     RunTrigger,
 )
 from django_dataflows.permissions import RUN_PERMISSION  # "Run now", run control
+from django_dataflows.runs.starting import trigger_run
 from django_dataflows.runs.transitions import allowed_actions
 from django_dataflows.validators import load_json_text, validate_run_input
 
@@ -57,6 +61,14 @@ else:
     _StepInline = admin.TabularInline
 
 #: The run controls, in the order the run page shows them.
+#: What each control is called in the audit trail.
+AUDIT_ACTIONS = {
+    "cancel": AuditAction.RUN_CANCELLED,
+    "pause": AuditAction.RUN_PAUSED,
+    "resume": AuditAction.RUN_RESUMED,
+    "retry": AuditAction.RUN_RETRIED,
+}
+
 CONTROLS: dict[str, Callable[..., DataFlowRun]] = {
     "cancel": FlowExecutor.cancel,
     "pause": FlowExecutor.pause,
@@ -104,7 +116,7 @@ def describe_outcome(action: str, run: DataFlowRun, returned: DataFlowRun) -> st
 class RunControlAdminMixin(_DataFlowRunModelAdmin):
     """Cancel, Pause, Resume and Retry: changelist actions and buttons on the run page."""
 
-    def has_run_permission(self, request: HttpRequest) -> bool:
+    def has_run_permission(self, request: HttpRequest, obj: DataFlowRun | None = None) -> bool:
         return bool(request.user.has_perm(RUN_PERMISSION))
 
     @admin.action(description=_("Cancel selected runs"), permissions=["run"])
@@ -130,16 +142,40 @@ class RunControlAdminMixin(_DataFlowRunModelAdmin):
             self._control(request, run, action)
 
     def _control(self, request: HttpRequest, run: DataFlowRun, action: str) -> None:
-        kwargs: dict[str, Any] = {"user": request.user} if action == "retry" else {}
+        if not self.has_run_permission(request, run):
+            self.message_user(
+                request,
+                gettext("You may not control run %(id)s.") % {"id": run.pk},
+                messages.ERROR,
+            )
+            return
         if action in {"resume", "retry"}:
             run_after_response()  # with the in-process backend: answer first, then run
         try:
-            returned = CONTROLS[action](run, **kwargs)
+            returned = self._control_recorded(request, run, action)
         except (InvalidRunState, RunAlreadyActive, EnqueueFailed) as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
         self.log_change(request, run, [{"changed": {"fields": [gettext("status")]}}])
         self.message_user(request, describe_outcome(action, run, returned), messages.SUCCESS)
+
+    @staticmethod
+    def _control_recorded(request: HttpRequest, run: DataFlowRun, action: str) -> DataFlowRun:
+        """Carry out ``action`` with its audit entry in the same transaction."""
+        entry = AUDIT_ACTIONS[action]
+        details = {"retry_of": run.pk} if action == "retry" else None
+
+        def on_recorded(changed: DataFlowRun) -> None:
+            record(request, entry, run=changed, details=details)
+
+        if action == "retry":
+            return FlowExecutor.retry(run, user=request.user, on_recorded=on_recorded)
+        if action == "resume":
+            return FlowExecutor.resume(run, on_recorded=on_recorded)
+        with transaction.atomic():
+            returned = CONTROLS[action](run)
+            on_recorded(returned)
+        return returned
 
     # -- buttons on the run page ---------------------------------------------------------
 
@@ -160,7 +196,7 @@ class RunControlAdminMixin(_DataFlowRunModelAdmin):
         run = self.get_object(request, unquote(object_id))
         if run is None:
             raise Http404(gettext("No run with id %(id)s.") % {"id": object_id})
-        if not (self.has_view_permission(request, run) and self.has_run_permission(request)):
+        if not (self.has_view_permission(request, run) and self.has_run_permission(request, run)):
             raise PermissionDenied
         self._control(request, run, action)
         return HttpResponseRedirect(
@@ -172,7 +208,7 @@ class RunControlAdminMixin(_DataFlowRunModelAdmin):
         )
 
     def run_controls_context(self, request: HttpRequest, run: DataFlowRun) -> dict[str, Any]:
-        if not self.has_run_permission(request):
+        if not self.has_run_permission(request, run):
             return {}
         return {
             "dataflows_controls": [
@@ -301,7 +337,7 @@ class RunInputForm(forms.Form):
 class RunWithInputAdminMixin(_DataFlowModelAdmin):
     """The "Run with input…" action: a form for the run's input, then ``trigger_run``."""
 
-    def has_run_permission(self, request: HttpRequest) -> bool:
+    def has_run_permission(self, request: HttpRequest, obj: DataFlow | None = None) -> bool:
         return bool(request.user.has_perm(RUN_PERMISSION))
 
     def _report_run(self, request: HttpRequest, data_flow: DataFlow, run: DataFlowRun) -> None:
@@ -342,14 +378,21 @@ class RunWithInputAdminMixin(_DataFlowModelAdmin):
         data_flow = self.get_object(request, unquote(object_id))
         if data_flow is None:
             raise Http404(gettext("No data flow with id %(id)s.") % {"id": object_id})
-        if not (self.has_view_permission(request, data_flow) and self.has_run_permission(request)):
+        if not (
+            self.has_view_permission(request, data_flow)
+            and self.has_run_permission(request, data_flow)
+        ):
             raise PermissionDenied
         form = RunInputForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             run_after_response()  # with the in-process backend: answer first, then run
             try:
-                run = data_flow.trigger_run(
-                    trigger=RunTrigger.MANUAL, user=request.user, input=form.cleaned_data["input"]
+                run = trigger_run(
+                    data_flow,
+                    trigger=RunTrigger.MANUAL,
+                    user=request.user,
+                    input=form.cleaned_data["input"],
+                    on_recorded=lambda run: record(request, AuditAction.RUN_STARTED, run=run),
                 )
             except (RunAlreadyActive, EnqueueFailed) as exc:
                 form.add_error(None, str(exc))

@@ -94,13 +94,14 @@ class FlowFilter(admin.SimpleListFilter):
     FLOWS_LISTED = 50
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        flows = DataFlow.objects.order_by("name").values_list("pk", "name")
+        # Only the flows this user sees (an owner's own, without the model permissions).
+        visible = DataFlow.objects.visible_to(request.user)
+        flows = visible.order_by("name").values_list("pk", "name")
         shown = [(str(pk), name) for pk, name in flows[: self.FLOWS_LISTED]]
         chosen = self.value()
         if chosen and chosen.isdigit() and chosen not in {pk for pk, _name in shown}:
             shown += [
-                (str(pk), name)
-                for pk, name in DataFlow.objects.filter(pk=chosen).values_list("pk", "name")
+                (str(pk), name) for pk, name in visible.filter(pk=chosen).values_list("pk", "name")
             ]
         return shown
 

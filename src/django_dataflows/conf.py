@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "RUN_LOG_MAX_LINES": 10_000,
     "RUN_LOG_MAX_BYTES": 1_000_000,
     "HEALTH_MAX_HEARTBEAT_AGE": 180,
+    "OWNERS_MANAGE_OWN_FLOWS": True,
 }
 
 
@@ -213,6 +214,10 @@ class DataFlowsSettings:
     @property
     def HEALTH_MAX_HEARTBEAT_AGE(self) -> float:
         return float(self._get("HEALTH_MAX_HEARTBEAT_AGE"))
+
+    @property
+    def OWNERS_MANAGE_OWN_FLOWS(self) -> bool:
+        return bool(self._get("OWNERS_MANAGE_OWN_FLOWS"))
 
 
 def is_list_of_strings(value: Any) -> bool:

@@ -19,6 +19,8 @@ from django_dataflows.runs.execution import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
     from django_dataflows.models import DataFlowRun
@@ -43,13 +45,19 @@ class FlowExecutor(RunExecutor):
     """
 
     @classmethod
-    def resume(cls, run: DataFlowRun) -> DataFlowRun:
+    def resume(
+        cls, run: DataFlowRun, *, on_recorded: Callable[[DataFlowRun], object] | None = None
+    ) -> DataFlowRun:
         """Continue the paused ``run``; see :func:`django_dataflows.runs.starting.resume`."""
-        return starting.resume(run)
+        return starting.resume(run, on_recorded=on_recorded)
 
     @classmethod
     def retry(
-        cls, run: DataFlowRun, *, user: AbstractBaseUser | AnonymousUser | None = None
+        cls,
+        run: DataFlowRun,
+        *,
+        user: AbstractBaseUser | AnonymousUser | None = None,
+        on_recorded: Callable[[DataFlowRun], object] | None = None,
     ) -> DataFlowRun:
         """A new run like the finished ``run``; see :func:`django_dataflows.runs.starting.retry`."""
-        return starting.retry(run, user=user)
+        return starting.retry(run, user=user, on_recorded=on_recorded)

@@ -159,9 +159,53 @@ class Seconds(Func):
         )
 
 
+#: What seeing flows and runs takes for users who do not own them.
+VIEW_FLOW_PERMISSION = "dataflows.view_dataflow"
+VIEW_RUN_PERMISSION = "dataflows.view_dataflowrun"
+#: What an owner may do to their own flows without the model permissions...
+OWNER_VIEW_PERMISSIONS = frozenset({VIEW_FLOW_PERMISSION, VIEW_RUN_PERMISSION})
+#: ...and, with ``DATAFLOWS["OWNERS_MANAGE_OWN_FLOWS"]``, also this.
+OWNER_MANAGE_PERMISSIONS = frozenset({"dataflows.change_dataflow", "dataflows.run_dataflow"})
+
+
+def _is_active_user(user: Any) -> bool:
+    return bool(user is not None and user.is_authenticated and user.is_active)
+
+
+def may_see_every_run(user: Any) -> bool:
+    """Whether ``user`` sees every run: the view (or change) model permission of runs."""
+    return _is_active_user(user) and (
+        user.has_perm(VIEW_RUN_PERMISSION) or user.has_perm("dataflows.change_dataflowrun")
+    )
+
+
+def owns_a_flow(user: Any) -> bool:
+    """Whether ``user`` owns at least one flow (one indexed query)."""
+    return _is_active_user(user) and DataFlow.objects.filter(owner_id=user.pk).exists()
+
+
+def may_see_every_flow(user: Any) -> bool:
+    """Whether ``user`` sees every flow: the view (or change) model permission.
+
+    Everyone else sees only the flows they own (``DataFlow.objects.visible_to(user)``);
+    the API, the admin, the streams and the commands' ``--as-user`` all scope through here.
+    """
+    return _is_active_user(user) and (
+        user.has_perm(VIEW_FLOW_PERMISSION) or user.has_perm("dataflows.change_dataflow")
+    )
+
+
 class DataFlowQuerySet(models.QuerySet["DataFlow"]):
     def enabled(self) -> DataFlowQuerySet:
         return self.filter(enabled=True)
+
+    def visible_to(self, user: Any) -> DataFlowQuerySet:
+        """The flows among these that ``user`` may see (see :func:`may_see_every_flow`)."""
+        if may_see_every_flow(user):
+            return self
+        if not _is_active_user(user):
+            return self.none()
+        return self.filter(owner_id=user.pk)
 
     def with_active_run(self) -> DataFlowQuerySet:
         """The flows among these that have an active run."""
@@ -382,6 +426,18 @@ class DataFlow(models.Model):
             "empty for no limit."
         ),
     )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="owned_data_flows",
+        verbose_name=_("owner"),
+        help_text=_(
+            "Sees this flow and its runs without the model permissions; with "
+            "DATAFLOWS['OWNERS_MANAGE_OWN_FLOWS'] also edits, starts and controls it."
+        ),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -461,6 +517,25 @@ class DataFlow(models.Model):
             ):
                 raise FlowHasActiveRun([self.name])
             return super().delete(*args, **kwargs)
+
+    def user_may(self, user: Any, permission: str) -> bool:
+        """Whether ``user`` may do what ``permission`` (``"app_label.codename"``) allows
+        to this flow, or to its runs.
+
+        The model permission allows it for every flow. Without it, the flow's owner may
+        see the flow and its runs, and, with ``DATAFLOWS["OWNERS_MANAGE_OWN_FLOWS"]``,
+        edit, enable, disable and start it and control its runs. Adding and deleting
+        flows always take the model permission.
+        """
+        if not _is_active_user(user):
+            return False
+        if user.has_perm(permission):
+            return True
+        if self.owner_id is None or self.owner_id != user.pk:
+            return False
+        if permission in OWNER_VIEW_PERMISSIONS:
+            return True
+        return app_settings.OWNERS_MANAGE_OWN_FLOWS and permission in OWNER_MANAGE_PERMISSIONS
 
     def set_enabled(self, enabled: bool) -> bool:
         """Turn the schedule on or off; ``True`` if that changed it.
@@ -947,6 +1022,15 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
 
     def active(self) -> DataFlowRunQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
+
+    def visible_to(self, user: Any) -> DataFlowRunQuerySet:
+        """The runs among these that ``user`` may see: all of them with
+        ``dataflows.view_dataflowrun``, else those of the flows ``user`` owns."""
+        if may_see_every_run(user):
+            return self
+        if not _is_active_user(user):
+            return self.none()
+        return self.filter(data_flow__owner_id=user.pk)
 
     def not_deleted(self) -> DataFlowRunQuerySet:
         """Runs that have not been soft-deleted (what lists and statistics show)."""
@@ -1880,3 +1964,87 @@ class DataFlowRunLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.level} {self.logger}: {self.message[:80]}"
+
+
+class AuditSource(models.TextChoices):
+    ADMIN = "admin", _("Admin")
+    API = "api", _("API")
+    COMMAND = "command", _("Command")
+
+
+class AuditAction(models.TextChoices):
+    FLOW_CREATED = "flow_created", _("Flow created")
+    FLOW_CHANGED = "flow_changed", _("Flow changed")
+    FLOW_DELETED = "flow_deleted", _("Flow deleted")
+    FLOW_ENABLED = "flow_enabled", _("Flow enabled")
+    FLOW_DISABLED = "flow_disabled", _("Flow disabled")
+    RUN_STARTED = "run_started", _("Run started")
+    RUN_CANCELLED = "run_cancelled", _("Run cancelled")
+    RUN_PAUSED = "run_paused", _("Run paused")
+    RUN_RESUMED = "run_resumed", _("Run resumed")
+    RUN_RETRIED = "run_retried", _("Run retried")
+    RUN_DELETED = "run_deleted", _("Run deleted")
+
+
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def visible_to(self, user: Any) -> AuditEntryQuerySet:
+        """Every entry with ``dataflows.view_auditentry``; else the entries of the flows
+        ``user`` sees (an owner's own), so no entry names another owner's flow."""
+        if _is_active_user(user) and user.has_perm("dataflows.view_auditentry"):
+            return self
+        if not _is_active_user(user):
+            return self.none()
+        return self.filter(data_flow__in=DataFlow.objects.visible_to(user).values("pk"))
+
+
+class AuditEntry(models.Model):
+    """Who changed what, from where: one row per change a person or a program made.
+
+    Written in the transaction of the change it records (:mod:`django_dataflows.audit`),
+    so a change that rolls back leaves no entry. The flow's name is kept, so the entry
+    still says which flow it was after the flow is deleted.
+    """
+
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("actor"),
+    )
+    source = models.CharField(_("source"), max_length=20, choices=AuditSource.choices)
+    action = models.CharField(_("action"), max_length=30, choices=AuditAction.choices)
+    data_flow = models.ForeignKey(
+        DataFlow,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("data flow"),
+    )
+    flow_name = models.CharField(_("flow name"), max_length=200, blank=True)
+    run = models.ForeignKey(
+        DataFlowRun,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("run"),
+    )
+    details = models.JSONField(_("details"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
+
+    objects: ClassVar[AuditEntryQuerySet] = AuditEntryQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = _("audit entry")
+        verbose_name_plural = _("audit entries")
+        ordering = ("-created_at", "-pk")
+        indexes = (
+            models.Index(fields=("data_flow", "created_at"), name="dataflows_audit_flow_idx"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()}: {self.flow_name or '-'}"

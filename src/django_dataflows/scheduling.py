@@ -173,7 +173,7 @@ def _scheduled_runs(flows: list[DataFlow], now: datetime) -> list[DataFlowRun]:
             values[index] = model_field.get_default()
         values[flow_at], values[slot_at] = flow.pk, flow.next_run_at
         values[queue_at] = flow.effective_queue
-        run = DataFlowRun(*values)  # type: ignore[misc]  # stubs take *values for the pk
+        run = DataFlowRun(*values)  # type: ignore[misc,unused-ignore]  # stubs take *values for the pk
         cache_flow(run, flow)
         runs.append(run)
     return runs

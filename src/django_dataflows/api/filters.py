@@ -11,8 +11,17 @@ from django.core.exceptions import ValidationError
 from django.db.models import F, OrderBy, QuerySet
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
+from rest_framework.exceptions import ValidationError as APIValidationError
 
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import (
+    AuditAction,
+    AuditEntry,
+    AuditSource,
+    DataFlow,
+    DataFlowRun,
+    RunStatus,
+    RunTrigger,
+)
 
 #: The orderings of the run list; a tie-breaker on the id keeps pages stable.
 RUN_ORDERING_FIELDS = ("created_at", "started_at", "ended_at", "duration_ms")
@@ -118,10 +127,46 @@ class DataFlowFilterSet(django_filters.FilterSet):
     search = django_filters.CharFilter(
         field_name="name", lookup_expr="icontains", help_text="Part of the flow's name."
     )
+    owner = django_filters.CharFilter(
+        method="filter_owner", help_text="A user id, or 'me' for the flows you own."
+    )
 
     class Meta:
         model = DataFlow
-        fields = ("enabled", "search")
+        fields = ("enabled", "search", "owner")
+
+    def filter_owner(self, queryset: QuerySet[Any], name: str, value: str) -> QuerySet[Any]:
+        return queryset.filter(owner_id=owner_id(value, self.request))
+
+
+def owner_id(value: str, request: Any) -> int:
+    """``owner=``: a user id, or ``me`` (the authenticated user); else a 400 naming it."""
+    text = value.strip()
+    if text == "me":
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            raise APIValidationError({"owner": ["'me' needs an authenticated user."]})
+        return int(user.pk)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+        raise APIValidationError({"owner": ["Enter a user id or 'me'."]})
+    return int(text)
+
+
+class AuditEntryFilterSet(django_filters.FilterSet):
+    flow = IdFilter(field_name="data_flow_id", help_text="A flow id.")
+    actor = IdFilter(field_name="actor_id", help_text="A user id.")
+    action = django_filters.ChoiceFilter(choices=AuditAction.choices)
+    source = django_filters.ChoiceFilter(choices=AuditSource.choices)
+    after = InstantFilter(
+        field_name="created_at", lookup_expr="gte", help_text="At or after (ISO 8601)."
+    )
+    before = InstantFilter(
+        field_name="created_at", lookup_expr="lt", help_text="Before (ISO 8601)."
+    )
+
+    class Meta:
+        model = AuditEntry
+        fields = ("flow", "actor", "action", "source", "after", "before")
 
 
 class DataFlowRunFilterSet(django_filters.FilterSet):

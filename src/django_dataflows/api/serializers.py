@@ -14,11 +14,13 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import ISO_8601, serializers
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.serializers import as_serializer_error
 from rest_framework.settings import api_settings
 
 from django_dataflows.conf import app_settings
 from django_dataflows.models import (
+    AuditEntry,
     DataFlow,
     DataFlowRun,
     DataFlowRunLog,
@@ -243,6 +245,7 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "id",
             "name",
             "description",
+            "owner",
             "flow",
             "enabled",
             "configuration",
@@ -294,6 +297,22 @@ class DataFlowSerializer(serializers.ModelSerializer):
                 data[key] = capped_json(data.get(key), limit)
         return data
 
+    def validate_owner(self, value: Any) -> Any:
+        """Giving a flow to someone takes the change permission on every flow: an owner
+        without it cannot hand their flow on (403). Anyone may name themselves owner of a
+        flow they create."""
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        current = self.instance.owner_id if self.instance is not None else None
+        wanted = value.pk if value is not None else None
+        if wanted == current or user is None:
+            return value
+        if self.instance is None and wanted == user.pk:
+            return value
+        if not user.has_perm("dataflows.change_dataflow"):
+            raise PermissionDenied("Changing a flow's owner needs the change permission.")
+        return value
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """The model's rules across fields (``DataFlow.full_clean()``), on a copy."""
         data_flow = copy.copy(self.instance) if self.instance is not None else DataFlow()
@@ -305,6 +324,35 @@ class DataFlowSerializer(serializers.ModelSerializer):
         except DjangoValidationError as exc:
             raise serializers.ValidationError(as_serializer_error(exc)) from exc
         return attrs
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    """One audit entry: who did what to which flow or run, from where, and when."""
+
+    actor_username = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AuditEntry
+        fields = (
+            "id",
+            "created_at",
+            "actor",
+            "actor_username",
+            "source",
+            "action",
+            "data_flow",
+            "flow_name",
+            "run",
+            "details",
+            "remote_addr",
+        )
+        read_only_fields = fields
+
+    def get_actor_username(self, entry: AuditEntry) -> str | None:
+        return entry.actor.get_username() if entry.actor is not None else None
 
 
 # -- flow types and statistics -----------------------------------------------------------

@@ -26,6 +26,7 @@ class Router(SimpleRouter):
 router = Router()
 router.register("flows", views.DataFlowViewSet, basename="flow")
 router.register("runs", views.DataFlowRunViewSet, basename="run")
+router.register("audit", views.AuditEntryViewSet, basename="audit")
 
 #: The API's own endpoints: what the schema describes.
 api_urlpatterns = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
@@ -18,20 +19,24 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.generics import GenericAPIView
+from rest_framework.pagination import CursorPagination as DRFCursorPagination
 from rest_framework.parsers import BaseParser, FormParser, MultiPartParser
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.serializers import BaseSerializer
 
+from django_dataflows import audit
 from django_dataflows.api.errors import StrictJSONParser, exception_handler
 from django_dataflows.api.filters import (
     DEFAULT_RUN_ORDERING,
+    AuditEntryFilterSet,
     DataFlowFilterSet,
     DataFlowRunFilterSet,
 )
 from django_dataflows.api.pagination import CursorPagination
 from django_dataflows.api.permissions import RUN_PERMISSION, ActionPermission
 from django_dataflows.api.serializers import (
+    AuditEntrySerializer,
     DataFlowRunSerializer,
     DataFlowSerializer,
     FlowTypeSerializer,
@@ -48,9 +53,18 @@ from django_dataflows.api.serializers import (
 from django_dataflows.backends.sync import run_after_response
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import registered_flows
-from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger
+from django_dataflows.models import (
+    AuditAction,
+    AuditEntry,
+    AuditSource,
+    DataFlow,
+    DataFlowRun,
+    DataFlowRunQuerySet,
+    RunTrigger,
+)
 from django_dataflows.permissions import fields_that_make_due, run_permission_message
 from django_dataflows.runlogs import LOG_PAGE_SIZE, log_lines
+from django_dataflows.runs.starting import trigger_run
 
 
 class Schema(AutoSchema):
@@ -103,8 +117,28 @@ class APIViewMixin:
         context["summary"] = getattr(self, "action", None) == "list"
         return context
 
+    def audit(
+        self,
+        action: str,
+        *,
+        data_flow: DataFlow | None = None,
+        run: DataFlowRun | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record ``action`` by the request's user; call it inside the change's transaction."""
+        request: Request = self.request  # type: ignore[attr-defined]
+        audit.record(
+            action,
+            source=AuditSource.API,
+            actor=request.user,
+            data_flow=data_flow,
+            run=run,
+            details=details,
+            remote_addr=audit.client_address(request),
+        )
 
-def _runs() -> QuerySet[DataFlowRun]:
+
+def _runs() -> DataFlowRunQuerySet:
     """Runs as the API shows them: not soft-deleted, with their flow's name and steps.
 
     Of the flow only the name is loaded: decoding every listed run's flow configuration
@@ -133,7 +167,6 @@ def _stats_since(request: Request) -> dict[str, Any]:
 class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
     """Flows: CRUD, start a run, enable / disable, statistics, upcoming slots."""
 
-    queryset = DataFlow.objects.with_overdue_since()  # overdue without a query per flow
     serializer_class = DataFlowSerializer
     filterset_class = DataFlowFilterSet
     action_permissions = {
@@ -152,13 +185,28 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         """Pages of flows follow their names (unique, indexed)."""
         return "name", False
 
-    def perform_create(self, serializer: BaseSerializer[DataFlow]) -> None:
-        self._check_run_permission(None, serializer.validated_data)
-        serializer.save()
+    def get_queryset(self) -> QuerySet[DataFlow]:
+        # Overdue without a query per flow; only the flows this user may see.
+        return DataFlow.objects.with_overdue_since().visible_to(self.request.user)
 
-    def perform_update(self, serializer: BaseSerializer[DataFlow]) -> None:
+    def perform_create(self, serializer: Any) -> None:
+        self._check_run_permission(None, serializer.validated_data)
+        with transaction.atomic():
+            data_flow = serializer.save()
+            self.audit(AuditAction.FLOW_CREATED, data_flow=data_flow)
+
+    def perform_update(self, serializer: Any) -> None:
         self._check_run_permission(serializer.instance, serializer.validated_data)
-        serializer.save()
+        names = list(serializer.validated_data)
+        before = {name: getattr(serializer.instance, name) for name in names}
+        with transaction.atomic():
+            data_flow = serializer.save()
+            after = {name: getattr(data_flow, name) for name in names}
+            changed = audit.changed_fields(before, after)
+            if changed:
+                self.audit(
+                    AuditAction.FLOW_CHANGED, data_flow=data_flow, details={"fields": changed}
+                )
 
     def _check_run_permission(self, before: DataFlow | None, changes: Any) -> None:
         """Making a flow due is starting runs: it needs the run permission too."""
@@ -172,7 +220,9 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         return super().destroy(request, *args, **kwargs)
 
     def perform_destroy(self, instance: DataFlow) -> None:
-        instance.delete()  # FlowHasActiveRun (409) while it has an active run
+        with transaction.atomic():
+            self.audit(AuditAction.FLOW_DELETED, data_flow=instance)
+            instance.delete()  # FlowHasActiveRun (409) while it has an active run
 
     @document(
         request=StartRunSerializer,
@@ -186,8 +236,12 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         body = StartRunSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         run_after_response()
-        run = data_flow.trigger_run(
-            trigger=RunTrigger.API, user=request.user, input=body.validated_data["input"]
+        run = trigger_run(
+            data_flow,
+            trigger=RunTrigger.API,
+            user=request.user,
+            input=body.validated_data["input"],
+            on_recorded=lambda run: self.audit(AuditAction.RUN_STARTED, run=run),
         )
         return _run_response(run, request, self)
 
@@ -205,7 +259,10 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
 
     def _set_enabled(self, *, enabled: bool) -> Response:
         data_flow = self.get_object()
-        data_flow.set_enabled(enabled)
+        with transaction.atomic():
+            if data_flow.set_enabled(enabled):
+                action = AuditAction.FLOW_ENABLED if enabled else AuditAction.FLOW_DISABLED
+                self.audit(action, data_flow=data_flow)
         return Response(self.get_serializer(data_flow).data)
 
     @document(parameters=[StatsQuerySerializer(partial=True)], responses=StatsSerializer)
@@ -248,10 +305,11 @@ class DataFlowRunViewSet(
     }
 
     def get_queryset(self) -> QuerySet[DataFlowRun]:
+        user = self.request.user
         if self.action in {"cancel", "pause", "resume", "retry", "destroy"}:
             # Run control works with the whole flow (queue, schedule, configuration).
-            return DataFlowRun.objects.not_deleted().select_related("data_flow")
-        return _runs()
+            return DataFlowRun.objects.not_deleted().visible_to(user).select_related("data_flow")
+        return _runs().visible_to(user)
 
     def keyset_ordering(self, request: Request) -> tuple[str, bool]:
         """Newest first, or the one field of ``?ordering=`` (validated by the filters)."""
@@ -270,7 +328,9 @@ class DataFlowRunViewSet(
         return super().destroy(request, *args, **kwargs)
 
     def perform_destroy(self, instance: DataFlowRun) -> None:
-        instance.soft_delete()
+        with transaction.atomic():
+            instance.soft_delete()
+            self.audit(AuditAction.RUN_DELETED, run=instance)
 
     @document(responses=RunStatusSerializer)
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
@@ -299,20 +359,32 @@ class DataFlowRunViewSet(
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel: a pending or paused run at once, a running one at its next checkpoint."""
-        return _run_response(FlowExecutor.cancel(self.get_object()), request, self)
+        run = self.get_object()
+        with transaction.atomic():
+            run = FlowExecutor.cancel(run)
+            self.audit(AuditAction.RUN_CANCELLED, run=run)
+        return _run_response(run, request, self)
 
     @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: str | None = None) -> Response:
         """Ask a running run to pause at its next checkpoint."""
-        return _run_response(FlowExecutor.pause(self.get_object()), request, self)
+        run = self.get_object()
+        with transaction.atomic():
+            run = FlowExecutor.pause(run)
+            self.audit(AuditAction.RUN_PAUSED, run=run)
+        return _run_response(run, request, self)
 
     @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         """Continue a paused run: it is handed to the backend again."""
         run_after_response()
-        return _run_response(FlowExecutor.resume(self.get_object()), request, self)
+        run = FlowExecutor.resume(
+            self.get_object(),
+            on_recorded=lambda run: self.audit(AuditAction.RUN_RESUMED, run=run),
+        )
+        return _run_response(run, request, self)
 
     @document(request=None, responses={202: DataFlowRunSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -320,7 +392,14 @@ class DataFlowRunViewSet(
         """Start a new run (same input, next attempt) after a failed, timed-out or cancelled
         one: 202 with the **new** run."""
         run_after_response()
-        run = FlowExecutor.retry(self.get_object(), user=request.user)
+        failed = self.get_object()
+        run = FlowExecutor.retry(
+            failed,
+            user=request.user,
+            on_recorded=lambda run: self.audit(
+                AuditAction.RUN_RETRIED, run=run, details={"retry_of": failed.pk}
+            ),
+        )
         return _run_response(run, request, self)
 
 
@@ -368,9 +447,33 @@ class StatsView(APIViewMixin, GenericAPIView):
     @document(parameters=[StatsQuerySerializer], responses=StatsSerializer)
     def get(self, request: Request) -> Response:
         query = _stats_since(request)
-        runs = DataFlowRun.objects.all()
+        runs = DataFlowRun.objects.visible_to(request.user)
         if "flow" in query:
-            if not DataFlow.objects.filter(pk=query["flow"]).exists():
+            if not DataFlow.objects.visible_to(request.user).filter(pk=query["flow"]).exists():
                 raise ValidationError({"flow": [f"There is no data flow {query['flow']}."]})
             runs = runs.filter(data_flow_id=query["flow"])
         return Response(StatsSerializer(runs.stats(since=query.get("since"))).data)
+
+
+class AuditPagination(DRFCursorPagination):
+    """Newest first, 50 a page (at most 500), ``?cursor=``: no count over the whole trail."""
+
+    ordering = ("-created_at", "-pk")
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+
+class AuditEntryViewSet(APIViewMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The audit trail (staff only): ``?flow=``, ``?actor=``, ``?action=``, ``?source=``,
+    ``?after=``, ``?before=``. Staff without ``dataflows.view_auditentry`` see the entries
+    of the flows they see."""
+
+    serializer_class = AuditEntrySerializer
+    filterset_class = AuditEntryFilterSet
+    pagination_class = AuditPagination
+    permission_classes = (IsAdminUser,)
+    action_permissions = {None: ()}
+
+    def get_queryset(self) -> QuerySet[AuditEntry]:
+        return AuditEntry.objects.visible_to(self.request.user).select_related("actor")

@@ -94,6 +94,7 @@ class LiveRunAdminMixin:
         context = self._page_context(request, _("Live runs"))
         runs = (
             DataFlowRun.objects.not_deleted()
+            .visible_to(request.user)
             .active()
             .select_related("data_flow")
             .order_by("created_at", "pk")
@@ -111,8 +112,8 @@ class LiveRunAdminMixin:
         """Charts of the last day and week, drawn on the server as SVG."""
         context = self._page_context(request, _("Data flows dashboard"))
         now = timezone.now()
-        runs = DataFlowRun.objects.not_deleted()
-        flows = dict(DataFlow.objects.values_list("pk", "name"))
+        runs = DataFlowRun.objects.not_deleted().visible_to(request.user)
+        flows = dict(DataFlow.objects.visible_to(request.user).values_list("pk", "name"))
         per_flow = runs.stats_per_flow(since=now - timedelta(days=7))
         named = sorted(
             ((flows.get(pk, str(pk)), stats) for pk, stats in per_flow.items()),
@@ -123,6 +124,6 @@ class LiveRunAdminMixin:
             week_chart=charts.runs_per_hour(runs, now=now, hours=24 * 7),
             duration_chart=charts.durations_per_flow(named),
             success_chart=charts.success_rate_per_flow(named),
-            overdue=charts.overdue_flows(),
+            overdue=charts.overdue_flows(request.user),
         )
         return TemplateResponse(request, "admin/dataflows/live/dashboard.html", context)

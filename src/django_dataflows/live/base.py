@@ -184,14 +184,24 @@ Deliver = Callable[[list[RunState]], None]
 class Subscriber:
     """One open stream: which runs it wants and how a batch of changes reaches it."""
 
-    def __init__(self, deliver: Deliver, *, run_id: int | None = None, flow_id: int | None = None):
+    def __init__(
+        self,
+        deliver: Deliver,
+        *,
+        run_id: int | None = None,
+        flow_id: int | None = None,
+        flow_ids: frozenset[int] | None = None,
+    ):
         self.deliver = deliver
         self.run_id = run_id
         self.flow_id = flow_id
+        self.flow_ids = flow_ids
 
     def wants(self, state: RunState) -> bool:
         if self.run_id is not None:
             return state.run_id == self.run_id
+        if self.flow_ids is not None and state.flow_id not in self.flow_ids:
+            return False
         return self.flow_id is None or state.flow_id == self.flow_id
 
 

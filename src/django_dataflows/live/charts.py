@@ -172,11 +172,15 @@ def success_rate_per_flow(per_flow: list[tuple[str, Any]]) -> SafeString:
     return _horizontal(rows, "Success rate per flow (%)", "%", 100)
 
 
-def overdue_flows() -> list[Any] | None:
-    """Overdue flows, or ``None`` where schedules cannot tell (no ``overdue()``)."""
+def overdue_flows(user: Any = None) -> list[Any] | None:
+    """Overdue flows (those ``user`` sees, if given), or ``None`` where schedules cannot
+    tell (no ``overdue()``)."""
     from django_dataflows.models import DataFlow
 
     overdue = getattr(DataFlow.objects, "overdue", None)
     if overdue is None:
         return None
-    return list(overdue().order_by("name")[:100])
+    flows = overdue()
+    if user is not None:
+        flows = flows.visible_to(user)
+    return list(flows.order_by("name")[:100])

@@ -61,11 +61,14 @@ class Stream:
         *,
         run_id: int | None = None,
         flow_id: int | None = None,
+        flow_ids: frozenset[int] | None = None,
         backtrace: bool = False,
         last_event_id: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.flow_id = flow_id
+        #: The only flows whose runs this client may see (an owner's); ``None``: any.
+        self.flow_ids = flow_ids
         self.backtrace = backtrace
         self.last_event_id = last_event_id
         self.cursor = last_event_id or 0
@@ -75,7 +78,7 @@ class Stream:
         self.log_after = 0
 
     def subscriber(self, deliver: Any) -> Subscriber:
-        return Subscriber(deliver, run_id=self.run_id, flow_id=self.flow_id)
+        return Subscriber(deliver, run_id=self.run_id, flow_id=self.flow_id, flow_ids=self.flow_ids)
 
     # -- the first events --------------------------------------------------------------
 
@@ -102,6 +105,8 @@ class Stream:
         runs = runs_queryset().active().order_by("created_at", "pk")
         if self.flow_id is not None:
             runs = runs.filter(data_flow_id=self.flow_id)
+        if self.flow_ids is not None:
+            runs = runs.filter(data_flow_id__in=self.flow_ids)
         states = load_runs(runs)
         for state in states:
             self._remember(state)
@@ -118,6 +123,8 @@ class Stream:
             runs = runs_queryset().filter(changed)
             if self.flow_id is not None:
                 runs = runs.filter(data_flow_id=self.flow_id)
+            if self.flow_ids is not None:
+                runs = runs.filter(data_flow_id__in=self.flow_ids)
             limit = app_settings.SSE_REPLAY_MAX_EVENTS
             ids = list(runs.order_by().values_list("pk", flat=True).distinct()[: limit + 1])
             if len(ids) > limit:  # away too long: the present state says more, and less

@@ -1,9 +1,10 @@
 """The Server-Sent Events views: ``runs/{id}/events/`` and ``events/`` (``?flow=``).
 
 Same permissions as the API's ``runs/``: the project's Django REST framework
-authentication classes when DRF is installed (else the session), and the
-``dataflows.view_dataflowrun`` permission. Errors are JSON, even when the client asked
-for ``text/event-stream``.
+authentication classes when DRF is installed (else the session); with the
+``dataflows.view_dataflowrun`` permission every run, else the runs of the flows the
+user owns (another owner's run answers 404, as in the API). Errors are JSON, even when
+the client asked for ``text/event-stream``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from django_dataflows.live.limits import (
     wsgi_stream_slots,
 )
 from django_dataflows.live.streams import Stream, async_events, sync_events
-from django_dataflows.models import DataFlow
+from django_dataflows.models import DataFlow, may_see_every_run
 
-VIEW_PERMISSION = "dataflows.view_dataflowrun"
+FORBIDDEN = "You do not have permission to perform this action."
 
 
 def _error(status: int, detail: Any, **headers: str) -> JsonResponse:
@@ -65,8 +66,6 @@ def _authenticate(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
         if challenge:
             return None, _error(401, detail, **{"WWW-Authenticate": challenge})
         return None, _error(403, detail)
-    if not user.has_perm(VIEW_PERMISSION):
-        return None, _error(403, "You do not have permission to perform this action.")
     return user, None
 
 
@@ -160,7 +159,7 @@ def run_events(request: HttpRequest, pk: int) -> HttpResponseBase:
             user, error = _authenticate(request)
             if error is not None:
                 return error
-            if not runs_queryset().filter(pk=pk).exists():
+            if not runs_queryset().visible_to(user).filter(pk=pk).exists():
                 return _error(404, "Not found.")
             last_event_id = _last_event_id(request)
             if last_event_id is not None:
@@ -182,12 +181,23 @@ def events(request: HttpRequest) -> HttpResponseBase:
         return _method_not_allowed(request)
     flow = request.GET.get("flow", "").strip()
     flow_id = _ascii_int(flow, MAX_ID) if flow else None
+    flow_ids: frozenset[int] | None = None
     try:
         with database_turn():
             user, error = _authenticate(request)
             if error is not None:
                 return error
-            if flow and (flow_id is None or not DataFlow.objects.filter(pk=flow_id).exists()):
+            if not may_see_every_run(user):
+                # An owner's stream: their flows' runs only (the flows they own as it opens).
+                owned = DataFlow.objects.filter(owner_id=user.pk).values_list("pk", flat=True)
+                flow_ids = frozenset(owned)
+                if not flow_ids:
+                    return _error(403, FORBIDDEN)
+            if flow and (
+                flow_id is None
+                or not DataFlow.objects.filter(pk=flow_id).exists()
+                or not _may_see_flow(flow_id, flow_ids)
+            ):
                 return _error(
                     400,
                     {
@@ -201,7 +211,15 @@ def events(request: HttpRequest) -> HttpResponseBase:
         return _busy(str(exc))
     stream = Stream(
         flow_id=flow_id,
+        flow_ids=flow_ids,
         backtrace=user.is_staff,
         last_event_id=_last_event_id(request),
     )
     return _stream_response(request, stream)
+
+
+def _may_see_flow(flow_id: int, flow_ids: frozenset[int] | None) -> bool:
+    """Whether the flow exists among the ones the client sees (all, or ``flow_ids``)."""
+    if flow_ids is not None:
+        return flow_id in flow_ids
+    return DataFlow.objects.filter(pk=flow_id).exists()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -63,15 +63,23 @@ def trigger_run(
     attempt: int = 1,
     delay: float | None = None,
     backend: BaseBackend | None = None,
+    on_recorded: Callable[[DataFlowRun], object] | None = None,
 ) -> DataFlowRun:
     """Start a run of ``data_flow``: record it pending, hand it to the backend after commit.
 
     The one way a run starts (``DataFlow.trigger_run()`` lands here; the admin, the API,
     ``dataflows_run``, run control's retry and Celery's retries call it). ``backend``
     overrides the configured one (``dataflows_run`` runs in the foreground with the sync
-    backend); ``delay`` defers the start (retries). See :func:`hand_over`.
+    backend); ``delay`` defers the start (retries). ``on_recorded(run)`` is called in the
+    transaction that records the run, before it is handed over (the audit trail writes
+    there). See :func:`hand_over`.
     """
-    run = create_pending_run(data_flow, trigger=trigger, user=user, attempt=attempt, input=input)
+    with transaction.atomic() if on_recorded else contextlib.nullcontext():
+        run = create_pending_run(
+            data_flow, trigger=trigger, user=user, attempt=attempt, input=input
+        )
+        if on_recorded:
+            on_recorded(run)
     hand_over(run, delay=delay, backend=backend)
     return run
 
@@ -174,17 +182,23 @@ def _refused(run: DataFlowRun, exc: Exception) -> None:
     RunExecutor.record_enqueue_failure(run, exc)
 
 
-def resume(run: DataFlowRun) -> DataFlowRun:
+def resume(
+    run: DataFlowRun, *, on_recorded: Callable[[DataFlowRun], object] | None = None
+) -> DataFlowRun:
     """Continue the paused ``run``: it becomes ``pending`` and goes to the backend again.
 
     The executor then skips the declared steps that already succeeded, and the flow
     gets the same input and the stored results of those steps. Returns the run, up to
     date (with the in-process backend it has run by then). ``InvalidRunState`` unless
-    the run is paused; ``EnqueueFailed`` if the backend refused it.
+    the run is paused; ``EnqueueFailed`` if the backend refused it. ``on_recorded(run)``
+    is called in the transaction of the transition, as in :func:`trigger_run`.
     """
-    if not apply(TRANSITIONS["resume"], run):
-        run.refresh_from_db()
-        raise refusal(run, "resume")
+    with transaction.atomic() if on_recorded else contextlib.nullcontext():
+        if not apply(TRANSITIONS["resume"], run):
+            run.refresh_from_db()
+            raise refusal(run, "resume")
+        if on_recorded:
+            on_recorded(run)
     run.refresh_from_db()
     hand_over(run)
     if not transaction.get_connection().in_atomic_block:
@@ -192,7 +206,12 @@ def resume(run: DataFlowRun) -> DataFlowRun:
     return run
 
 
-def retry(run: DataFlowRun, *, user: AbstractBaseUser | AnonymousUser | None = None) -> DataFlowRun:
+def retry(
+    run: DataFlowRun,
+    *,
+    user: AbstractBaseUser | AnonymousUser | None = None,
+    on_recorded: Callable[[DataFlowRun], object] | None = None,
+) -> DataFlowRun:
     """Start a new run like the ``failed``, ``timed_out`` or ``cancelled`` ``run``.
 
     The new run (trigger ``retry``, the same input, ``attempt + 1``) is returned. It is
@@ -208,4 +227,5 @@ def retry(run: DataFlowRun, *, user: AbstractBaseUser | AnonymousUser | None = N
         user=user,
         input=run.input,
         attempt=run.attempt + 1,
+        on_recorded=on_recorded,
     )

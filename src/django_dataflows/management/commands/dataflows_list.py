@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from django_dataflows.management.as_user import add_as_user_argument, resolve_user
 from django_dataflows.models import DataFlow, Heartbeat
 
 COLUMNS = ("NAME", "ENABLED", "SCHEDULE", "LAST STATUS", "LAST RUN", "NEXT RUN", "OVERDUE")
@@ -37,8 +38,10 @@ class Command(BaseCommand):
             action="store_true",
             help="Only overdue flows (alert_after passed without a success); exit 1 if any.",
         )
+        add_as_user_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        user = resolve_user(options["as_user"])
         now = timezone.now()
         flows = (
             DataFlow.objects.overdue(now)
@@ -47,6 +50,8 @@ class Command(BaseCommand):
         ).order_by("name")
         if options["enabled"]:
             flows = flows.enabled()
+        if user is not None:
+            flows = flows.visible_to(user)
         rows = [
             (
                 flow.name,

@@ -9,9 +9,18 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 
+from django_dataflows import audit
 from django_dataflows.backends import load_backend
 from django_dataflows.exceptions import DataFlowError, RunAlreadyActive
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.management.as_user import add_as_user_argument, resolve_user
+from django_dataflows.models import (
+    AuditAction,
+    AuditSource,
+    DataFlow,
+    DataFlowRun,
+    RunStatus,
+    RunTrigger,
+)
 from django_dataflows.runs.starting import trigger_run
 from django_dataflows.validators import load_json_text
 
@@ -40,16 +49,21 @@ class Command(BaseCommand):
             help="The run's input, a JSON object the flow reads as self.input, "
             'such as \'{"day": "2026-01-01"}\'.',
         )
+        add_as_user_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
+        user = resolve_user(options["as_user"])
+        flows = DataFlow.objects.all() if user is None else DataFlow.objects.visible_to(user)
         try:
-            data_flow = DataFlow.objects.get(name=name)
+            data_flow = flows.get(name=name)
         except DataFlow.DoesNotExist:
             raise CommandError(f"No data flow named {name!r}.") from None
+        if user is not None and not data_flow.user_may(user, "dataflows.run_dataflow"):
+            raise CommandError(f"{user.get_username()!r} may not run {name!r}.")
         run_input = self._parse_input(options["input"])
         try:
-            run = self._start(data_flow, enqueue=options["enqueue"], run_input=run_input)
+            run = self._start(data_flow, enqueue=options["enqueue"], run_input=run_input, user=user)
         except RunAlreadyActive as exc:
             raise CommandError(str(exc)) from exc
         except ValidationError as exc:
@@ -80,14 +94,21 @@ class Command(BaseCommand):
         return value
 
     def _start(
-        self, data_flow: DataFlow, *, enqueue: bool, run_input: dict[str, Any] | None
+        self, data_flow: DataFlow, *, enqueue: bool, run_input: dict[str, Any] | None, user: Any
     ) -> DataFlowRun:
         # The one way in, as any run: in the foreground it is the in-process backend's
         # turn, whatever DATAFLOWS["BACKEND"] says; a failure is recorded on the run.
         backend = None if enqueue else load_backend(SYNC_BACKEND)
         try:
             return trigger_run(
-                data_flow, trigger=RunTrigger.COMMAND, input=run_input, backend=backend
+                data_flow,
+                trigger=RunTrigger.COMMAND,
+                user=user,
+                input=run_input,
+                backend=backend,
+                on_recorded=lambda run: audit.record(
+                    AuditAction.RUN_STARTED, source=AuditSource.COMMAND, actor=user, run=run
+                ),
             )
         except RunAlreadyActive:
             raise
