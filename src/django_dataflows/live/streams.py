@@ -284,6 +284,16 @@ def gated_resync(stream: Stream) -> list[bytes]:
         return stream.resync()
 
 
+def gated_receive(stream: Stream, batch: list[RunState]) -> list[bytes]:
+    """A batch's events; a one-run stream reads the run's new log lines for them, in its
+    turn at the database, and gives the connection back (a WSGI stream holds none while it
+    waits)."""
+    if stream.run_id is None or not batch:
+        return stream.receive(batch)
+    with database_turn():
+        return stream.receive(batch)
+
+
 async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[bytes]:
     """The stream under ASGI: waits on an asyncio queue, holding no thread."""
     batches: asyncio.Queue[list[RunState]] = asyncio.Queue()
@@ -320,7 +330,11 @@ async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[byt
                     return
             else:
                 # Reads the run's new log lines: database work, off the event loop.
-                chunks = await in_pool_thread(stream.receive, batch)
+                try:
+                    chunks = await in_pool_thread(gated_receive, stream, batch)
+                except StreamsBusy:
+                    yield RECONNECT
+                    return
             for chunk in chunks:
                 yield chunk
     finally:
@@ -372,7 +386,11 @@ def sync_events(
                     yield RECONNECT
                     return
             else:
-                yield from stream.receive(batch)
+                try:
+                    yield from gated_receive(stream, batch)
+                except StreamsBusy:
+                    yield RECONNECT
+                    return
     finally:
         source.unsubscribe(subscriber)
         if slot is not None:
