@@ -61,6 +61,8 @@ from django_dataflows.models import (
     RunStats,
     RunStatus,
     RunTrigger,
+    cycle_error,
+    dependency_cycle,
 )
 from django_dataflows.schedules import describe_cron, get_zone, zone_name
 
@@ -137,6 +139,32 @@ def describe_schedule(data_flow: DataFlow) -> str:
     if data_flow.run_interval is None:
         return gettext("no schedule")
     return describe_interval(data_flow.run_interval)
+
+
+def flow_links(flows: Any) -> str:
+    """Links to the admin pages of ``flows``, separated by commas."""
+    return format_html_join(
+        ", ",
+        '<a href="{}">{}</a>',
+        ((reverse("admin:dataflows_dataflow_change", args=[flow.pk]), flow.name) for flow in flows),
+    )
+
+
+def upstream_run_links(run: DataFlowRun) -> str:
+    """``after A #12, B #14``: the upstream runs whose success started ``run``."""
+    links = format_html_join(
+        ", ",
+        '<a href="{}">{} #{}</a>',
+        (
+            (
+                reverse("admin:dataflows_dataflowrun_change", args=[upstream.pk]),
+                upstream.data_flow.name,
+                upstream.pk,
+            )
+            for upstream in run.upstream_runs.all()
+        ),
+    )
+    return format_html("{} {}", gettext("after"), links) if links else ""
 
 
 def format_duration(duration: timedelta | None) -> str:
@@ -320,7 +348,11 @@ class DataFlowForm(_DataFlowModelForm):
     flow = forms.ChoiceField(label=_("Flow"), widget=FlowSelect)
     schedule_kind = forms.ChoiceField(
         label=_("Schedule kind"),
-        choices=(("interval", _("Every N seconds")), ("cron", _("Cron expression"))),
+        choices=(
+            ("interval", _("Every N seconds")),
+            ("cron", _("Cron expression")),
+            ("none", _("No schedule: after its upstream flows, or when started")),
+        ),
         widget=forms.RadioSelect(attrs={"class": "dataflows-schedule-kind"}),
         required=False,
         help_text=_("The other kind's field is ignored (and cleared) when you save."),
@@ -343,6 +375,9 @@ class DataFlowForm(_DataFlowModelForm):
             "queue",
             "max_retries",
             "timeout",
+            "catchup",
+            "upstream_flows",
+            "wait_for",
         )
         field_classes = {"configuration": ConfigurationField}
         widgets = {
@@ -357,7 +392,21 @@ class DataFlowForm(_DataFlowModelForm):
         if "flow" in self.fields:
             self._offer_registered_flows()
         if "schedule_kind" in self.fields:
-            self.fields["schedule_kind"].initial = "cron" if self.instance.cron else "interval"
+            self.fields["schedule_kind"].initial = (
+                "cron"
+                if self.instance.cron
+                else "none"
+                if self.instance.pk and self.instance.run_interval is None
+                else "interval"
+            )
+        for name in ("wait_for", "catchup"):
+            if name in self.fields:
+                # A form posted without them (a script) keeps the stored or default value.
+                self.fields[name].required = False
+        if "upstream_flows" in self.fields and self.instance.pk:
+            field = self.fields["upstream_flows"]
+            assert isinstance(field, forms.ModelMultipleChoiceField)
+            field.queryset = DataFlow.objects.exclude(pk=self.instance.pk)
 
     def clean(self) -> dict[str, Any]:
         """Apply the schedule-kind switch: the other kind's field is emptied.
@@ -367,10 +416,19 @@ class DataFlowForm(_DataFlowModelForm):
         """
         cleaned = super().clean() or {}
         kind = cleaned.get("schedule_kind")
-        dropped = {"cron": "run_interval", "interval": "cron"}.get(kind or "")
-        if dropped is not None and dropped in self.fields:
-            cleaned[dropped] = None if dropped == "run_interval" else ""
-            self.errors.pop(dropped, None)  # a mistake in a field that is switched off
+        dropped = {"cron": ["run_interval"], "interval": ["cron"], "none": ["cron", "run_interval"]}
+        for name in dropped.get(kind or "", []):
+            if name in self.fields:
+                cleaned[name] = None if name == "run_interval" else ""
+                self.errors.pop(name, None)  # a mistake in a field that is switched off
+        for name in ("wait_for", "catchup"):
+            if name in self.fields and not cleaned.get(name):
+                cleaned[name] = getattr(self.instance, name)
+        upstreams = cleaned.get("upstream_flows")
+        if upstreams is not None and self.instance.pk is not None:
+            cycle = dependency_cycle(self.instance, upstreams)
+            if cycle:
+                self.add_error("upstream_flows", cycle_error(cycle))
         return cleaned
 
     def _offer_registered_flows(self) -> None:
@@ -481,6 +539,8 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         "created_at",
         "updated_at",
         "statistics_display",
+        "downstream_display",
+        "generation_display",
     )
 
     class Media:
@@ -488,14 +548,17 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
         js = ("django_dataflows/schedule_kind.js",)
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlow | None = None) -> Any:
-        schedule = ["schedule_kind", "run_interval", "cron", "timezone"]
+        schedule = ["schedule_kind", "run_interval", "cron", "timezone", "catchup"]
+        pipeline: list[str] = ["upstream_flows", "wait_for"]
         alerts = ["alert_after", "alert_emails", "disable_after_failures"]
         if obj is not None:
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
             alerts += ["overdue_display", "consecutive_failures"]
+            pipeline += ["downstream_display", "generation_display"]
         fieldsets: list[tuple[Any, dict[str, Any]]] = [
             (None, {"fields": ["name", "description", "flow", "enabled"]}),
             (_("Schedule"), {"fields": schedule}),
+            (_("Pipeline"), {"fields": pipeline}),
             (_("Alerts"), {"fields": alerts}),
             (_("Configuration"), {"fields": ["configuration"]}),
             (_("Execution"), {"fields": ["queue", "max_retries", "timeout"]}),
@@ -544,6 +607,29 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             else gettext("overdue"),
         )
 
+    @admin.display(description=_("downstream flows"))
+    def downstream_display(self, obj: DataFlow) -> str:
+        return flow_links(obj.downstream_flows.all()) or gettext("none")
+
+    @admin.display(description=_("latest generation"))
+    def generation_display(self, obj: DataFlow) -> str:
+        """The flow's latest upstream-triggered run and the upstream runs it took in."""
+        run = (
+            obj.runs.filter(generation__isnull=False)
+            .order_by("-generation")
+            .prefetch_related("upstream_runs__data_flow")
+            .first()
+        )
+        if run is None:
+            return gettext("none yet")
+        return format_html(
+            '<a href="{}">{}</a> {} {}',
+            reverse("admin:dataflows_dataflowrun_change", args=[run.pk]),
+            gettext("generation %(number)s") % {"number": run.generation},
+            status_badge(run.status),
+            upstream_run_links(run),
+        )
+
     @admin.display(description=_("last status"), ordering="last_run_status")
     def last_status(self, obj: DataFlow) -> str:
         return status_badge(obj.last_run_status)
@@ -556,6 +642,8 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
     def next_run_display(self, obj: DataFlow) -> str:
         if not obj.enabled:
             return format_html('<span class="dataflows-quiet">{}</span>', gettext("disabled"))
+        if obj.next_run_at is None:
+            return format_html('<span class="dataflows-quiet">{}</span>', gettext("no schedule"))
         if obj.next_run_at <= timezone.now():
             return format_html(
                 '<time datetime="{}">{}</time>', obj.next_run_at.isoformat(), gettext("due now")

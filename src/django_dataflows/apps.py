@@ -28,6 +28,7 @@ class DataFlowsConfig(AppConfig):
         self.flow_module_errors = autodiscover(app_settings.FLOW_MODULES)
         connect_live_publisher()
         alerts.connect()
+        connect_pipelines()
 
     # The models' DataFlow.create_pending_run() and trigger_run() land here: the app is the
     # one place that knows both the models and what sits above them (bookkeeping, backends).
@@ -46,6 +47,17 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows.backends import hand_over
 
         hand_over(run)
+
+
+def connect_pipelines() -> None:
+    """Start ready downstream flows as soon as a run ends (the heartbeat would, later)."""
+    from django_dataflows import signals
+    from django_dataflows.models import DataFlow
+    from django_dataflows.scheduling import start_ready_downstream
+
+    signals.run_finished.connect(
+        start_ready_downstream, sender=DataFlow, dispatch_uid="dataflows.pipelines"
+    )
 
 
 def connect_live_publisher() -> None:

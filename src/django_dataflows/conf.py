@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "SSE_KEEPALIVE": 15,
     "SSE_POLL_INTERVAL": 0.5,
     "ALERT_EMAILS": [],
+    "CATCHUP_GRACE": 300,
 }
 
 
@@ -131,6 +132,11 @@ class DataFlowsSettings:
         value = self._get("ALERT_EMAILS") or []
         # A single address given as a string is one recipient, not a list of characters.
         return [value] if isinstance(value, str) else list(value)
+
+    @property
+    def CATCHUP_GRACE(self) -> float:
+        """Seconds a slot may be late before a ``catchup="skip"`` flow drops it."""
+        return float(self._get("CATCHUP_GRACE"))
 
 
 def is_list_of_strings(value: Any) -> bool:

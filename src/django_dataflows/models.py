@@ -37,6 +37,7 @@ from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.schedules import (
     InvalidSchedule,
     next_cron_slot,
+    previous_cron_slot,
     upcoming_cron_slots,
     validate_cron,
     validate_timezone,
@@ -85,6 +86,23 @@ class RunTrigger(models.TextChoices):
     API = "api", _("API")
     COMMAND = "command", _("Management command")
     RETRY = "retry", _("Retry")
+    UPSTREAM = "upstream", _("Upstream flows succeeded")
+    BACKFILL = "backfill", _("Backfill")
+
+
+class WaitFor(models.TextChoices):
+    """Which upstream flows must have succeeded before a downstream flow runs."""
+
+    ALL = "all", _("All upstream flows")
+    ANY = "any", _("Any upstream flow")
+
+
+class Catchup(models.TextChoices):
+    """What a scheduled flow does with the slots it missed (downtime, disabled)."""
+
+    LATEST = "latest", _("Run once for the missed slots")
+    SKIP = "skip", _("Skip slots found late")
+    ALL = "all", _("Run every missed slot")
 
 
 def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
@@ -101,15 +119,32 @@ def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
 
 
 def next_slot_for(data_flow: DataFlow, slot: datetime, now: datetime) -> datetime:
-    """The flow's next slot after claiming ``slot`` at ``now`` (missed slots collapse).
+    """The flow's next slot after claiming ``slot`` at ``now``.
 
-    Raises ``InvalidSchedule`` for a cron expression or zone stored without validation.
+    Missed slots collapse (the next slot is the first one after ``now``) unless the flow's
+    ``catchup`` is ``"all"``: then it is the slot right after ``slot``, past or not, so
+    every missed slot runs in turn. Raises ``InvalidSchedule`` for a cron expression or
+    zone stored without validation, and for a flow without a schedule.
     """
+    if data_flow.catchup == Catchup.ALL:
+        now = min(slot, now)
     if data_flow.cron:
         return next_cron_slot(data_flow.cron, data_flow.timezone, max(slot, now))
     if data_flow.run_interval is None:
         raise InvalidSchedule(f"Data flow {data_flow.name!r} has neither cron nor run_interval.")
     return next_slot_after(slot, data_flow.run_interval, now)
+
+
+def previous_slot_for(data_flow: DataFlow, slot: datetime) -> datetime | None:
+    """The slot of the flow's schedule just before ``slot`` (``None`` without a schedule).
+
+    With ``slot`` this bounds a run's data interval ``[previous_slot, slot)``.
+    """
+    if data_flow.cron:
+        return previous_cron_slot(data_flow.cron, data_flow.timezone, slot)
+    if data_flow.run_interval is None:
+        return None
+    return slot - timedelta(seconds=data_flow.run_interval)
 
 
 def split_alert_emails(value: str) -> list[str]:
@@ -199,6 +234,7 @@ SCHEDULER_FIELDS = frozenset(
         "state",
         "consecutive_failures",
         "overdue_episode_since",
+        "upstream_generation",
     }
 )
 
@@ -265,7 +301,9 @@ class DataFlow(models.Model):
     last_run_status = models.CharField(
         _("last run status"), max_length=20, choices=RunStatus.choices, blank=True, editable=False
     )
-    next_run_at = models.DateTimeField(_("next run at"), default=timezone.now, editable=False)
+    next_run_at = models.DateTimeField(
+        _("next run at"), null=True, blank=True, default=timezone.now, editable=False
+    )
     state = models.JSONField(
         _("state"),
         default=dict,
@@ -338,6 +376,37 @@ class DataFlow(models.Model):
         editable=False,
         help_text=_("When the overdue episode already announced began; cleared by a success."),
     )
+    upstream_flows = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="downstream_flows",
+        verbose_name=_("upstream flows"),
+        help_text=_("The flow runs (trigger upstream) after these flows have succeeded."),
+    )
+    wait_for = models.CharField(
+        _("wait for"),
+        max_length=10,
+        choices=WaitFor.choices,
+        default=WaitFor.ALL,
+        help_text=_("Run after all upstream flows have succeeded, or after any one of them."),
+    )
+    catchup = models.CharField(
+        _("catch-up"),
+        max_length=10,
+        choices=Catchup.choices,
+        default=Catchup.LATEST,
+        help_text=_(
+            "Missed slots: run once (latest), drop slots found late (skip), or run every "
+            "one, oldest first (all)."
+        ),
+    )
+    upstream_generation = models.PositiveBigIntegerField(
+        _("upstream generation"),
+        default=0,
+        editable=False,
+        help_text=_("How many upstream-triggered runs the flow has had."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -362,10 +431,15 @@ class DataFlow(models.Model):
                 condition=Q(run_interval__gte=1), name="dataflows_run_interval_positive"
             ),
             models.CheckConstraint(
-                condition=(Q(cron="") & Q(run_interval__isnull=False))
-                | (~Q(cron="") & Q(run_interval__isnull=True)),
+                condition=Q(cron="") | Q(run_interval__isnull=True),
                 name="dataflows_one_schedule",
-                violation_error_message=_("Set either a cron expression or a run interval."),
+                violation_error_message=_("Set a cron expression or a run interval, not both."),
+            ),
+            models.CheckConstraint(
+                condition=Q(wait_for__in=WaitFor.values), name="dataflows_wait_for_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(catchup__in=Catchup.values), name="dataflows_catchup_valid"
             ),
             models.CheckConstraint(
                 condition=Q(alert_after__gte=1), name="dataflows_alert_after_positive"
@@ -426,22 +500,23 @@ class DataFlow(models.Model):
         super().clean_fields(exclude=exclude)
 
     def clean(self) -> None:
-        """Check the schedule (exactly one of cron and interval) and the configuration.
+        """Check the schedule (at most one of cron and interval), the upstream flows (no
+        cycle) and the configuration.
 
         A schedule error goes on both fields, so whichever of the two a form shows carries
         it; the configuration is checked against the flow's ``configuration_schema``.
         """
         super().clean()
         errors: dict[str, Any] = {}
+        # Neither is fine: the flow then runs only after its upstream flows or when started.
         if self.cron and self.run_interval is not None:
-            message = _("Set either a cron expression or a run interval, not both.")
-        elif not self.cron and self.run_interval is None:
-            message = _("Set a cron expression or a run interval.")
-        else:
-            message = None
-        if message is not None:
+            message = _("Set a cron expression or a run interval, not both.")
             errors["cron"] = ValidationError(message, code="schedule")
             errors["run_interval"] = ValidationError(message, code="schedule")
+        if self.pk is not None:
+            cycle = dependency_cycle(self, self.upstream_flows.all())
+            if cycle:
+                errors["upstream_flows"] = cycle_error(cycle)
         if self.flow and isinstance(self.configuration, dict):
             try:
                 flow_class = self.flow_class
@@ -464,8 +539,14 @@ class DataFlow(models.Model):
         stored = DataFlow.objects.filter(pk=self.pk).values_list(*self.SCHEDULE_FIELDS).first()
         return stored != tuple(getattr(self, name) for name in self.SCHEDULE_FIELDS)
 
-    def compute_next_run_at(self, now: datetime | None = None) -> datetime:
-        """When the flow is next due.
+    @property
+    def has_schedule(self) -> bool:
+        """Does the flow have a schedule (cron or interval)? Without one it runs only after
+        its upstream flows or when started."""
+        return bool(self.cron) or self.run_interval is not None
+
+    def compute_next_run_at(self, now: datetime | None = None) -> datetime | None:
+        """When the flow is next due; ``None`` for a flow without a schedule (never due).
 
         An interval flow: ``run_interval`` after its last run, or now if never run. A cron
         flow: its first slot after now (a cron schedule is a wall-clock promise: enabling
@@ -478,15 +559,15 @@ class DataFlow(models.Model):
                 return next_cron_slot(self.cron, self.timezone, now)
             except InvalidSchedule:
                 return now
-        if self.last_run_at is None or self.run_interval is None:
+        if self.run_interval is None:
+            return None
+        if self.last_run_at is None:
             return now
         return max(self.last_run_at + timedelta(seconds=self.run_interval), now)
 
     @property
     def schedule_error(self) -> str | None:
         """Why the stored schedule cannot be evaluated, or ``None`` (for the admin)."""
-        if not self.cron and self.run_interval is None:
-            return str(_("The flow has neither a cron expression nor a run interval."))
         if not self.cron:
             return None
         try:
@@ -559,7 +640,7 @@ class DataFlow(models.Model):
                 return upcoming_cron_slots(self.cron, self.timezone, now, count)
             except InvalidSchedule:
                 return []
-        if self.run_interval is None:
+        if self.run_interval is None or self.next_run_at is None:
             return []
         first = max(self.next_run_at, now)
         return [first + timedelta(seconds=i * self.run_interval) for i in range(count)]
@@ -1103,6 +1184,21 @@ class DataFlowRun(models.Model):
         editable=False,
         help_text=_("Set from the database clock by every write to the run or its steps."),
     )
+    generation = models.PositiveBigIntegerField(
+        _("generation"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("For a run its upstream flows started: which of the flow's generations."),
+    )
+    upstream_runs = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="downstream_runs",
+        verbose_name=_("upstream runs"),
+        help_text=_("The upstream runs whose success started this run."),
+    )
 
     objects: ClassVar[DataFlowRunQuerySet] = DataFlowRunQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -1135,10 +1231,23 @@ class DataFlowRun(models.Model):
                 ),
                 name="dataflows_run_rated_ms_idx",
             ),
+            # Has an upstream flow succeeded since a downstream flow last took it in? One
+            # seek per dependency, whatever the history's size.
+            models.Index(
+                fields=("data_flow", "id"),
+                condition=Q(status=RunStatus.SUCCESS),
+                name="dataflows_run_success_idx",
+            ),
         )
         constraints = (
             models.UniqueConstraint(
                 fields=("data_flow", "scheduled_for"), name="dataflows_one_run_per_slot"
+            ),
+            # Exactly once per generation, however many heartbeats and workers race.
+            models.UniqueConstraint(
+                fields=("data_flow", "generation"),
+                condition=Q(generation__isnull=False),
+                name="dataflows_one_run_per_generation",
             ),
             models.UniqueConstraint(
                 fields=("data_flow",),
@@ -1168,6 +1277,22 @@ class DataFlowRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def previous_slot(self) -> datetime | None:
+        """The schedule slot before this run's ``scheduled_for`` (``None`` without a slot):
+        the run's data interval is ``[previous_slot, scheduled_for)``."""
+        if self.scheduled_for is None:
+            return None
+        return previous_slot_for(self.data_flow, self.scheduled_for)
+
+    @property
+    def upstream_results(self) -> dict[str, Any]:
+        """``{flow name: result}`` of the upstream runs whose success started this run."""
+        if self._state.adding:
+            return {}
+        upstream = self.upstream_runs.select_related("data_flow").order_by("pk")
+        return {run.data_flow.name: run.result for run in upstream}
 
     def soft_delete(self) -> None:
         """Hide the run from lists and statistics; it stays for audit until ``dataflows_prune``.
@@ -1292,3 +1417,87 @@ class Heartbeat(models.Model):
     def last(cls) -> Heartbeat | None:
         """The last heartbeat received, or ``None`` if there has never been one."""
         return cls.objects.filter(pk=cls.SINGLETON_PK).first()
+
+
+# -- pipelines ----------------------------------------------------------------------------
+
+
+class UpstreamMark(models.Model):
+    """How far a downstream flow has taken in an upstream flow's successful runs.
+
+    ``run_id`` is the newest successful run of ``upstream`` that a run of ``downstream``
+    was started for; a success with a larger id is new to ``downstream``. No row means
+    none taken in yet. Written with the downstream run, in the same transaction.
+    """
+
+    downstream = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="+", verbose_name=_("downstream flow")
+    )
+    upstream = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="+", verbose_name=_("upstream flow")
+    )
+    run_id = models.BigIntegerField(_("newest run taken in"))
+
+    class Meta:
+        verbose_name = _("upstream mark")
+        verbose_name_plural = _("upstream marks")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("downstream", "upstream"), name="dataflows_one_mark_per_dependency"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.upstream_id} → {self.downstream_id}: run {self.run_id}"
+
+
+def dependency_cycle(data_flow: DataFlow, upstreams: Any) -> list[str] | None:
+    """The flow names of the cycle that ``upstreams`` as ``data_flow``'s upstream flows would
+    close (``["A", "B", "A"]``: A triggers B, B triggers A), or ``None``.
+
+    ``upstreams`` are flows or keys; the flow's stored upstream flows are replaced by them.
+    One query reads every dependency (the graph is small: one row per edge).
+    """
+    proposed = [getattr(upstream, "pk", upstream) for upstream in upstreams]
+    own = data_flow.pk
+    if own is None or not proposed:
+        return None
+    through = DataFlow.upstream_flows.through
+    downstream_of: dict[int, list[int]] = {}
+    for downstream_id, upstream_id in through.objects.exclude(from_dataflow_id=own).values_list(
+        "from_dataflow_id", "to_dataflow_id"
+    ):
+        downstream_of.setdefault(upstream_id, []).append(downstream_id)
+    # Walk downstream from the flow: reaching one of its new upstream flows closes a cycle.
+    path_to: dict[int, list[int]] = {own: [own]}
+    frontier = [own]
+    wanted = set(proposed)
+    while frontier:
+        following = []
+        for node in frontier:
+            if node in wanted:
+                ids = [*path_to[node], own]
+                names = dict(DataFlow.objects.filter(pk__in=ids).values_list("pk", "name"))
+                names[own] = data_flow.name
+                return [names[pk] for pk in ids]
+            for child in downstream_of.get(node, ()):
+                if child not in path_to:
+                    path_to[child] = [*path_to[node], child]
+                    following.append(child)
+        frontier = following
+    return None
+
+
+def cycle_error(cycle: list[str]) -> ValidationError:
+    """The validation error for a dependency cycle, naming it: ``A → B → A``."""
+    if len(cycle) == 2:
+        return ValidationError(
+            _("A flow cannot be its own upstream flow: %(cycle)s."),
+            code="cycle",
+            params={"cycle": " → ".join(cycle)},
+        )
+    return ValidationError(
+        _("These upstream flows would make a cycle: %(cycle)s."),
+        code="cycle",
+        params={"cycle": " → ".join(cycle)},
+    )

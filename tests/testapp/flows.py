@@ -367,3 +367,14 @@ class WithSchema(Flow):
 
     def run(self) -> dict[str, Any]:
         return {"batch_size": self.configuration["batch_size"]}
+
+
+class ReportsPipeline(Flow):
+    """Return what the flow sees of its pipeline: slot, previous slot, upstream results."""
+
+    def run(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot.isoformat() if self.slot else None,
+            "previous_slot": self.previous_slot.isoformat() if self.previous_slot else None,
+            "upstream": self.upstream_results,
+        }

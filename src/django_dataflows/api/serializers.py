@@ -28,6 +28,8 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
     StepStatus,
+    cycle_error,
+    dependency_cycle,
 )
 
 #: Deepest nesting accepted in a JSON body (configuration, input): keeps validation and
@@ -298,6 +300,11 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "queue",
             "max_retries",
             "timeout",
+            "catchup",
+            "upstream_flows",
+            "downstream_flows",
+            "wait_for",
+            "upstream_generation",
             "last_run_at",
             "last_run_status",
             "next_run_at",
@@ -309,6 +316,8 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "updated_at",
         )
         read_only_fields = (
+            "downstream_flows",
+            "upstream_generation",
             "last_run_at",
             "last_run_status",
             "next_run_at",
@@ -331,10 +340,15 @@ class DataFlowSerializer(serializers.ModelSerializer):
         """The model's rules across fields (``DataFlow.full_clean()``), on a copy."""
         data_flow = copy.copy(self.instance) if self.instance is not None else DataFlow()
         for name, value in attrs.items():
-            setattr(data_flow, name, value)
+            if name != "upstream_flows":  # many-to-many: checked below, saved by DRF
+                setattr(data_flow, name, value)
         try:
             # Uniqueness is DRF's UniqueValidator's job (it names the field already).
             data_flow.full_clean(validate_unique=False, validate_constraints=False)
+            if "upstream_flows" in attrs:
+                cycle = dependency_cycle(data_flow, attrs["upstream_flows"])
+                if cycle:
+                    raise DjangoValidationError({"upstream_flows": cycle_error(cycle)})
         except DjangoValidationError as exc:
             raise serializers.ValidationError(as_serializer_error(exc)) from exc
         return attrs
