@@ -266,11 +266,11 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
     if connection.vendor != "postgresql":
         # ignore_conflicts returns no keys, so read back the rows this claim wrote.
         DataFlowRun.objects.bulk_create(runs, ignore_conflicts=True)
-        written = DataFlowRun.objects.filter(
-            data_flow__in=[run.data_flow_id for run in runs],
-            trigger__in=(RunTrigger.SCHEDULE, RunTrigger.UPSTREAM),
-            created_at=first.created_at,
-        ).values_list("data_flow_id", "pk")
+        # Each run's task id is new, so it finds that run and no other (two claims with
+        # the same clock reading would both match a created_at).
+        written = DataFlowRun.objects.filter(task_id__in=[run.task_id for run in runs]).values_list(
+            "data_flow_id", "pk"
+        )
         return _with_keys(runs, dict(written))
     columns: list[str] = []
     selected: list[str] = []
