@@ -439,3 +439,40 @@ def test_racing_heartbeats_and_workers_run_each_generation_exactly_once():
     for upstream in up:
         newest = upstream.runs.latest("pk")
         assert newest.downstream_runs.filter(data_flow=either).exists()
+
+
+def test_the_graph_page_draws_each_dependency_as_an_arrow(admin_client):
+    orders = DataFlowFactory(name="orders")
+    unscheduled("report", orders)
+    DataFlowFactory(name="alone")
+
+    page = admin_client.get("/admin/dataflows/dataflow/graph/").content.decode()
+
+    assert page.count('class="dataflows-graph-node"') == 2
+    assert "<title>orders → report</title>" in page
+    assert "1 flow without dependencies is not drawn." in page
+    assert "<script" not in page.split('id="dataflows-graph"')[1].split("</div>")[0]
+
+
+def test_the_graph_page_without_dependencies_says_so(admin_client):
+    DataFlowFactory(name="alone")
+
+    page = admin_client.get("/admin/dataflows/dataflow/graph/").content.decode()
+
+    assert "No flow has upstream or downstream flows yet." in page
+
+
+def test_the_graph_places_a_flow_right_of_its_deepest_upstream_flow():
+    from django_dataflows.admin_graph import flow_depths
+
+    assert flow_depths([1, 2, 3, 4], [(1, 2), (2, 3), (1, 3)]) == {1: 0, 2: 1, 3: 2, 4: 0}
+    # A cycle stored before cycles were refused still ends.
+    assert set(flow_depths([1, 2], [(1, 2), (2, 1)])) == {1, 2}
+
+
+def test_the_graph_page_needs_the_view_permission(client):
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory(is_staff=True))
+
+    assert client.get("/admin/dataflows/dataflow/graph/").status_code == 403

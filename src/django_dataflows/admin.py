@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.exceptions import NotRegistered
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import (
@@ -33,7 +33,10 @@ from django.db.models import (
     Value,
 )
 from django.db.models.functions import Cast, Coalesce, NullIf
-from django.urls import reverse
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, reverse
+from django.urls import path as url_path
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
@@ -44,16 +47,19 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.admin_control import (
+    RUN_PERMISSION,
     DataFlowRunStepInline,
     RunControlAdminMixin,
     RunWithInputAdminMixin,
     progress_html,
 )
+from django_dataflows.admin_graph import dependency_graph_svg
 from django_dataflows.exceptions import EnqueueFailed, RunAlreadyActive
 from django_dataflows.flows import is_registered, registered_flows
 from django_dataflows.live.admin_views import LiveRunAdminMixin
 from django_dataflows.models import (
     ACTIVE_STATUSES,
+    Backfill,
     DataFlow,
     DataFlowQuerySet,
     DataFlowRun,
@@ -74,9 +80,10 @@ if TYPE_CHECKING:
     _DataFlowModelForm = forms.ModelForm[DataFlow]
     _DataFlowModelAdmin = admin.ModelAdmin[DataFlow]
     _DataFlowRunModelAdmin = admin.ModelAdmin[DataFlowRun]
+    _BackfillModelAdmin = admin.ModelAdmin[Backfill]
 else:
     _DataFlowModelForm = forms.ModelForm
-    _DataFlowModelAdmin = _DataFlowRunModelAdmin = admin.ModelAdmin
+    _DataFlowModelAdmin = _DataFlowRunModelAdmin = _BackfillModelAdmin = admin.ModelAdmin
 
 #: The success-rate column counts the runs created in this window.
 SUCCESS_RATE_WINDOW = timedelta(days=7)
@@ -528,7 +535,7 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
     )
     list_filter = ("enabled", "last_run_status", "flow")
     search_fields = ("name", "description")
-    actions = ("run_now", "run_with_input", "enable", "disable")
+    actions = ("run_now", "run_with_input", "backfill", "enable", "disable")
     readonly_fields = (
         "interval_display",
         "overdue_display",
@@ -764,6 +771,39 @@ class DataFlowAdmin(RunWithInputAdminMixin, _DataFlowModelAdmin):
             level = messages.INFO
         self.message_user(request, message, level)
 
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            url_path(
+                "graph/",
+                self.admin_site.admin_view(self.graph_view),
+                name="dataflows_dataflow_graph",
+            ),
+            *super().get_urls(),
+        ]
+
+    def graph_view(self, request: HttpRequest) -> HttpResponse:
+        """Every flow with upstream or downstream flows, as a server-rendered SVG graph."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        svg, alone = dependency_graph_svg(
+            lambda pk: _admin_url("dataflow_change", pk, site=self.admin_site)
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Flow dependencies"),
+            "opts": self.opts,
+            "graph": svg,
+            "alone": alone,
+        }
+        return TemplateResponse(request, "admin/dataflows/dataflow/graph.html", context)
+
+    @admin.action(description=_("Backfill past slots…"), permissions=["run"])
+    def backfill(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> HttpResponse:
+        """Open the new-backfill form for the first selected flow."""
+        data_flow = queryset.order_by("name").first()
+        query = {"data_flow": str(data_flow.pk)} if data_flow is not None else None
+        return HttpResponseRedirect(_admin_url("backfill_add", site=self.admin_site, query=query))
+
     @admin.action(description=_("Enable"), permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
         count = self._set_enabled(request, queryset, enabled=True)
@@ -963,10 +1003,39 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
         "result_display",
         "queue",
         "task_id",
+        "started_by_display",
     )
 
     class Media:
         css = {"all": ("django_dataflows/admin.css",)}
+
+    @admin.display(description=_("started by"))
+    def started_by_display(self, obj: DataFlowRun) -> str:
+        """What started the run: its upstream runs, its backfill, its schedule slot."""
+        parts = []
+        links = upstream_run_links(obj)
+        if links:
+            parts.append(
+                format_html("{} {}", gettext("generation %(n)s,") % {"n": obj.generation}, links)
+            )
+        if obj.backfill_id is not None:
+            parts.append(
+                format_html(
+                    '<a href="{}">{}</a>',
+                    _admin_url("backfill_change", obj.backfill_id, site=self.admin_site),
+                    gettext("backfill %(id)s") % {"id": obj.backfill_id},
+                )
+            )
+        if obj.scheduled_for is not None:
+            parts.append(
+                format_html(
+                    '{} <time datetime="{}">{}</time>',
+                    gettext("slot"),
+                    obj.scheduled_for.isoformat(),
+                    date_format(timezone.localtime(obj.scheduled_for), "DATETIME_FORMAT"),
+                )
+            )
+        return format_html_join("; ", "{}", ((part,) for part in parts)) or "-"
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlowRun | None = None) -> Any:
         outcome = ["error_message", "backtrace", "result_display"]
@@ -975,7 +1044,16 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
         return [
             (
                 None,
-                {"fields": ["flow_link", "status_display", "trigger", "triggered_by", "attempt"]},
+                {
+                    "fields": [
+                        "flow_link",
+                        "status_display",
+                        "trigger",
+                        "started_by_display",
+                        "triggered_by",
+                        "attempt",
+                    ]
+                },
             ),
             (
                 _("Timing"),
@@ -1054,3 +1132,141 @@ class DataFlowRunAdmin(LiveRunAdminMixin, RunControlAdminMixin, _DataFlowRunMode
         if obj.result is None:
             return "-"
         return format_html('<pre class="dataflows-pre">{}</pre>', pretty_json(obj.result))
+
+
+# -- backfills ----------------------------------------------------------------------------
+
+
+class BackfillForm(forms.ModelForm):  # type: ignore[type-arg]
+    """A new backfill: checked and recorded by ``DataFlow.backfill()`` (nothing else)."""
+
+    force = forms.BooleanField(
+        label=_("Force"), required=False, help_text=_("Allow more than 10,000 slots.")
+    )
+
+    class Meta:
+        model = Backfill
+        fields = ("data_flow", "start", "end", "rerun")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        data_flow, start, end = (cleaned.get(name) for name in ("data_flow", "start", "end"))
+        if self.errors or data_flow is None or start is None or end is None:
+            return cleaned
+        try:
+            self.created = data_flow.backfill(
+                start,
+                end,
+                rerun=bool(cleaned.get("rerun")),
+                user=getattr(self, "user", None),
+                force=bool(cleaned.get("force")),
+            )
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from exc
+        return cleaned
+
+    def _post_clean(self) -> None:
+        # The backfill was checked and written by DataFlow.backfill(): no second validation.
+        if hasattr(self, "created"):
+            self.instance = self.created
+
+
+def backfill_progress(backfill: Backfill) -> str:
+    return format_html(
+        '<span class="dataflows-progress"><progress max="{}" value="{}"></progress>{}</span>',
+        backfill.total or 1,
+        backfill.done,
+        gettext("%(done)s of %(total)s slots") % {"done": backfill.done, "total": backfill.total},
+    )
+
+
+@admin.register(Backfill)
+class BackfillAdmin(_BackfillModelAdmin):
+    """Backfills with their progress; new ones through the form (or the flows' action)."""
+
+    form = BackfillForm
+    list_display = (
+        "id",
+        "flow_link",
+        "start",
+        "end",
+        "rerun",
+        "status_display",
+        "progress_display",
+        "created_by",
+        "created_at",
+    )
+    list_filter = ("status", "data_flow")
+    list_select_related = ("data_flow", "created_by")
+    actions = ("cancel_backfills",)
+
+    class Media:
+        css = {"all": ("django_dataflows/admin.css",)}
+
+    def get_fields(self, request: HttpRequest, obj: Backfill | None = None) -> Any:
+        if obj is None:
+            return ("data_flow", "start", "end", "rerun", "force")
+        return (
+            "flow_link",
+            "start",
+            "end",
+            "rerun",
+            "status_display",
+            "progress_display",
+            "next_slot",
+            "created_by",
+            "created_at",
+            "ended_at",
+        )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Backfill | None = None) -> Any:
+        return () if obj is None else self.get_fields(request, obj)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form_class = super().get_form(request, obj, change, **kwargs)
+        form_class.user = request.user  # type: ignore[attr-defined]
+        return form_class
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(RUN_PERMISSION))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(RUN_PERMISSION))
+
+    def save_model(self, request: HttpRequest, obj: Backfill, form: Any, change: bool) -> None:
+        pass  # DataFlow.backfill() saved it while the form was checked
+
+    @admin.display(description=_("data flow"), ordering="data_flow__name")
+    def flow_link(self, obj: Backfill) -> str:
+        return format_html(
+            '<a href="{}">{}</a>',
+            _admin_url("dataflow_change", obj.data_flow_id, site=self.admin_site),
+            obj.data_flow.name,
+        )
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, obj: Backfill) -> str:
+        return format_html(
+            '<span class="dataflows-badge dataflows-badge--{}">{}</span>',
+            obj.status,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description=_("progress"))
+    def progress_display(self, obj: Backfill) -> str:
+        return backfill_progress(obj)
+
+    @admin.action(description=_("Cancel selected backfills"), permissions=["run"])
+    def cancel_backfills(self, request: HttpRequest, queryset: QuerySet[Backfill]) -> None:
+        cancelled = sum(backfill.cancel() for backfill in queryset)
+        self.message_user(
+            request,
+            gettext("%(count)s backfills cancelled; their current runs finish.")
+            % {"count": cancelled},
+            messages.SUCCESS,
+        )

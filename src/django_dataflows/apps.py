@@ -8,7 +8,7 @@ from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
 if TYPE_CHECKING:
-    from django_dataflows.models import DataFlow, DataFlowRun
+    from django_dataflows.models import Backfill, DataFlow, DataFlowRun
 
 
 class DataFlowsConfig(AppConfig):
@@ -42,6 +42,11 @@ class DataFlowsConfig(AppConfig):
         from django_dataflows.backends import trigger_run
 
         return trigger_run(data_flow, **kwargs)
+
+    def create_backfill(self, data_flow: DataFlow, *args: Any, **kwargs: Any) -> Backfill:
+        from django_dataflows.backfills import create_backfill
+
+        return create_backfill(data_flow, *args, **kwargs)
 
     def hand_to_backend(self, run: DataFlowRun) -> None:
         from django_dataflows.backends import hand_over

@@ -666,6 +666,26 @@ class DataFlow(models.Model):
             self, trigger=trigger, user=user, attempt=attempt, now=now, input=input
         )
 
+    def backfill(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        rerun: bool = False,
+        user: AbstractBaseUser | AnonymousUser | None = None,
+        force: bool = False,
+    ) -> Backfill:
+        """Run every slot of the flow's schedule in ``[start, end)``, oldest first, one at a
+        time (the heartbeat drives it); return the new :class:`Backfill`.
+
+        A slot that already succeeded is skipped unless ``rerun`` (a re-run is a new run of
+        the slot; the old one stays). ``ValidationError`` for ``end <= start``, a flow
+        without a schedule, more than ``MAX_BACKFILL_SLOTS`` slots without ``force``, or a
+        range overlapping a running backfill of the flow; nothing is written then. See
+        :func:`django_dataflows.backfills.create_backfill`.
+        """
+        return _run_service().create_backfill(self, start, end, rerun=rerun, user=user, force=force)
+
     def trigger_run(
         self,
         trigger: str = RunTrigger.MANUAL,
@@ -1191,6 +1211,16 @@ class DataFlowRun(models.Model):
         editable=False,
         help_text=_("For a run its upstream flows started: which of the flow's generations."),
     )
+    backfill = models.ForeignKey(
+        "Backfill",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="runs",
+        verbose_name=_("backfill"),
+        help_text=_("The backfill that ran this past slot."),
+    )
     upstream_runs = models.ManyToManyField(
         "self",
         symmetrical=False,
@@ -1240,8 +1270,17 @@ class DataFlowRun(models.Model):
             ),
         )
         constraints = (
+            # A slot runs once from the schedule, and once per backfill (a backfill with
+            # rerun runs a slot again and keeps the old run).
             models.UniqueConstraint(
-                fields=("data_flow", "scheduled_for"), name="dataflows_one_run_per_slot"
+                fields=("data_flow", "scheduled_for"),
+                condition=Q(backfill__isnull=True),
+                name="dataflows_one_run_per_slot",
+            ),
+            models.UniqueConstraint(
+                fields=("backfill", "scheduled_for"),
+                condition=Q(backfill__isnull=False),
+                name="dataflows_one_run_per_backfill_slot",
             ),
             # Exactly once per generation, however many heartbeats and workers race.
             models.UniqueConstraint(
@@ -1501,3 +1540,81 @@ def cycle_error(cycle: list[str]) -> ValidationError:
         code="cycle",
         params={"cycle": " → ".join(cycle)},
     )
+
+
+class BackfillStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class Backfill(models.Model):
+    """Past slots of a flow's schedule to run, oldest first, one at a time.
+
+    ``done`` of ``total`` slots are handled (run, or skipped as already succeeded);
+    ``next_slot`` is the next one to consider (``None`` once every slot is handed out).
+    """
+
+    data_flow = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="backfills", verbose_name=_("data flow")
+    )
+    start = models.DateTimeField(_("start"), help_text=_("The first slot at or after it runs."))
+    end = models.DateTimeField(_("end"), help_text=_("Slots before it run (exclusive)."))
+    rerun = models.BooleanField(
+        _("rerun"), default=False, help_text=_("Run slots that already succeeded again too.")
+    )
+    status = models.CharField(
+        _("status"),
+        max_length=20,
+        choices=BackfillStatus.choices,
+        default=BackfillStatus.RUNNING,
+    )
+    done = models.PositiveIntegerField(_("done"), default=0)
+    total = models.PositiveIntegerField(_("total"), default=0)
+    next_slot = models.DateTimeField(_("next slot"), null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("backfill")
+        verbose_name_plural = _("backfills")
+        ordering = ("-created_at", "-pk")
+        indexes = (
+            models.Index(
+                fields=("data_flow",),
+                condition=Q(status="running"),
+                name="dataflows_backfill_running_idx",
+            ),
+        )
+        constraints = (
+            models.CheckConstraint(
+                condition=Q(end__gt=F("start")), name="dataflows_backfill_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=BackfillStatus.values), name="dataflows_backfill_status"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.data_flow} {self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M}"
+
+    @property
+    def percent(self) -> int:
+        """How far it is, 0 to 100."""
+        return 100 if not self.total else round(100 * self.done / self.total)
+
+    def cancel(self) -> bool:
+        """Stop after the current run (it finishes); ``False`` if it was not running."""
+        cancelled = Backfill.objects.filter(pk=self.pk, status=BackfillStatus.RUNNING).update(
+            status=BackfillStatus.CANCELLED, ended_at=Now()
+        )
+        self.refresh_from_db(fields=["status", "ended_at"])
+        return bool(cancelled)

@@ -19,6 +19,7 @@ from django.db import connection, transaction
 
 import django_dataflows.signals as signals
 from django_dataflows.backends import dispatch_many
+from django_dataflows.backfills import next_backfill_runs
 from django_dataflows.bookkeeping import advance_claimed, next_after_claim
 from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
@@ -378,10 +379,12 @@ def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
     result.runs_never_picked_up = redelivery.never_picked_up
     with transaction.atomic():
         claim = claim_due_flows(now)
+    with transaction.atomic():
+        backfill_runs = next_backfill_runs(now)
     result.flows_due = claim.flows_due
     result.flows_skipped = claim.flows_skipped
-    result.flows_triggered = len(claim.runs)
-    runs = redelivery.runs + claim.runs
+    result.flows_triggered = len(claim.runs) + len(backfill_runs)
+    runs = redelivery.runs + claim.runs + backfill_runs
     result.run_ids = [run.pk for run in runs]
     result.enqueue_failures = dispatch_many(runs)
     if runs:
@@ -413,21 +416,30 @@ def start_ready_downstream(sender: Any, run: DataFlowRun, status: str, **kwargs:
     """``run_finished`` receiver: start the flows this run's end makes ready.
 
     A success may make the flow's downstream flows ready; any end frees the flow itself,
-    whose own generation may have waited for it. The heartbeat finds the same flows (this
-    only makes them start at once), so a flow another claim holds is left to it.
+    whose own generation, or next backfill slot, may have waited for it. The heartbeat
+    finds the same runs to start (this only starts them at once), so a flow another claim
+    holds is left to it.
     """
     downstream, has_upstreams = dependency_neighbours(run.data_flow_id)
     candidates = downstream if status == RunStatus.SUCCESS else set()
     if has_upstreams:
         candidates.add(run.data_flow_id)
-    if not candidates:
+    in_backfill = run.backfill_id is not None
+    if not candidates and not in_backfill:
         return
-    with transaction.atomic():
-        claim = claim_ready_flows(sorted(candidates), database_now())
-    _dispatch_in_turn(claim.runs)
+    now = database_now()
+    runs: list[DataFlowRun] = []
+    if candidates:
+        with transaction.atomic():
+            runs += claim_ready_flows(sorted(candidates), now).runs
+    if in_backfill:
+        # The backfill's next slot starts now rather than at the next heartbeat.
+        with transaction.atomic():
+            runs += next_backfill_runs(now, [run.data_flow_id])
+    dispatch_in_turn(runs)
 
 
-def _dispatch_in_turn(runs: list[DataFlowRun]) -> None:
+def dispatch_in_turn(runs: list[DataFlowRun]) -> None:
     """Hand ``runs`` to the backend; nested calls queue theirs for the outermost one.
 
     The sync backend runs a flow inside ``dispatch_many``, whose end may start the next

@@ -22,6 +22,7 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.settings import api_settings
 
 from django_dataflows.models import (
+    Backfill,
     DataFlow,
     DataFlowRun,
     DataFlowRunStep,
@@ -409,3 +410,46 @@ class UpcomingQuerySerializer(serializers.Serializer):
 
 class UpcomingSerializer(serializers.Serializer):
     upcoming = serializers.ListField(child=serializers.DateTimeField())
+
+
+# -- backfills ----------------------------------------------------------------------------
+
+
+class BackfillRequestSerializer(serializers.Serializer):
+    """The body of ``flows/{id}/backfill/``: the range ``[start, end)`` and the options."""
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    rerun = serializers.BooleanField(
+        required=False, default=False, help_text="Run slots that already succeeded again too."
+    )
+    force = serializers.BooleanField(
+        required=False, default=False, help_text="Allow more than 10,000 slots."
+    )
+
+
+class BackfillSerializer(serializers.ModelSerializer):
+    """A backfill and its progress (``done`` of ``total`` slots)."""
+
+    flow = serializers.IntegerField(source="data_flow_id", read_only=True)
+    flow_name = serializers.CharField(source="data_flow.name", read_only=True)
+    created_by = serializers.IntegerField(source="created_by_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Backfill
+        fields = (
+            "id",
+            "flow",
+            "flow_name",
+            "start",
+            "end",
+            "rerun",
+            "status",
+            "done",
+            "total",
+            "next_slot",
+            "created_by",
+            "created_at",
+            "ended_at",
+        )
+        read_only_fields = fields

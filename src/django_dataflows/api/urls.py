@@ -25,6 +25,7 @@ class Router(SimpleRouter):
 router = Router()
 router.register("flows", views.DataFlowViewSet, basename="flow")
 router.register("runs", views.DataFlowRunViewSet, basename="run")
+router.register("backfills", views.BackfillViewSet, basename="backfill")
 
 #: The API's own endpoints: what the schema describes.
 api_urlpatterns = [

@@ -27,6 +27,8 @@ from django_dataflows.api.errors import Conflict, exception_handler
 from django_dataflows.api.filters import DataFlowFilterSet, DataFlowRunFilterSet
 from django_dataflows.api.permissions import RUN_PERMISSION, ActionPermission
 from django_dataflows.api.serializers import (
+    BackfillRequestSerializer,
+    BackfillSerializer,
     DataFlowRunSerializer,
     DataFlowSerializer,
     FlowTypeSerializer,
@@ -39,7 +41,7 @@ from django_dataflows.api.serializers import (
 )
 from django_dataflows.executor import FlowExecutor
 from django_dataflows.flows import registered_flows
-from django_dataflows.models import DataFlow, DataFlowRun, RunTrigger, row_lock
+from django_dataflows.models import Backfill, DataFlow, DataFlowRun, RunTrigger, row_lock
 
 
 def document(**kwargs: Any) -> Callable[[Any], Any]:
@@ -124,6 +126,7 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         "disable": ("dataflows.change_dataflow",),
         "destroy": ("dataflows.delete_dataflow",),
         "start": ("dataflows.view_dataflow", RUN_PERMISSION),
+        "backfill": ("dataflows.view_dataflow", RUN_PERMISSION),
         "stats": ("dataflows.view_dataflow", "dataflows.view_dataflowrun"),
     }
 
@@ -157,6 +160,23 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
             trigger=RunTrigger.API, user=request.user, input=body.validated_data["input"]
         )
         return _run_response(run, request, self)
+
+    @document(request=BackfillRequestSerializer, responses={202: BackfillSerializer})
+    @action(detail=True, methods=["post"])
+    def backfill(self, request: Request, pk: str | None = None) -> Response:
+        """Run the flow's slots in ``[start, end)``, oldest first: 202 with the backfill.
+
+        400 naming the problem for ``end <= start``, a flow without a schedule, more than
+        10,000 slots without ``force``, or a range overlapping a running backfill.
+        """
+        data_flow = self.get_object()
+        body = BackfillRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        backfill = data_flow.backfill(
+            data["start"], data["end"], rerun=data["rerun"], user=request.user, force=data["force"]
+        )
+        return Response(BackfillSerializer(backfill).data, status=status.HTTP_202_ACCEPTED)
 
     @document(request=None, responses=DataFlowSerializer)
     @action(detail=True, methods=["post"])
@@ -313,3 +333,34 @@ class StatsView(APIViewMixin, GenericAPIView):
                 raise ValidationError({"flow": [f"There is no data flow {query['flow']}."]})
             runs = runs.filter(data_flow_id=query["flow"])
         return Response(StatsSerializer(runs.stats(since=query.get("since"))).data)
+
+
+class BackfillViewSet(
+    APIViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Backfills with their progress, newest first (``?flow=``, ``?status=``); cancel."""
+
+    serializer_class = BackfillSerializer
+    filter_backends = ()
+    action_permissions = {
+        None: ("dataflows.view_backfill",),
+        "cancel": ("dataflows.view_backfill", RUN_PERMISSION),
+    }
+
+    def get_queryset(self) -> QuerySet[Backfill]:
+        backfills = Backfill.objects.select_related("data_flow").order_by("-created_at", "-pk")
+        params = self.request.query_params
+        if params.get("flow", "").isdigit():
+            backfills = backfills.filter(data_flow_id=int(params["flow"]))
+        if params.get("status"):
+            backfills = backfills.filter(status=params["status"])
+        return backfills
+
+    @document(request=None, responses={202: BackfillSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Stop the backfill after its current run (which finishes); 409 if it has ended."""
+        backfill = self.get_object()
+        if not backfill.cancel():
+            raise Conflict(f"Backfill {backfill.pk} is {backfill.status}, not running.")
+        return Response(BackfillSerializer(backfill).data, status=status.HTTP_202_ACCEPTED)
