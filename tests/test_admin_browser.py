@@ -175,7 +175,8 @@ def read_the_graph_and_backfills(page, base_url, backfill_pk):
         graph.locator(f'a[data-flow="{name}"] rect').bounding_box()["x"]
         for name in ("import-orders", "orders-report", "reconcile")
     ]
-    assert xs == sorted(xs) and len(set(xs)) == 3, xs
+    assert xs == sorted(xs), xs
+    assert len(set(xs)) == 3, xs
     page.screenshot(path=ARTIFACTS / "admin-graph.png", full_page=True)
 
     graph.locator('a[data-flow="import-orders"]').click()
