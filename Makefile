@@ -97,6 +97,7 @@ bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis); figures are printed, 
 	@DATABASE_URL=$(POSTGRES_URL)_bench_stats $(BIN)/python bench/stats.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_writes $(BIN)/python bench/run_writes.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_faults $(BIN)/python bench/frozen_broker.py
+	@DATABASE_URL=$(POSTGRES_URL)_bench_pipelines $(BIN)/python bench/pipelines.py
 	@DATABASE_URL=$(POSTGRES_URL)_live_bench $(BIN)/python bench/live.py
 
 clean:  ## Remove the virtualenv and build leftovers.

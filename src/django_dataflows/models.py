@@ -389,6 +389,8 @@ class DataFlow(models.Model):
         max_length=10,
         choices=WaitFor.choices,
         default=WaitFor.ALL,
+        # Also in the database: rows written by raw SQL (bulk loads, benchmarks) get it.
+        db_default=WaitFor.ALL,
         help_text=_("Run after all upstream flows have succeeded, or after any one of them."),
     )
     catchup = models.CharField(
@@ -396,6 +398,7 @@ class DataFlow(models.Model):
         max_length=10,
         choices=Catchup.choices,
         default=Catchup.LATEST,
+        db_default=Catchup.LATEST,
         help_text=_(
             "Missed slots: run once (latest), drop slots found late (skip), or run every "
             "one, oldest first (all)."
@@ -404,6 +407,7 @@ class DataFlow(models.Model):
     upstream_generation = models.PositiveBigIntegerField(
         _("upstream generation"),
         default=0,
+        db_default=0,
         editable=False,
         help_text=_("How many upstream-triggered runs the flow has had."),
     )

@@ -166,7 +166,28 @@ def record_generations(generations: list[Generation], now: datetime) -> None:
         flow.last_run_at = now
         flow.last_run_status = RunStatus.PENDING
         flows.append(flow)
-    DataFlow.objects.bulk_update(flows, ["upstream_generation", "last_run_at", "last_run_status"])
+    if connection.vendor != "postgresql":
+        fields = ["upstream_generation", "last_run_at", "last_run_status"]
+        DataFlow.objects.bulk_update(flows, fields)
+        return
+    # bulk_update's CASE costs a branch of Python per flow; two arrays cost none.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _GENERATION_SQL.format(**_tables()),
+            [
+                now,
+                RunStatus.PENDING.value,
+                [flow.pk for flow in flows],
+                [flow.upstream_generation for flow in flows],
+            ],
+        )
+
+
+_GENERATION_SQL = (
+    "UPDATE {flows} AS flow SET upstream_generation = taken.generation, "  # noqa: S608
+    "last_run_at = %s, last_run_status = %s "
+    "FROM unnest(%s::bigint[], %s::bigint[]) AS taken(id, generation) WHERE flow.id = taken.id"
+)
 
 
 def dependency_neighbours(data_flow_id: int) -> tuple[set[int], bool]:

@@ -135,6 +135,7 @@ class Migration(migrations.Migration):
                     ("skip", "Skip slots found late"),
                     ("all", "Run every missed slot"),
                 ],
+                db_default="latest",
                 default="latest",
                 help_text="Missed slots: run once (latest), drop slots found late (skip), or run every one, oldest first (all).",
                 max_length=10,
@@ -156,6 +157,7 @@ class Migration(migrations.Migration):
             model_name="dataflow",
             name="upstream_generation",
             field=models.PositiveBigIntegerField(
+                db_default=0,
                 default=0,
                 editable=False,
                 help_text="How many upstream-triggered runs the flow has had.",
@@ -167,6 +169,7 @@ class Migration(migrations.Migration):
             name="wait_for",
             field=models.CharField(
                 choices=[("all", "All upstream flows"), ("any", "Any upstream flow")],
+                db_default="all",
                 default="all",
                 help_text="Run after all upstream flows have succeeded, or after any one of them.",
                 max_length=10,
