@@ -184,7 +184,7 @@ def record_generations(generations: list[Generation], now: datetime) -> None:
 
 
 _GENERATION_SQL = (
-    "UPDATE {flows} AS flow SET upstream_generation = taken.generation, "  # noqa: S608
+    "UPDATE {flows} AS flow SET upstream_generation = taken.generation, "
     "last_run_at = %s, last_run_status = %s "
     "FROM unnest(%s::bigint[], %s::bigint[]) AS taken(id, generation) WHERE flow.id = taken.id"
 )
