@@ -430,3 +430,23 @@ def test_the_run_page_says_what_started_the_run(admin_client):
         in page
     )
     assert f'<time datetime="{slots(1)[0].isoformat()}">' in page
+
+
+def test_even_forced_a_backfill_has_at_most_a_hundred_thousand_slots():
+    flow = DataFlowFactory(name="x", run_interval=1)
+
+    with pytest.raises(ValidationError, match="too many even forced"):
+        flow.backfill(TODAY - 30 * DAY, TODAY, force=True)
+
+    assert not Backfill.objects.exists()
+
+
+def test_a_range_at_the_end_of_the_calendar_is_refused():
+    flow = DataFlowFactory(name="x", cron="0 0 1 1 *", timezone="UTC", run_interval=None)
+
+    with pytest.raises(ValidationError, match="out of bounds|cannot be evaluated"):
+        flow.backfill(
+            datetime.datetime(9999, 6, 1, tzinfo=UTC),
+            datetime.datetime(9999, 12, 31, 23, tzinfo=UTC),
+        )
+    assert not Backfill.objects.exists()

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 #: Most slots a backfill may have without ``force``.
 MAX_BACKFILL_SLOTS = 10_000
+#: Most slots a backfill may have at all (counting a cron schedule's slots takes time).
+MAX_FORCED_SLOTS = 100_000
 _JUST_BEFORE = timedelta(microseconds=1)
 
 
@@ -72,6 +74,7 @@ def _first_interval_slot(data_flow: DataFlow, start: datetime) -> datetime:
 def count_slots(data_flow: DataFlow, start: datetime, end: datetime, limit: int) -> int:
     """How many slots ``[start, end)`` holds, counting no further than ``limit + 1``."""
     if not data_flow.cron and data_flow.run_interval is not None:
+        # Arithmetic: an interval's slots are counted without walking them.
         first = _first_interval_slot(data_flow, start)
         if first >= end:
             return 0
@@ -113,10 +116,14 @@ def create_backfill(
             code="no_schedule",
         )
     try:
-        total = count_slots(data_flow, start, end, MAX_BACKFILL_SLOTS)
+        total = count_slots(
+            data_flow, start, end, MAX_FORCED_SLOTS if force else MAX_BACKFILL_SLOTS
+        )
         first = next(schedule_slots(data_flow, start, end), None)
     except InvalidSchedule as exc:
         raise ValidationError(f"The schedule cannot be evaluated: {exc}", code="schedule") from exc
+    except (OverflowError, ValueError) as exc:  # a range near the ends of the calendar
+        raise ValidationError(f"The range is out of bounds: {exc}", code="range") from exc
     if first is None:
         raise ValidationError(
             f"No slot of {data_flow.name!r}'s schedule falls in "
@@ -129,8 +136,12 @@ def create_backfill(
             "(--force, force=True) if you mean it.",
             code="too_many",
         )
-    if force and total > MAX_BACKFILL_SLOTS:
-        total = sum(1 for _slot in schedule_slots(data_flow, start, end))
+    if total > MAX_FORCED_SLOTS:
+        raise ValidationError(
+            f"The range holds more than {MAX_FORCED_SLOTS:,} slots, too many even forced; "
+            "split it into several backfills.",
+            code="too_many",
+        )
     with transaction.atomic():
         # The flow row's lock makes two overlapping requests wait for each other.
         row_lock(DataFlow.objects.filter(pk=data_flow.pk)).values_list("pk").get()
