@@ -444,7 +444,7 @@ def test_even_forced_a_backfill_has_at_most_a_hundred_thousand_slots():
 def test_a_range_at_the_end_of_the_calendar_is_refused():
     flow = DataFlowFactory(name="x", cron="0 0 1 1 *", timezone="UTC", run_interval=None)
 
-    with pytest.raises(ValidationError, match="out of bounds|cannot be evaluated"):
+    with pytest.raises(ValidationError, match=r"out of bounds|cannot be evaluated"):
         flow.backfill(
             datetime.datetime(9999, 6, 1, tzinfo=UTC),
             datetime.datetime(9999, 12, 31, 23, tzinfo=UTC),
