@@ -379,7 +379,7 @@ def run_heartbeat(*, source: str = "http", client: str = "") -> HeartbeatResult:
     result.runs_never_picked_up = redelivery.never_picked_up
     with transaction.atomic():
         claim = claim_due_flows(now)
-    with transaction.atomic():
+        # A flow claimed for its slot is busy now: its backfill waits (one query).
         backfill_runs = next_backfill_runs(now)
     result.flows_due = claim.flows_due
     result.flows_skipped = claim.flows_skipped
