@@ -37,7 +37,12 @@ from django.test.utils import CaptureQueriesContext, override_settings  # noqa: 
 from django.utils import timezone  # noqa: E402
 
 from django_dataflows import signals  # noqa: E402
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus  # noqa: E402
+from django_dataflows.models import (  # noqa: E402
+    DataFlow,
+    DataFlowRun,
+    RunStatus,
+    mark_pipeline_flows,
+)
 from django_dataflows.scheduling import (  # noqa: E402
     claim_due_flows,
     run_heartbeat,
@@ -68,6 +73,8 @@ def link(edges: list[tuple[DataFlow, DataFlow]]) -> None:
         DEPENDENCY(from_dataflow_id=downstream.pk, to_dataflow_id=upstream.pk)
         for upstream, downstream in edges
     )
+    # Inserted in bulk, not through the relation: mark the flows as .set() would.
+    mark_pipeline_flows({flow.pk for edge in edges for flow in edge})
 
 
 def receiver(connected: bool) -> None:

@@ -174,6 +174,7 @@ def test_a_busy_downstream_flow_runs_once_when_free_with_the_newest_upstream_run
     assert run_heartbeat().flows_skipped == 1
     busy.status = RunStatus.SUCCESS
     busy.save()
+    busy.data_flow.refresh_from_db()  # as the worker reads it when the run ends
     # The busy run's end frees the flow: its collapsed generation starts at once.
     signals.run_finished.send(sender=DataFlow, run=busy, status=RunStatus.SUCCESS)
 
@@ -207,6 +208,17 @@ def test_a_flow_with_a_schedule_and_upstream_flows_runs_for_both(without_receive
         RunTrigger.SCHEDULE,
         RunTrigger.UPSTREAM,
     ]
+
+
+def test_setting_and_clearing_upstream_flows_marks_the_flows_in_a_pipeline():
+    a, b = DataFlowFactory(name="a"), DataFlowFactory(name="b")
+
+    b.upstream_flows.add(a)
+    marked = dict(DataFlow.objects.values_list("name", "in_pipeline"))
+    a.downstream_flows.clear()
+
+    assert marked == {"a": True, "b": True}
+    assert dict(DataFlow.objects.values_list("name", "in_pipeline")) == {"a": False, "b": False}
 
 
 def test_a_disabled_downstream_flow_is_not_started(without_receiver):

@@ -235,6 +235,7 @@ SCHEDULER_FIELDS = frozenset(
         "consecutive_failures",
         "overdue_episode_since",
         "upstream_generation",
+        "in_pipeline",
     }
 )
 
@@ -403,6 +404,13 @@ class DataFlow(models.Model):
             "Missed slots: run once (latest), drop slots found late (skip), or run every "
             "one, oldest first (all)."
         ),
+    )
+    in_pipeline = models.BooleanField(
+        _("in a pipeline"),
+        default=False,
+        db_default=False,
+        editable=False,
+        help_text=_("Has upstream or downstream flows (kept with them; spares a lookup)."),
     )
     upstream_generation = models.PositiveBigIntegerField(
         _("upstream generation"),
@@ -1622,3 +1630,37 @@ class Backfill(models.Model):
         )
         self.refresh_from_db(fields=["status", "ended_at"])
         return bool(cancelled)
+
+
+def mark_pipeline_flows(flow_ids: Any) -> None:
+    """Set ``in_pipeline`` on these flows from their dependencies (one statement)."""
+    through = DataFlow.upstream_flows.through
+    linked = through.objects.filter(
+        Q(from_dataflow_id=OuterRef("pk")) | Q(to_dataflow_id=OuterRef("pk"))
+    )
+    DataFlow.objects.filter(pk__in=list(flow_ids)).update(in_pipeline=models.Exists(linked))
+
+
+def _dependencies_changed(
+    sender: Any, instance: Any, action: str, pk_set: Any, **kwargs: Any
+) -> None:
+    if action in ("post_add", "post_remove", "post_clear", "pre_clear"):
+        if action == "pre_clear":  # the other ends are gone after the clear: note them now
+            through = DataFlow.upstream_flows.through
+            instance._dataflows_cleared = set(
+                through.objects.filter(
+                    Q(from_dataflow_id=instance.pk) | Q(to_dataflow_id=instance.pk)
+                ).values_list("from_dataflow_id", "to_dataflow_id")
+            )
+            return
+        ids = {instance.pk, *(pk_set or ())}
+        for pair in getattr(instance, "_dataflows_cleared", ()):
+            ids.update(pair)
+        mark_pipeline_flows(ids)
+
+
+models.signals.m2m_changed.connect(
+    _dependencies_changed,
+    sender=DataFlow.upstream_flows.through,
+    dispatch_uid="dataflows.in_pipeline",
+)

@@ -98,6 +98,7 @@ CLAIM_FIELDS = (
     "catchup",
     "wait_for",
     "upstream_generation",
+    "in_pipeline",
 )
 
 
@@ -420,11 +421,13 @@ def start_ready_downstream(sender: Any, run: DataFlowRun, status: str, **kwargs:
     finds the same runs to start (this only starts them at once), so a flow another claim
     holds is left to it.
     """
+    in_backfill = run.backfill_id is not None
+    if not in_backfill and not getattr(run.data_flow, "in_pipeline", True):
+        return  # no dependencies: nothing to look up (the worker's run costs no query)
     downstream, has_upstreams = dependency_neighbours(run.data_flow_id)
     candidates = downstream if status == RunStatus.SUCCESS else set()
     if has_upstreams:
         candidates.add(run.data_flow_id)
-    in_backfill = run.backfill_id is not None
     if not candidates and not in_backfill:
         return
     now = database_now()

@@ -155,6 +155,17 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="dataflow",
+            name="in_pipeline",
+            field=models.BooleanField(
+                db_default=False,
+                default=False,
+                editable=False,
+                help_text="Has upstream or downstream flows (kept with them; spares a lookup).",
+                verbose_name="in a pipeline",
+            ),
+        ),
+        migrations.AddField(
+            model_name="dataflow",
             name="upstream_generation",
             field=models.PositiveBigIntegerField(
                 db_default=0,
