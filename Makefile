@@ -99,6 +99,7 @@ bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis); figures are printed, 
 	@DATABASE_URL=$(POSTGRES_URL)_bench_history $(BIN)/python bench/history.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_writes $(BIN)/python bench/run_writes.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_faults $(BIN)/python bench/frozen_broker.py
+	@DATABASE_URL=$(POSTGRES_URL)_bench_pipelines $(BIN)/python bench/pipelines.py
 	@DATABASE_URL=$(POSTGRES_URL)_live_bench $(BIN)/python bench/live.py
 	@DATABASE_URL=$(POSTGRES_URL)_limits_bench $(BIN)/python bench/live_limits.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_obs $(BIN)/python bench/observability.py

@@ -160,6 +160,13 @@ API_ROWS = (
     Row("flow-disable", "post", flow_a("disable/"), EDIT_A),
     Row("flow-stats", "get", flow_a("stats/"), SEE_A),
     Row("flow-upcoming", "get", flow_a("upcoming/"), SEE_A),
+    Row(
+        "flow-backfill",
+        "post",
+        flow_a("backfill/"),
+        START_A,
+        {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T01:00:00Z"},
+    ),
     Row("run-list", "get", fixed(f"{API}runs/"), SEE_LIST),
     Row("run-detail", "get", run_a(), SEE_A),
     Row("run-detail", "delete", run_a(), DELETE),
@@ -176,6 +183,22 @@ API_ROWS = (
         "get",
         lambda world: f"{API}stats/?flow={world.flow_a.pk}",
         (401, 403, 200, 400, 200, 200, 403, 200),
+    ),
+    # Backfills need their model permission (superusers here); no backfill exists: 404.
+    Row(
+        "backfill-list", "get", fixed(f"{API}backfills/"), (401, 403, 403, 403, 403, 403, 403, 200)
+    ),
+    Row(
+        "backfill-detail",
+        "get",
+        fixed(f"{API}backfills/999999/"),
+        (401, 403, 403, 403, 403, 403, 403, 404),
+    ),
+    Row(
+        "backfill-cancel",
+        "post",
+        fixed(f"{API}backfills/999999/cancel/"),
+        (401, 403, 403, 403, 403, 403, 403, 404),
     ),
     Row("audit-list", "get", fixed(f"{API}audit/"), (401, 403, 200, 200, 200, 200, 200, 200)),
     Row("schema", "get", fixed(f"{API}schema/"), SIGNED_IN),

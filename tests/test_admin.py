@@ -914,7 +914,7 @@ def test_the_switch_starts_on_the_flows_kind(admin_client):
     [
         ({"cron": "61 * * * *"}, "cron", "bad minute"),
         ({"cron": "@reboot"}, "cron", "@reboot is not supported"),
-        ({"cron": ""}, "cron", "Set a cron expression or a run interval."),
+        ({"schedule_kind": "", "run_interval": "60"}, "cron", "not both"),
         ({"timezone": "Mars/Olympus"}, "timezone", "is not a known time zone"),
         ({"alert_after": "0"}, "alert_after", "greater than or equal to 1"),
         ({"alert_after": "-1"}, "alert_after", "greater than or equal to"),

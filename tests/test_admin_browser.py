@@ -124,3 +124,88 @@ def drive_the_admin(page, base_url):
     row = page.locator("#result_list tbody tr", has_text="browser-orders")
     expect(row.locator(".dataflows-badge")).to_have_text("Success")
     page.screenshot(path=ARTIFACTS / "admin-changelist.png", full_page=True)
+
+
+# PostgreSQL only: on SQLite, the live server's threads share one connection, and a page that
+# sends several admin requests at once can crash it (a segmentation fault in sqlite3).
+@pytest.mark.postgres
+def test_an_operator_reads_the_dependency_graph_and_the_backfills(
+    live_server, django_user_model, sync_playwright
+):
+    import datetime
+
+    from django.utils import timezone
+
+    from tests.factories import DataFlowFactory
+
+    django_user_model.objects.create_superuser("operator", "op@example.com", PASSWORD)
+    ARTIFACTS.mkdir(exist_ok=True)
+    orders = DataFlowFactory(name="import-orders")
+    report = DataFlowFactory(name="orders-report", run_interval=None)
+    report.upstream_flows.set([orders])
+    reconcile = DataFlowFactory(name="reconcile", run_interval=None)
+    reconcile.upstream_flows.set([orders, report])
+    daily = DataFlowFactory(name="daily", cron="0 3 * * *", timezone="UTC", run_interval=None)
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    backfill = daily.backfill(today - datetime.timedelta(days=7), today)
+
+    # The database is touched only outside Playwright's block (see the test above).
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(20_000)
+        try:
+            read_the_graph_and_backfills(page, live_server.url, backfill.pk)
+        except BaseException:
+            page.screenshot(path=ARTIFACTS / "admin-graph-failure.png", full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def read_the_graph_and_backfills(page, base_url, backfill_pk):
+    from playwright.sync_api import expect
+
+    page.goto(f"{base_url}/admin/login/?next=/admin/dataflows/dataflow/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+
+    page.click("#dataflows-graph-link")
+    graph = page.locator("#dataflows-graph svg")
+    expect(graph).to_be_visible()
+    expect(graph.locator("a.dataflows-graph-node")).to_have_count(3)
+    expect(graph.locator("line.dataflows-graph-edge")).to_have_count(3)
+    expect(page.locator("#content-main")).to_contain_text("1 flow without dependencies")
+    # Drawn in columns: the import left of the report, the report left of the reconciliation.
+    xs = [
+        graph.locator(f'a[data-flow="{name}"] rect').bounding_box()["x"]
+        for name in ("import-orders", "orders-report", "reconcile")
+    ]
+    assert xs == sorted(xs), xs
+    assert len(set(xs)) == 3, xs
+    page.screenshot(path=ARTIFACTS / "admin-graph.png", full_page=True)
+
+    graph.locator('a[data-flow="import-orders"]').click()
+    expect(page.locator(".field-downstream_display")).to_contain_text("orders-report")
+    expect(page.locator(".field-downstream_display")).to_contain_text("reconcile")
+
+    page.goto(f"{base_url}/admin/dataflows/backfill/")
+    row = page.locator("#result_list tbody tr", has_text="daily")
+    expect(row.locator("progress")).to_have_attribute("max", "7")
+    expect(row).to_contain_text("0 of 7 slots")
+    expect(row).to_contain_text("Running")
+    page.screenshot(path=ARTIFACTS / "admin-backfills.png", full_page=True)
+    row.locator("input[name=_selected_action]").check()
+    page.select_option("select[name=action]", "cancel_backfills")
+    page.click("button[name=index]")
+    expect(page.locator(".messagelist .success")).to_contain_text("1 backfills cancelled")
+    expect(row).to_contain_text("Cancelled")
+
+    # A flow without a schedule: the switch hides both kinds' fields.
+    page.goto(f"{base_url}/admin/dataflows/dataflow/add/")
+    page.check("input[name=schedule_kind][value=none]")
+    expect(page.locator(".field-run_interval")).to_be_hidden()
+    expect(page.locator(".field-cron")).to_be_hidden()
+    expect(page.locator(".field-catchup")).to_be_hidden()
+    assert backfill_pk

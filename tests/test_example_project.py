@@ -181,13 +181,13 @@ def test_demo_runs_again_on_its_own_database_without_duplicating_anything(tmp_pa
 
     assert process.returncode == 0, process.stderr
     assert "The database is up to date." in process.stdout
-    assert process.stdout.count("exists, left unchanged") == 4
+    assert process.stdout.count("exists, left unchanged") == 5
     assert "User 'admin' exists already" in process.stdout
     assert (
         query(
             env, "from django_dataflows.models import DataFlow\nanswer = DataFlow.objects.count()"
         )
-        == 4
+        == 5
     )
 
 
@@ -400,6 +400,7 @@ def test_heartbeat_command_runs_every_due_flow_and_prints_the_counts(env):
     assert runs == [
         [CHECK, "schedule", "failed"],
         [IMPORT, "schedule", "success"],
+        [AFTER_IMPORT, "upstream", "success"],  # started by the import's success
         [SUMMARISE, "schedule", "success"],
     ]
 
@@ -411,7 +412,7 @@ def test_heartbeat_right_after_another_finds_nothing_due(env):
         env,
         "from django.utils import timezone\n"
         "from django_dataflows.models import DataFlow\n"
-        "answer = DataFlow.objects.filter(cron='').update(\n"
+        "answer = DataFlow.objects.filter(cron='', run_interval__isnull=False).update(\n"
         "    run_interval=3600, next_run_at=timezone.now())",
     )
     first = json.loads(manage(env, "dataflows_heartbeat").stdout)
@@ -425,7 +426,7 @@ def test_heartbeat_right_after_another_finds_nothing_due(env):
 # -- the project itself ----------------------------------------------------------------
 
 
-def test_seed_twice_keeps_three_flows_and_the_edits_made_to_them(env):
+def test_seed_twice_keeps_the_flows_and_the_edits_made_to_them(env):
     query(
         env,
         "from django_dataflows.models import DataFlow\n"
@@ -435,12 +436,12 @@ def test_seed_twice_keeps_three_flows_and_the_edits_made_to_them(env):
     process = manage(env, "seed")
 
     assert process.returncode == 0, process.stderr
-    assert process.stdout.count("exists, left unchanged") == 4
+    assert process.stdout.count("exists, left unchanged") == 5
     assert query(
         env,
         "from django_dataflows.models import DataFlow\n"
         "answer = sorted(DataFlow.objects.values_list('name', 'run_interval'))",
-    ) == [[CHECK, 45], [IMPORT, 20], [NIGHTLY, None], [SUMMARISE, 600]]
+    ) == [[CHECK, 45], [IMPORT, 20], [NIGHTLY, None], [AFTER_IMPORT, None], [SUMMARISE, 600]]
 
 
 def test_the_nightly_flow_runs_on_berlin_time_with_a_dead_mans_switch(env):
@@ -553,3 +554,43 @@ def test_check_deploy_passes_with_the_api_installed(env):
 
     assert process.returncode == 0, process.stderr
     assert "drf_spectacular.E001" not in process.stdout + process.stderr
+
+
+AFTER_IMPORT = "Report after import"
+
+
+def test_the_report_runs_after_each_successful_import(env):
+    run_flow(env, IMPORT)
+
+    run = query(
+        env,
+        "from django_dataflows.models import DataFlowRun\n"
+        f"run = DataFlowRun.objects.get(data_flow__name={AFTER_IMPORT!r})\n"
+        "answer = [run.status, run.trigger, run.generation, run.result]",
+    )
+    assert run[:3] == ["success", "upstream", 1]
+    assert run[3]["after_import"]["imported"] == 20  # 5 days of four stations
+    assert run[3]["stations_per_day"] == {f"2024-01-0{day}": 4 for day in range(1, 6)}
+
+
+def test_the_nightly_summary_backfills_the_last_seven_days(env):
+    process = manage(
+        env,
+        "dataflows_backfill",
+        NIGHTLY,
+        "--from",
+        "2024-03-01",
+        "--to",
+        "2024-03-08",
+    )
+
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "7/7 slots (100%)" in process.stdout
+    slots = query(
+        env,
+        "from django_dataflows.models import DataFlowRun\n"
+        f"runs = DataFlowRun.objects.filter(data_flow__name={NIGHTLY!r}, trigger='backfill')\n"
+        "answer = [run.scheduled_for.isoformat() for run in runs.order_by('scheduled_for')]",
+    )
+    # 02:30 Berlin is 01:30 UTC in winter.
+    assert slots == [f"2024-03-0{day}T01:30:00+00:00" for day in range(1, 8)]

@@ -265,6 +265,31 @@ class SummariseDailyWeather(Flow):
         }
 
 
+class ReportImportedDays(Flow):
+    """Report the days the import just loaded, and how many stations reported each.
+
+    It has no schedule: a successful import, its upstream flow, starts it. It reads what
+    the import loaded from ``self.upstream_results`` (only reads: it changes nothing).
+    """
+
+    verbose_name = "Report imported days"
+
+    def run(self) -> dict[str, Any]:
+        loaded = next(iter(self.upstream_results.values()), None) or {}
+        load = loaded.get("load") or {}
+        first, last = load.get("first_day"), load.get("last_day")
+        stations: dict[str, int] = {}
+        if first and last:
+            per_day = (
+                Observation.objects.filter(date__range=(first, last))
+                .values("date")
+                .annotate(stations=Count("station"))
+                .order_by("date")
+            )
+            stations = {row["date"].isoformat(): row["stations"] for row in per_day}
+        return {"after_import": load, "stations_per_day": stations}
+
+
 class CheckObservationQuality(Flow):
     """Fail when an imported observation is physically implausible.
 

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.exceptions import NotRegistered
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import (
@@ -33,7 +33,10 @@ from django.db.models import (
     Value,
 )
 from django.db.models.functions import Cast, Coalesce, NullIf
-from django.urls import reverse
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, reverse
+from django.urls import path as url_path
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
@@ -49,6 +52,7 @@ from django_dataflows.admin_control import (
     RunWithInputAdminMixin,
     progress_html,
 )
+from django_dataflows.admin_graph import dependency_graph_svg
 from django_dataflows.admin_lists import (
     EXACT_COUNT_LIMIT,
     BoundedCountPaginator,
@@ -65,6 +69,7 @@ from django_dataflows.live.admin_views import LiveRunAdminMixin
 from django_dataflows.models import (
     ACTIVE_STATUSES,
     AuditAction,
+    Backfill,
     DataFlow,
     DataFlowQuerySet,
     DataFlowRun,
@@ -72,8 +77,12 @@ from django_dataflows.models import (
     RunStats,
     RunStatus,
     RunTrigger,
+    cycle_error,
+    dependency_cycle,
+    may_see_every_flow,
 )
 from django_dataflows.permissions import (
+    RUN_PERMISSION,
     WHAT_RUNS_FIELDS,
     fields_that_make_due,
     run_permission_message,
@@ -89,9 +98,10 @@ if TYPE_CHECKING:
     _DataFlowModelForm = forms.ModelForm[DataFlow]
     _DataFlowModelAdmin = admin.ModelAdmin[DataFlow]
     _DataFlowRunModelAdmin = admin.ModelAdmin[DataFlowRun]
+    _BackfillModelAdmin = admin.ModelAdmin[Backfill]
 else:
     _DataFlowModelForm = forms.ModelForm
-    _DataFlowModelAdmin = _DataFlowRunModelAdmin = admin.ModelAdmin
+    _DataFlowModelAdmin = _DataFlowRunModelAdmin = _BackfillModelAdmin = admin.ModelAdmin
 
 #: The success-rate column counts the runs created in this window.
 SUCCESS_RATE_WINDOW = timedelta(days=7)
@@ -154,6 +164,32 @@ def describe_schedule(data_flow: DataFlow) -> str:
     if data_flow.run_interval is None:
         return gettext("no schedule")
     return describe_interval(data_flow.run_interval)
+
+
+def flow_links(flows: Any) -> str:
+    """Links to the admin pages of ``flows``, separated by commas."""
+    return format_html_join(
+        ", ",
+        '<a href="{}">{}</a>',
+        ((reverse("admin:dataflows_dataflow_change", args=[flow.pk]), flow.name) for flow in flows),
+    )
+
+
+def upstream_run_links(run: DataFlowRun) -> str:
+    """``after A #12, B #14``: the upstream runs whose success started ``run``."""
+    links = format_html_join(
+        ", ",
+        '<a href="{}">{} #{}</a>',
+        (
+            (
+                reverse("admin:dataflows_dataflowrun_change", args=[upstream.pk]),
+                upstream.data_flow.name,
+                upstream.pk,
+            )
+            for upstream in run.upstream_runs.all()
+        ),
+    )
+    return format_html("{} {}", gettext("after"), links) if links else ""
 
 
 def format_duration(duration: timedelta | None) -> str:
@@ -353,11 +389,17 @@ class DataFlowForm(_DataFlowModelForm):
 
     #: Whether the user may run the flow; without it, the form refuses making it due.
     may_run = True
+    #: The flows offered as upstream flows (the admin gives those the user sees).
+    upstream_choices: QuerySet[DataFlow] | None = None
 
     flow = forms.ChoiceField(label=_("Flow"), widget=FlowSelect)
     schedule_kind = forms.ChoiceField(
         label=_("Schedule kind"),
-        choices=(("interval", _("Every N seconds")), ("cron", _("Cron expression"))),
+        choices=(
+            ("interval", _("Every N seconds")),
+            ("cron", _("Cron expression")),
+            ("none", _("No schedule: after its upstream flows, or when started")),
+        ),
         widget=forms.RadioSelect(attrs={"class": "dataflows-schedule-kind"}),
         required=False,
         help_text=_("The other kind's field is ignored (and cleared) when you save."),
@@ -381,6 +423,9 @@ class DataFlowForm(_DataFlowModelForm):
             "queue",
             "max_retries",
             "timeout",
+            "catchup",
+            "upstream_flows",
+            "wait_for",
         )
         field_classes = {"configuration": ConfigurationField}
         widgets = {
@@ -394,8 +439,33 @@ class DataFlowForm(_DataFlowModelForm):
         super().__init__(*args, **kwargs)
         if "flow" in self.fields:
             self._offer_registered_flows()
+        upstream = self.fields.get("upstream_flows")
+        if self.upstream_choices is not None and isinstance(
+            upstream, forms.ModelMultipleChoiceField
+        ):
+            upstream.queryset = self.upstream_choices
         if "schedule_kind" in self.fields:
-            self.fields["schedule_kind"].initial = "cron" if self.instance.cron else "interval"
+            self.fields["schedule_kind"].initial = (
+                "cron"
+                if self.instance.cron
+                else "none"
+                if self.instance.pk and self.instance.run_interval is None
+                else "interval"
+            )
+        for name in ("wait_for", "catchup"):
+            if name in self.fields:
+                # A form posted without them (a script) keeps the stored or default value.
+                self.fields[name].required = False
+        if "upstream_flows" in self.fields:
+            field = self.fields["upstream_flows"]
+            assert isinstance(field, forms.ModelMultipleChoiceField)
+            # Among the flows the user sees (the admin says which), never the flow itself.
+            choices = (
+                DataFlow.objects.all() if self.upstream_choices is None else self.upstream_choices
+            )
+            if self.instance.pk:
+                choices = choices.exclude(pk=self.instance.pk)
+            field.queryset = choices
 
     def clean(self) -> dict[str, Any]:
         """Apply the schedule-kind switch: the other kind's field is emptied.
@@ -406,10 +476,19 @@ class DataFlowForm(_DataFlowModelForm):
         cleaned = super().clean() or {}
         self._check_run_permission(cleaned)
         kind = cleaned.get("schedule_kind")
-        dropped = {"cron": "run_interval", "interval": "cron"}.get(kind or "")
-        if dropped is not None and dropped in self.fields:
-            cleaned[dropped] = None if dropped == "run_interval" else ""
-            self.errors.pop(dropped, None)  # a mistake in a field that is switched off
+        dropped = {"cron": ["run_interval"], "interval": ["cron"], "none": ["cron", "run_interval"]}
+        for name in dropped.get(kind or "", []):
+            if name in self.fields:
+                cleaned[name] = None if name == "run_interval" else ""
+                self.errors.pop(name, None)  # a mistake in a field that is switched off
+        for name in ("wait_for", "catchup"):
+            if name in self.fields and not cleaned.get(name):
+                cleaned[name] = getattr(self.instance, name)
+        upstreams = cleaned.get("upstream_flows")
+        if upstreams is not None and self.instance.pk is not None:
+            cycle = dependency_cycle(self.instance, upstreams)
+            if cycle:
+                self.add_error("upstream_flows", cycle_error(cycle))
         return cleaned
 
     def _check_run_permission(self, cleaned: dict[str, Any]) -> None:
@@ -524,7 +603,7 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
         ("owner", admin.RelatedOnlyFieldListFilter),
     )
     search_fields = ("name", "description")
-    actions = ("run_now", "run_with_input", "enable", "disable")
+    actions = ("run_now", "run_with_input", "backfill", "enable", "disable")
     readonly_fields = (
         "interval_display",
         "overdue_display",
@@ -535,6 +614,8 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
         "created_at",
         "updated_at",
         "statistics_display",
+        "downstream_display",
+        "generation_display",
     )
 
     class Media:
@@ -542,14 +623,20 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
         js = ("django_dataflows/schedule_kind.js",)
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlow | None = None) -> Any:
-        schedule = ["schedule_kind", "run_interval", "cron", "timezone"]
+        schedule = ["schedule_kind", "run_interval", "cron", "timezone", "catchup"]
+        pipeline: list[str] = ["upstream_flows", "wait_for"]
         alerts = ["alert_after", "alert_emails", "disable_after_failures", "max_duration"]
         if obj is not None:
             schedule += ["interval_display", "last_run_at", "last_status", "next_run_at"]
             alerts += ["overdue_display", "consecutive_failures"]
+            # Downstream flows may be other teams': named to those who see every flow.
+            if may_see_every_flow(request.user):
+                pipeline.append("downstream_display")
+            pipeline.append("generation_display")
         fieldsets: list[tuple[Any, dict[str, Any]]] = [
             (None, {"fields": ["name", "description", "owner", "flow", "enabled"]}),
             (_("Schedule"), {"fields": schedule}),
+            (_("Pipeline"), {"fields": pipeline}),
             (_("Alerts"), {"fields": alerts}),
             (_("Configuration"), {"fields": ["configuration"]}),
             (_("Execution"), {"fields": ["queue", "max_retries", "timeout"]}),
@@ -598,6 +685,29 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
             else gettext("overdue"),
         )
 
+    @admin.display(description=_("downstream flows"))
+    def downstream_display(self, obj: DataFlow) -> str:
+        return flow_links(obj.downstream_flows.all()) or gettext("none")
+
+    @admin.display(description=_("latest generation"))
+    def generation_display(self, obj: DataFlow) -> str:
+        """The flow's latest upstream-triggered run and the upstream runs it took in."""
+        run = (
+            obj.runs.filter(generation__isnull=False)
+            .order_by("-generation")
+            .prefetch_related("upstream_runs__data_flow")
+            .first()
+        )
+        if run is None:
+            return gettext("none yet")
+        return format_html(
+            '<a href="{}">{}</a> {} {}',
+            reverse("admin:dataflows_dataflowrun_change", args=[run.pk]),
+            gettext("generation %(number)s") % {"number": run.generation},
+            status_badge(run.status),
+            upstream_run_links(run),
+        )
+
     @admin.display(description=_("last status"), ordering="last_run_status")
     def last_status(self, obj: DataFlow) -> str:
         return status_badge(obj.last_run_status)
@@ -610,6 +720,8 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
     def next_run_display(self, obj: DataFlow) -> str:
         if not obj.enabled:
             return format_html('<span class="dataflows-quiet">{}</span>', gettext("disabled"))
+        if obj.next_run_at is None:
+            return format_html('<span class="dataflows-quiet">{}</span>', gettext("no schedule"))
         if obj.next_run_at <= timezone.now():
             return format_html(
                 '<time datetime="{}">{}</time>', obj.next_run_at.isoformat(), gettext("due now")
@@ -746,6 +858,40 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
             level = messages.INFO
         self.message_user(request, message, level)
 
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            url_path(
+                "graph/",
+                self.admin_site.admin_view(self.graph_view),
+                name="dataflows_dataflow_graph",
+            ),
+            *super().get_urls(),
+        ]
+
+    def graph_view(self, request: HttpRequest) -> HttpResponse:
+        """Every flow with upstream or downstream flows, as a server-rendered SVG graph."""
+        # The graph names every flow in a pipeline: for users who see every flow.
+        if not self.has_view_permission(request) or not may_see_every_flow(request.user):
+            raise PermissionDenied
+        svg, alone = dependency_graph_svg(
+            lambda pk: _admin_url("dataflow_change", pk, site=self.admin_site)
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Flow dependencies"),
+            "opts": self.opts,
+            "graph": svg,
+            "alone": alone,
+        }
+        return TemplateResponse(request, "admin/dataflows/dataflow/graph.html", context)
+
+    @admin.action(description=_("Backfill past slots…"), permissions=["run"])
+    def backfill(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> HttpResponse:
+        """Open the new-backfill form for the first selected flow."""
+        data_flow = queryset.order_by("name").first()
+        query = {"data_flow": str(data_flow.pk)} if data_flow is not None else None
+        return HttpResponseRedirect(_admin_url("backfill_add", site=self.admin_site, query=query))
+
     def get_deleted_objects(
         self, objs: Any, request: HttpRequest
     ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
@@ -775,8 +921,14 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
         self, request: HttpRequest, obj: DataFlow | None = None, change: bool = False, **kwargs: Any
     ) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
-        # The form refuses making the flow due for a user who may not run it.
-        return type(form.__name__, (form,), {"may_run": self.has_run_permission(request)})
+        # The form refuses making the flow due for a user who may not run it, and offers as
+        # upstream flows only the flows this user sees.
+        upstream_choices = DataFlow.objects.visible_to(request.user).order_by("name")
+        attributes = {
+            "may_run": self.has_run_permission(request),
+            "upstream_choices": upstream_choices,
+        }
+        return type(form.__name__, (form,), attributes)
 
     @admin.action(description=_("Enable"), permissions=["enable"])
     def enable(self, request: HttpRequest, queryset: QuerySet[DataFlow]) -> None:
@@ -990,10 +1142,39 @@ class DataFlowRunAdmin(
         "result_display",
         "queue",
         "task_id",
+        "started_by_display",
     )
 
     class Media:
         css = {"all": ("django_dataflows/admin.css",)}
+
+    @admin.display(description=_("started by"))
+    def started_by_display(self, obj: DataFlowRun) -> str:
+        """What started the run: its upstream runs, its backfill, its schedule slot."""
+        parts = []
+        links = upstream_run_links(obj)
+        if links:
+            parts.append(
+                format_html("{} {}", gettext("generation %(n)s,") % {"n": obj.generation}, links)
+            )
+        if obj.backfill_id is not None:
+            parts.append(
+                format_html(
+                    '<a href="{}">{}</a>',
+                    _admin_url("backfill_change", obj.backfill_id, site=self.admin_site),
+                    gettext("backfill %(id)s") % {"id": obj.backfill_id},
+                )
+            )
+        if obj.scheduled_for is not None:
+            parts.append(
+                format_html(
+                    '{} <time datetime="{}">{}</time>',
+                    gettext("slot"),
+                    obj.scheduled_for.isoformat(),
+                    date_format(timezone.localtime(obj.scheduled_for), "DATETIME_FORMAT"),
+                )
+            )
+        return format_html_join("; ", "{}", ((part,) for part in parts)) or "-"
 
     def get_fieldsets(self, request: HttpRequest, obj: DataFlowRun | None = None) -> Any:
         outcome = ["error_message", "backtrace", "result_display"]
@@ -1002,7 +1183,16 @@ class DataFlowRunAdmin(
         return [
             (
                 None,
-                {"fields": ["flow_link", "status_display", "trigger", "triggered_by", "attempt"]},
+                {
+                    "fields": [
+                        "flow_link",
+                        "status_display",
+                        "trigger",
+                        "started_by_display",
+                        "triggered_by",
+                        "attempt",
+                    ]
+                },
             ),
             (
                 _("Timing"),
@@ -1082,3 +1272,141 @@ class DataFlowRunAdmin(
         if obj.result is None:
             return "-"
         return format_html('<pre class="dataflows-pre">{}</pre>', pretty_json(obj.result))
+
+
+# -- backfills ----------------------------------------------------------------------------
+
+
+class BackfillForm(forms.ModelForm):  # type: ignore[type-arg]
+    """A new backfill: checked and recorded by ``DataFlow.backfill()`` (nothing else)."""
+
+    force = forms.BooleanField(
+        label=_("Force"), required=False, help_text=_("Allow more than 10,000 slots.")
+    )
+
+    class Meta:
+        model = Backfill
+        fields = ("data_flow", "start", "end", "rerun")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        data_flow, start, end = (cleaned.get(name) for name in ("data_flow", "start", "end"))
+        if self.errors or data_flow is None or start is None or end is None:
+            return cleaned
+        try:
+            self.created = data_flow.backfill(
+                start,
+                end,
+                rerun=bool(cleaned.get("rerun")),
+                user=getattr(self, "user", None),
+                force=bool(cleaned.get("force")),
+            )
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from exc
+        return cleaned
+
+    def _post_clean(self) -> None:
+        # The backfill was checked and written by DataFlow.backfill(): no second validation.
+        if hasattr(self, "created"):
+            self.instance = self.created
+
+
+def backfill_progress(backfill: Backfill) -> str:
+    return format_html(
+        '<span class="dataflows-progress"><progress max="{}" value="{}"></progress>{}</span>',
+        backfill.total or 1,
+        backfill.done,
+        gettext("%(done)s of %(total)s slots") % {"done": backfill.done, "total": backfill.total},
+    )
+
+
+@admin.register(Backfill)
+class BackfillAdmin(_BackfillModelAdmin):
+    """Backfills with their progress; new ones through the form (or the flows' action)."""
+
+    form = BackfillForm
+    list_display = (
+        "id",
+        "flow_link",
+        "start",
+        "end",
+        "rerun",
+        "status_display",
+        "progress_display",
+        "created_by",
+        "created_at",
+    )
+    list_filter = ("status", "data_flow")
+    list_select_related = ("data_flow", "created_by")
+    actions = ("cancel_backfills",)
+
+    class Media:
+        css = {"all": ("django_dataflows/admin.css",)}
+
+    def get_fields(self, request: HttpRequest, obj: Backfill | None = None) -> Any:
+        if obj is None:
+            return ("data_flow", "start", "end", "rerun", "force")
+        return (
+            "flow_link",
+            "start",
+            "end",
+            "rerun",
+            "status_display",
+            "progress_display",
+            "next_slot",
+            "created_by",
+            "created_at",
+            "ended_at",
+        )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Backfill | None = None) -> Any:
+        return () if obj is None else self.get_fields(request, obj)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form_class = super().get_form(request, obj, change, **kwargs)
+        form_class.user = request.user  # type: ignore[attr-defined]
+        return form_class
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(RUN_PERMISSION))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(RUN_PERMISSION))
+
+    def save_model(self, request: HttpRequest, obj: Backfill, form: Any, change: bool) -> None:
+        pass  # DataFlow.backfill() saved it while the form was checked
+
+    @admin.display(description=_("data flow"), ordering="data_flow__name")
+    def flow_link(self, obj: Backfill) -> str:
+        return format_html(
+            '<a href="{}">{}</a>',
+            _admin_url("dataflow_change", obj.data_flow_id, site=self.admin_site),
+            obj.data_flow.name,
+        )
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, obj: Backfill) -> str:
+        return format_html(
+            '<span class="dataflows-badge dataflows-badge--{}">{}</span>',
+            obj.status,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description=_("progress"))
+    def progress_display(self, obj: Backfill) -> str:
+        return backfill_progress(obj)
+
+    @admin.action(description=_("Cancel selected backfills"), permissions=["run"])
+    def cancel_backfills(self, request: HttpRequest, queryset: QuerySet[Backfill]) -> None:
+        cancelled = sum(backfill.cancel() for backfill in queryset)
+        self.message_user(
+            request,
+            gettext("%(count)s backfills cancelled; their current runs finish.")
+            % {"count": cancelled},
+            messages.SUCCESS,
+        )

@@ -31,6 +31,7 @@ class DataFlowsConfig(AppConfig):
         # Before the first request: a start in it may ask to run after its response.
         connect_request_signals()
         connect_rollup_triggers(self)
+        connect_pipelines()
 
 
 def connect_rollup_triggers(app_config: AppConfig) -> None:
@@ -41,6 +42,17 @@ def connect_rollup_triggers(app_config: AppConfig) -> None:
 
     post_migrate.connect(
         restore_dropped_triggers, sender=app_config, dispatch_uid="dataflows-rollup-triggers"
+    )
+
+
+def connect_pipelines() -> None:
+    """Start ready downstream flows as soon as a run ends (the heartbeat would, later)."""
+    from django_dataflows import signals
+    from django_dataflows.models import DataFlow
+    from django_dataflows.scheduling import start_ready_downstream
+
+    signals.run_finished.connect(
+        start_ready_downstream, sender=DataFlow, dispatch_uid="dataflows.pipelines"
     )
 
 

@@ -68,6 +68,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_live(config)
     errors += _check_alert_emails(config)
     errors += _check_run_log_level(config)
+    errors += _check_catchup_grace(config)
     return errors
 
 
@@ -84,6 +85,19 @@ def _check_run_log_level(config: Mapping[str, Any]) -> list[CheckMessage]:
             id="dataflows.E060",
         )
     ]
+
+
+def _check_catchup_grace(config: Mapping[str, Any]) -> list[CheckMessage]:
+    value = _get(config, "CATCHUP_GRACE")
+    if isinstance(value, bool) or not isinstance(value, Real) or value < 0:
+        return [
+            Error(
+                f"DATAFLOWS['CATCHUP_GRACE'] must be a number of seconds, 0 or more, "
+                f"not {value!r}.",
+                id="dataflows.E070",
+            )
+        ]
+    return []
 
 
 def _check_live(config: Mapping[str, Any]) -> list[CheckMessage]:

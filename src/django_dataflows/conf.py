@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "RUN_LOG_MAX_BYTES": 1_000_000,
     "HEALTH_MAX_HEARTBEAT_AGE": 180,
     "OWNERS_MANAGE_OWN_FLOWS": True,
+    "CATCHUP_GRACE": 300,
 }
 
 
@@ -218,6 +219,11 @@ class DataFlowsSettings:
     @property
     def OWNERS_MANAGE_OWN_FLOWS(self) -> bool:
         return bool(self._get("OWNERS_MANAGE_OWN_FLOWS"))
+
+    @property
+    def CATCHUP_GRACE(self) -> float:
+        """Seconds a slot may be late before a ``catchup="skip"`` flow drops it."""
+        return float(self._get("CATCHUP_GRACE"))
 
 
 def is_list_of_strings(value: Any) -> bool:

@@ -202,6 +202,25 @@ class Flow:
         return logging.getLogger(f"{FLOW_LOGGER}.{name}")
 
     @property
+    def slot(self) -> datetime | None:
+        """The schedule slot this run is for (``scheduled_for``): the end of its data
+        interval. The same for scheduled, caught-up and backfilled runs; ``None`` for a run
+        outside the schedule (started by hand, or by upstream flows)."""
+        return self.context.run.scheduled_for if self.context is not None else None
+
+    @property
+    def previous_slot(self) -> datetime | None:
+        """The slot before :attr:`slot`: the start of the data interval
+        ``[previous_slot, slot)``; ``None`` when :attr:`slot` is."""
+        return self.context.run.previous_slot if self.context is not None else None
+
+    @property
+    def upstream_results(self) -> dict[str, Any]:
+        """``{flow name: result}`` of the upstream runs whose success started this run
+        (empty for a run its upstream flows did not start)."""
+        return self.context.run.upstream_results if self.context is not None else {}
+
+    @property
     def results(self) -> dict[str, Any]:
         """The results of the steps that succeeded so far, by step name.
 

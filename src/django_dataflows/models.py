@@ -47,6 +47,7 @@ from django_dataflows.flows import Flow, get_flow_class
 from django_dataflows.schedules import (
     InvalidSchedule,
     next_cron_slot,
+    previous_cron_slot,
     upcoming_cron_slots,
     validate_cron,
     validate_timezone,
@@ -95,6 +96,23 @@ class RunTrigger(models.TextChoices):
     API = "api", _("API")
     COMMAND = "command", _("Management command")
     RETRY = "retry", _("Retry")
+    UPSTREAM = "upstream", _("Upstream flows succeeded")
+    BACKFILL = "backfill", _("Backfill")
+
+
+class WaitFor(models.TextChoices):
+    """Which upstream flows must have succeeded before a downstream flow runs."""
+
+    ALL = "all", _("All upstream flows")
+    ANY = "any", _("Any upstream flow")
+
+
+class Catchup(models.TextChoices):
+    """What a scheduled flow does with the slots it missed (downtime, disabled)."""
+
+    LATEST = "latest", _("Run once for the missed slots")
+    SKIP = "skip", _("Skip slots found late")
+    ALL = "all", _("Run every missed slot")
 
 
 def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
@@ -111,15 +129,32 @@ def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
 
 
 def next_slot_for(data_flow: DataFlow, slot: datetime, now: datetime) -> datetime:
-    """The flow's next slot after claiming ``slot`` at ``now`` (missed slots collapse).
+    """The flow's next slot after claiming ``slot`` at ``now``.
 
-    Raises ``InvalidSchedule`` for a cron expression or zone stored without validation.
+    Missed slots collapse (the next slot is the first one after ``now``) unless the flow's
+    ``catchup`` is ``"all"``: then it is the slot right after ``slot``, past or not, so
+    every missed slot runs in turn. Raises ``InvalidSchedule`` for a cron expression or
+    zone stored without validation, and for a flow without a schedule.
     """
+    if data_flow.catchup == Catchup.ALL:
+        now = min(slot, now)
     if data_flow.cron:
         return next_cron_slot(data_flow.cron, data_flow.timezone, max(slot, now))
     if data_flow.run_interval is None:
         raise InvalidSchedule(f"Data flow {data_flow.name!r} has neither cron nor run_interval.")
     return next_slot_after(slot, data_flow.run_interval, now)
+
+
+def previous_slot_for(data_flow: DataFlow, slot: datetime) -> datetime | None:
+    """The slot of the flow's schedule just before ``slot`` (``None`` without a schedule).
+
+    With ``slot`` this bounds a run's data interval ``[previous_slot, slot)``.
+    """
+    if data_flow.cron:
+        return previous_cron_slot(data_flow.cron, data_flow.timezone, slot)
+    if data_flow.run_interval is None:
+        return None
+    return slot - timedelta(seconds=data_flow.run_interval)
 
 
 def split_alert_emails(value: str) -> list[str]:
@@ -277,6 +312,8 @@ SCHEDULER_FIELDS = frozenset(
         "state",
         "consecutive_failures",
         "overdue_episode_since",
+        "upstream_generation",
+        "in_pipeline",
     }
 )
 
@@ -343,7 +380,9 @@ class DataFlow(models.Model):
     last_run_status = models.CharField(
         _("last run status"), max_length=20, choices=RunStatus.choices, blank=True, editable=False
     )
-    next_run_at = models.DateTimeField(_("next run at"), default=timezone.now, editable=False)
+    next_run_at = models.DateTimeField(
+        _("next run at"), null=True, blank=True, default=timezone.now, editable=False
+    )
     state = models.JSONField(
         _("state"),
         default=dict,
@@ -438,6 +477,48 @@ class DataFlow(models.Model):
             "DATAFLOWS['OWNERS_MANAGE_OWN_FLOWS'] also edits, starts and controls it."
         ),
     )
+    upstream_flows = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="downstream_flows",
+        verbose_name=_("upstream flows"),
+        help_text=_("The flow runs (trigger upstream) after these flows have succeeded."),
+    )
+    wait_for = models.CharField(
+        _("wait for"),
+        max_length=10,
+        choices=WaitFor.choices,
+        default=WaitFor.ALL,
+        # Also in the database: rows written by raw SQL (bulk loads, benchmarks) get it.
+        db_default=WaitFor.ALL,
+        help_text=_("Run after all upstream flows have succeeded, or after any one of them."),
+    )
+    catchup = models.CharField(
+        _("catch-up"),
+        max_length=10,
+        choices=Catchup.choices,
+        default=Catchup.LATEST,
+        db_default=Catchup.LATEST,
+        help_text=_(
+            "Missed slots: run once (latest), drop slots found late (skip), or run every "
+            "one, oldest first (all)."
+        ),
+    )
+    in_pipeline = models.BooleanField(
+        _("in a pipeline"),
+        default=False,
+        db_default=False,
+        editable=False,
+        help_text=_("Has upstream or downstream flows (kept with them; spares a lookup)."),
+    )
+    upstream_generation = models.PositiveBigIntegerField(
+        _("upstream generation"),
+        default=0,
+        db_default=0,
+        editable=False,
+        help_text=_("How many upstream-triggered runs the flow has had."),
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -462,10 +543,15 @@ class DataFlow(models.Model):
                 condition=Q(run_interval__gte=1), name="dataflows_run_interval_positive"
             ),
             models.CheckConstraint(
-                condition=(Q(cron="") & Q(run_interval__isnull=False))
-                | (~Q(cron="") & Q(run_interval__isnull=True)),
+                condition=Q(cron="") | Q(run_interval__isnull=True),
                 name="dataflows_one_schedule",
-                violation_error_message=_("Set either a cron expression or a run interval."),
+                violation_error_message=_("Set a cron expression or a run interval, not both."),
+            ),
+            models.CheckConstraint(
+                condition=Q(wait_for__in=WaitFor.values), name="dataflows_wait_for_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(catchup__in=Catchup.values), name="dataflows_catchup_valid"
             ),
             models.CheckConstraint(
                 condition=Q(alert_after__gte=1), name="dataflows_alert_after_positive"
@@ -577,22 +663,23 @@ class DataFlow(models.Model):
         super().clean_fields(exclude=exclude)
 
     def clean(self) -> None:
-        """Check the schedule (exactly one of cron and interval) and the configuration.
+        """Check the schedule (at most one of cron and interval), the upstream flows (no
+        cycle) and the configuration.
 
         A schedule error goes on both fields, so whichever of the two a form shows carries
         it; the configuration is checked against the flow's ``configuration_schema``.
         """
         super().clean()
         errors: dict[str, Any] = {}
+        # Neither is fine: the flow then runs only after its upstream flows or when started.
         if self.cron and self.run_interval is not None:
-            message = _("Set either a cron expression or a run interval, not both.")
-        elif not self.cron and self.run_interval is None:
-            message = _("Set a cron expression or a run interval.")
-        else:
-            message = None
-        if message is not None:
+            message = _("Set a cron expression or a run interval, not both.")
             errors["cron"] = ValidationError(message, code="schedule")
             errors["run_interval"] = ValidationError(message, code="schedule")
+        if self.pk is not None:
+            cycle = dependency_cycle(self, self.upstream_flows.all())
+            if cycle:
+                errors["upstream_flows"] = cycle_error(cycle)
         if (
             self.flow
             and isinstance(self.configuration, dict)
@@ -619,8 +706,14 @@ class DataFlow(models.Model):
         stored = DataFlow.objects.filter(pk=self.pk).values_list(*self.SCHEDULE_FIELDS).first()
         return stored != tuple(getattr(self, name) for name in self.SCHEDULE_FIELDS)
 
-    def compute_next_run_at(self, now: datetime | None = None) -> datetime:
-        """When the flow is next due.
+    @property
+    def has_schedule(self) -> bool:
+        """Does the flow have a schedule (cron or interval)? Without one it runs only after
+        its upstream flows or when started."""
+        return bool(self.cron) or self.run_interval is not None
+
+    def compute_next_run_at(self, now: datetime | None = None) -> datetime | None:
+        """When the flow is next due; ``None`` for a flow without a schedule (never due).
 
         An interval flow: ``run_interval`` after its last run, or now if never run. A cron
         flow: its first slot after now (a cron schedule is a wall-clock promise: enabling
@@ -634,15 +727,15 @@ class DataFlow(models.Model):
                 return next_cron_slot(self.cron, self.timezone, now)
             except InvalidSchedule:
                 return now
-        if self.last_run_at is None or self.run_interval is None:
+        if self.run_interval is None:
+            return None
+        if self.last_run_at is None:
             return now
         return max(self.last_run_at + timedelta(seconds=self.run_interval), now)
 
     @property
     def schedule_error(self) -> str | None:
         """Why the stored schedule cannot be evaluated, or ``None`` (for the admin)."""
-        if not self.cron and self.run_interval is None:
-            return str(_("The flow has neither a cron expression nor a run interval."))
         if not self.cron:
             return None
         try:
@@ -715,7 +808,7 @@ class DataFlow(models.Model):
                 return upcoming_cron_slots(self.cron, self.timezone, now, count)
             except InvalidSchedule:
                 return []
-        if self.run_interval is None:
+        if self.run_interval is None or self.next_run_at is None:
             return []
         first = max(self.next_run_at, now)
         return [first + timedelta(seconds=i * self.run_interval) for i in range(count)]
@@ -741,6 +834,26 @@ class DataFlow(models.Model):
         return _starter().create_pending_run(
             self, trigger=trigger, user=user, attempt=attempt, now=now, input=input
         )
+
+    def backfill(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        rerun: bool = False,
+        user: AbstractBaseUser | AnonymousUser | None = None,
+        force: bool = False,
+    ) -> Backfill:
+        """Run every slot of the flow's schedule in ``[start, end)``, oldest first, one at a
+        time (the heartbeat drives it); return the new :class:`Backfill`.
+
+        A slot that already succeeded is skipped unless ``rerun`` (a re-run is a new run of
+        the slot; the old one stays). ``ValidationError`` for ``end <= start``, a flow
+        without a schedule, more than ``MAX_BACKFILL_SLOTS`` slots without ``force``, or a
+        range overlapping a running backfill of the flow; nothing is written then. See
+        :func:`django_dataflows.backfills.create_backfill`.
+        """
+        return _starter().create_backfill(self, start, end, rerun=rerun, user=user, force=force)
 
     def trigger_run(
         self,
@@ -795,6 +908,17 @@ class RunStarter(Protocol):
         input: dict[str, Any] | None = ...,
         attempt: int = ...,
     ) -> DataFlowRun: ...
+
+    def create_backfill(
+        self,
+        data_flow: DataFlow,
+        start: datetime,
+        end: datetime,
+        *,
+        rerun: bool = ...,
+        user: AbstractBaseUser | AnonymousUser | None = ...,
+        force: bool = ...,
+    ) -> Backfill: ...
 
 
 _run_starter: RunStarter | None = None
@@ -1413,6 +1537,31 @@ class DataFlowRun(models.Model):
         editable=False,
         help_text=_("When the run was found running past its flow's max duration (alerted once)."),
     )
+    generation = models.PositiveBigIntegerField(
+        _("generation"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("For a run its upstream flows started: which of the flow's generations."),
+    )
+    backfill = models.ForeignKey(
+        "Backfill",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="runs",
+        verbose_name=_("backfill"),
+        help_text=_("The backfill that ran this past slot."),
+    )
+    upstream_runs = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="downstream_runs",
+        verbose_name=_("upstream runs"),
+        help_text=_("The upstream runs whose success started this run."),
+    )
 
     objects: ClassVar[DataFlowRunQuerySet] = DataFlowRunQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -1440,10 +1589,32 @@ class DataFlowRun(models.Model):
                 condition=Q(status__in=(RunStatus.FAILED, RunStatus.TIMED_OUT)),
                 name="dataflows_run_failed_idx",
             ),
+            # Has an upstream flow succeeded since a downstream flow last took it in? One
+            # seek per dependency, whatever the history's size.
+            models.Index(
+                fields=("data_flow", "id"),
+                condition=Q(status=RunStatus.SUCCESS),
+                name="dataflows_run_success_idx",
+            ),
         )
         constraints = (
+            # A slot runs once from the schedule, and once per backfill (a backfill with
+            # rerun runs a slot again and keeps the old run).
             models.UniqueConstraint(
-                fields=("data_flow", "scheduled_for"), name="dataflows_one_run_per_slot"
+                fields=("data_flow", "scheduled_for"),
+                condition=Q(backfill__isnull=True),
+                name="dataflows_one_run_per_slot",
+            ),
+            models.UniqueConstraint(
+                fields=("backfill", "scheduled_for"),
+                condition=Q(backfill__isnull=False),
+                name="dataflows_one_run_per_backfill_slot",
+            ),
+            # Exactly once per generation, however many heartbeats and workers race.
+            models.UniqueConstraint(
+                fields=("data_flow", "generation"),
+                condition=Q(generation__isnull=False),
+                name="dataflows_one_run_per_generation",
             ),
             models.UniqueConstraint(
                 fields=("data_flow",),
@@ -1473,6 +1644,22 @@ class DataFlowRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def previous_slot(self) -> datetime | None:
+        """The schedule slot before this run's ``scheduled_for`` (``None`` without a slot):
+        the run's data interval is ``[previous_slot, scheduled_for)``."""
+        if self.scheduled_for is None:
+            return None
+        return previous_slot_for(self.data_flow, self.scheduled_for)
+
+    @property
+    def upstream_results(self) -> dict[str, Any]:
+        """``{flow name: result}`` of the upstream runs whose success started this run."""
+        if self._state.adding:
+            return {}
+        upstream = self.upstream_runs.select_related("data_flow").order_by("pk")
+        return {run.data_flow.name: run.result for run in upstream}
 
     def soft_delete(self) -> None:
         """Hide the run from lists and statistics; it stays for audit until ``dataflows_prune``.
@@ -2048,3 +2235,196 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()}: {self.flow_name or '-'}"
+
+
+class UpstreamMark(models.Model):
+    """How far a downstream flow has taken in an upstream flow's successful runs.
+
+    ``run_id`` is the newest successful run of ``upstream`` that a run of ``downstream``
+    was started for; a success with a larger id is new to ``downstream``. No row means
+    none taken in yet. Written with the downstream run, in the same transaction.
+    """
+
+    downstream = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="+", verbose_name=_("downstream flow")
+    )
+    upstream = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="+", verbose_name=_("upstream flow")
+    )
+    run_id = models.BigIntegerField(_("newest run taken in"))
+
+    class Meta:
+        verbose_name = _("upstream mark")
+        verbose_name_plural = _("upstream marks")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("downstream", "upstream"), name="dataflows_one_mark_per_dependency"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.upstream_id} → {self.downstream_id}: run {self.run_id}"
+
+
+def dependency_cycle(data_flow: DataFlow, upstreams: Any) -> list[str] | None:
+    """The flow names of the cycle that ``upstreams`` as ``data_flow``'s upstream flows would
+    close (``["A", "B", "A"]``: A triggers B, B triggers A), or ``None``.
+
+    ``upstreams`` are flows or keys; the flow's stored upstream flows are replaced by them.
+    One query reads every dependency (the graph is small: one row per edge).
+    """
+    proposed = [getattr(upstream, "pk", upstream) for upstream in upstreams]
+    own = data_flow.pk
+    if own is None or not proposed:
+        return None
+    through = DataFlow.upstream_flows.through
+    downstream_of: dict[int, list[int]] = {}
+    for downstream_id, upstream_id in through.objects.exclude(from_dataflow_id=own).values_list(
+        "from_dataflow_id", "to_dataflow_id"
+    ):
+        downstream_of.setdefault(upstream_id, []).append(downstream_id)
+    # Walk downstream from the flow: reaching one of its new upstream flows closes a cycle.
+    path_to: dict[int, list[int]] = {own: [own]}
+    frontier = [own]
+    wanted = set(proposed)
+    while frontier:
+        following = []
+        for node in frontier:
+            if node in wanted:
+                ids = [*path_to[node], own]
+                names = dict(DataFlow.objects.filter(pk__in=ids).values_list("pk", "name"))
+                names[own] = data_flow.name
+                return [names[pk] for pk in ids]
+            for child in downstream_of.get(node, ()):
+                if child not in path_to:
+                    path_to[child] = [*path_to[node], child]
+                    following.append(child)
+        frontier = following
+    return None
+
+
+def cycle_error(cycle: list[str]) -> ValidationError:
+    """The validation error for a dependency cycle, naming it: ``A → B → A``."""
+    if len(cycle) == 2:
+        return ValidationError(
+            _("A flow cannot be its own upstream flow: %(cycle)s."),
+            code="cycle",
+            params={"cycle": " → ".join(cycle)},
+        )
+    return ValidationError(
+        _("These upstream flows would make a cycle: %(cycle)s."),
+        code="cycle",
+        params={"cycle": " → ".join(cycle)},
+    )
+
+
+class BackfillStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class Backfill(models.Model):
+    """Past slots of a flow's schedule to run, oldest first, one at a time.
+
+    ``done`` of ``total`` slots are handled (run, or skipped as already succeeded);
+    ``next_slot`` is the next one to consider (``None`` once every slot is handed out).
+    """
+
+    data_flow = models.ForeignKey(
+        DataFlow, on_delete=models.CASCADE, related_name="backfills", verbose_name=_("data flow")
+    )
+    start = models.DateTimeField(_("start"), help_text=_("The first slot at or after it runs."))
+    end = models.DateTimeField(_("end"), help_text=_("Slots before it run (exclusive)."))
+    rerun = models.BooleanField(
+        _("rerun"), default=False, help_text=_("Run slots that already succeeded again too.")
+    )
+    status = models.CharField(
+        _("status"),
+        max_length=20,
+        choices=BackfillStatus.choices,
+        default=BackfillStatus.RUNNING,
+    )
+    done = models.PositiveIntegerField(_("done"), default=0)
+    total = models.PositiveIntegerField(_("total"), default=0)
+    next_slot = models.DateTimeField(_("next slot"), null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("backfill")
+        verbose_name_plural = _("backfills")
+        ordering = ("-created_at", "-pk")
+        indexes = (
+            models.Index(
+                fields=("data_flow",),
+                condition=Q(status="running"),
+                name="dataflows_backfill_running_idx",
+            ),
+        )
+        constraints = (
+            models.CheckConstraint(
+                condition=Q(end__gt=F("start")), name="dataflows_backfill_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=BackfillStatus.values), name="dataflows_backfill_status"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.data_flow} {self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M}"
+
+    @property
+    def percent(self) -> int:
+        """How far it is, 0 to 100."""
+        return 100 if not self.total else round(100 * self.done / self.total)
+
+    def cancel(self) -> bool:
+        """Stop after the current run (it finishes); ``False`` if it was not running."""
+        cancelled = Backfill.objects.filter(pk=self.pk, status=BackfillStatus.RUNNING).update(
+            status=BackfillStatus.CANCELLED, ended_at=Now()
+        )
+        self.refresh_from_db(fields=["status", "ended_at"])
+        return bool(cancelled)
+
+
+def mark_pipeline_flows(flow_ids: Any) -> None:
+    """Set ``in_pipeline`` on these flows from their dependencies (one statement)."""
+    through = DataFlow.upstream_flows.through
+    linked = through.objects.filter(
+        Q(from_dataflow_id=OuterRef("pk")) | Q(to_dataflow_id=OuterRef("pk"))
+    )
+    DataFlow.objects.filter(pk__in=list(flow_ids)).update(in_pipeline=models.Exists(linked))
+
+
+def _dependencies_changed(
+    sender: Any, instance: Any, action: str, pk_set: Any, **kwargs: Any
+) -> None:
+    if action in ("post_add", "post_remove", "post_clear", "pre_clear"):
+        if action == "pre_clear":  # the other ends are gone after the clear: note them now
+            through = DataFlow.upstream_flows.through
+            instance._dataflows_cleared = set(
+                through.objects.filter(
+                    Q(from_dataflow_id=instance.pk) | Q(to_dataflow_id=instance.pk)
+                ).values_list("from_dataflow_id", "to_dataflow_id")
+            )
+            return
+        ids = {instance.pk, *(pk_set or ())}
+        for pair in getattr(instance, "_dataflows_cleared", ()):
+            ids.update(pair)
+        mark_pipeline_flows(ids)
+
+
+models.signals.m2m_changed.connect(
+    _dependencies_changed,
+    sender=DataFlow.upstream_flows.through,
+    dispatch_uid="dataflows.in_pipeline",
+)

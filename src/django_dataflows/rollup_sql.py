@@ -8,7 +8,7 @@ creation time or ``deleted_at`` change; a soft-deleted run has none. Deleting a 
 (``dataflows_prune``) subtracts nothing: rollups keep statistics past retention.
 
 Written for PostgreSQL and SQLite (other databases compute statistics from the runs). The
-text is shared by migration ``0008_rollups`` and ``dataflows_rollups --rebuild``; changing
+text is shared by migration ``0007_rollups`` and ``dataflows_rollups --rebuild``; changing
 it needs a migration that recreates the triggers.
 """
 

@@ -209,6 +209,20 @@ def _next_cron_slot(expression: str, zone_label: str, after: datetime) -> dateti
     raise InvalidSchedule(_("%(expression)r never fires.") % {"expression": expression})
 
 
+def previous_cron_slot(expression: str, zone_label: str, before: datetime) -> datetime | None:
+    """The last slot of the cron schedule strictly before ``before`` (``None`` if none in
+    five years): the start of the data interval that ends at ``before``."""
+    for days in (2, 40, 400, 5 * 366):
+        found = None
+        for slot in iter_cron(expression, zone_label, before - timedelta(days=days)):
+            if slot >= before:
+                break
+            found = slot
+        if found is not None:
+            return found
+    return None
+
+
 def upcoming_cron_slots(
     expression: str, zone_label: str, after: datetime, count: int
 ) -> list[datetime]:

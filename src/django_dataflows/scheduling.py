@@ -10,6 +10,7 @@ constraint on (``data_flow``, ``scheduled_for``) backs this up on databases with
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,15 +19,23 @@ from django.db import connection, transaction
 from django.db.models.expressions import DatabaseDefault
 
 import django_dataflows.signals as signals
+from django_dataflows.backfills import next_backfill_runs
 from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
 from django_dataflows.models import (
+    Catchup,
     DataFlow,
     DataFlowRun,
     Heartbeat,
     RunStatus,
     RunTrigger,
     announce_runs_changed,
+)
+from django_dataflows.pipelines import (
+    dependency_neighbours,
+    next_generations,
+    ready_flows,
+    record_generations,
 )
 from django_dataflows.runs.bookkeeping import advance_claimed, next_after_claim
 from django_dataflows.runs.execution import RunExecutor
@@ -87,54 +96,114 @@ CLAIM_FIELDS = (
     "timeout",
     "max_retries",
     "alert_emails",
+    "catchup",
+    "wait_for",
+    "upstream_generation",
+    "in_pipeline",
 )
 
 
 def claim_due_flows(now: datetime | None = None, batch_size: int | None = None) -> Claim:
-    """Create the pending runs of due flows and advance their schedules.
+    """Create the pending runs of due flows and of ready downstream flows; advance schedules.
 
     Must run inside a transaction (the row locks last until it commits). On PostgreSQL
-    the number of SQL statements does not depend on the number of due flows (four, with
-    nothing skipped); elsewhere ``bulk_create`` and ``bulk_update`` split a large batch
-    into as many statements as the database's parameter limit requires.
+    the number of SQL statements does not depend on the number of due flows (five, with
+    nothing skipped and no downstream flow ready; at most ten); elsewhere ``bulk_create``
+    and ``bulk_update`` split a large batch into as many statements as the database's
+    parameter limit requires.
     """
     now = now or database_now()
     batch_size = batch_size or app_settings.HEARTBEAT_BATCH_SIZE
+    due = list(_locked(DataFlow.objects.due_to_run(now)).order_by("next_run_at", "pk")[:batch_size])
+    ready = list(_locked(ready_flows()).order_by("pk")[:batch_size])
+    return _claim(due, ready, now)
+
+
+def claim_ready_flows(flow_ids: list[int], now: datetime) -> Claim:
+    """Create the pending runs of those of ``flow_ids`` whose upstream flows are ready.
+
+    Inside a transaction, as :func:`claim_due_flows`; a flow another claim holds is left
+    to it (or to the next heartbeat).
+    """
+    ready = list(_locked(ready_flows(flow_ids)).order_by("pk"))
+    return _claim([], ready, now)
+
+
+def _locked(flows: Any) -> Any:
     features = connection.features
-    due = list(
-        DataFlow.objects.due_to_run(now)
-        .only(*CLAIM_FIELDS)
-        .select_for_update(skip_locked=True, no_key=features.has_select_for_no_key_update)
-        .order_by("next_run_at", "pk")[:batch_size]
+    return flows.only(*CLAIM_FIELDS).select_for_update(
+        skip_locked=True, no_key=features.has_select_for_no_key_update
     )
+
+
+def _claim(due: list[DataFlow], ready: list[DataFlow], now: datetime) -> Claim:
     busy = set(
         DataFlowRun.objects.active()
-        .filter(data_flow__in=[flow.pk for flow in due])
+        .filter(data_flow__in={flow.pk for flow in (*due, *ready)})
         .values_list("data_flow_id", flat=True)
     )
     claimed = []
+    late: list[DataFlow] = []
     next_slots: dict[int, datetime] = {}
     for flow in due:
         if flow.pk in busy:
             continue
         try:
-            next_slots[flow.pk] = next_after_claim(flow, flow.next_run_at, now)
+            next_slots[flow.pk] = next_after_claim(flow, flow.next_run_at or now, now)
         except InvalidSchedule as exc:
             # Stored without validation: skip it (it stays due, so this repeats each
             # heartbeat until someone fixes it) rather than fail the other flows.
             logger.error("Data flow %r skipped: its schedule is invalid: %s", flow.name, exc)
             continue
+        if _too_late(flow, now):
+            late.append(flow)
+            continue
         claimed.append(flow)
-    runs = _scheduled_runs(claimed, now)
+    if late:
+        _drop_late_slots(late, next_slots)
+    # A flow claimed for its slot now has an active run: its generation waits for it.
+    taken = busy | {flow.pk for flow in claimed}
+    generations = next_generations([flow for flow in ready if flow.pk not in taken], now)
+    runs = _scheduled_runs(claimed, now) + [generation.run for generation in generations]
     if runs:
         runs = _insert_runs(runs)
         # Inserted in one statement, not through save(): announce them to live status.
         announce_runs_changed([run.pk for run in runs], connection.alias)
         # Only the flows whose run was inserted move on: a flow that got an active run
         # elsewhere meanwhile keeps the schedule (and the status) that run gave it.
-        advance_claimed([run.data_flow for run in runs], now, next_slots)
+        inserted = {run.data_flow_id for run in runs}
+        advance_claimed(
+            [run.data_flow for run in runs if run.trigger == RunTrigger.SCHEDULE],
+            now,
+            next_slots,
+        )
+        record_generations(
+            [generation for generation in generations if generation.run.data_flow_id in inserted],
+            now,
+        )
     # A flow whose run could not be inserted got an active run from elsewhere meanwhile.
-    return Claim(runs=runs, flows_due=len(due), flows_skipped=len(due) - len(runs))
+    considered = len(due) + len(ready)
+    return Claim(runs=runs, flows_due=considered, flows_skipped=considered - len(runs) - len(late))
+
+
+def _too_late(flow: DataFlow, now: datetime) -> bool:
+    """Is this a ``catchup="skip"`` flow whose slot is more than ``CATCHUP_GRACE`` late?"""
+    if flow.catchup != Catchup.SKIP or flow.next_run_at is None:
+        return False
+    return (now - flow.next_run_at).total_seconds() > app_settings.CATCHUP_GRACE
+
+
+def _drop_late_slots(flows: list[DataFlow], next_slots: dict[int, datetime]) -> None:
+    """Move late ``catchup="skip"`` flows to their next slot in the future, without a run."""
+    for flow in flows:
+        logger.info(
+            "Data flow %r: slot %s dropped (more than %gs late; catchup is skip)",
+            flow.name,
+            flow.next_run_at.isoformat() if flow.next_run_at else None,
+            app_settings.CATCHUP_GRACE,
+        )
+        flow.next_run_at = next_slots[flow.pk]
+    DataFlow.objects.bulk_update(flows, ["next_run_at"])
 
 
 def _scheduled_runs(flows: list[DataFlow], now: datetime) -> list[DataFlowRun]:
@@ -181,7 +250,7 @@ def _scheduled_runs(flows: list[DataFlow], now: datetime) -> list[DataFlowRun]:
 
 #: Columns whose value differs from one claimed run to the next; every other column gets
 #: the first run's value (a callable default, such as ``task_id``'s, is per row too).
-_PER_ROW_FIELDS = frozenset({"data_flow", "scheduled_for", "queue"})
+_PER_ROW_FIELDS = frozenset({"data_flow", "scheduled_for", "queue", "trigger", "generation"})
 #: Field types whose Python values psycopg takes as they are (the claim's datetimes are
 #: aware, from the database or timezone.now()).
 _READY_TYPES = frozenset({"ForeignKey", "CharField", "TextField", "DateTimeField"})
@@ -200,11 +269,11 @@ def _insert_runs(runs: list[DataFlowRun]) -> list[DataFlowRun]:
     if connection.vendor != "postgresql":
         # ignore_conflicts returns no keys, so read back the rows this claim wrote.
         DataFlowRun.objects.bulk_create(runs, ignore_conflicts=True)
-        written = DataFlowRun.objects.filter(
-            data_flow__in=[run.data_flow_id for run in runs],
-            trigger=RunTrigger.SCHEDULE,
-            created_at=first.created_at,
-        ).values_list("data_flow_id", "pk")
+        # Each run's task id is new, so it finds that run and no other (two claims with
+        # the same clock reading would both match a created_at).
+        written = DataFlowRun.objects.filter(task_id__in=[run.task_id for run in runs]).values_list(
+            "data_flow_id", "pk"
+        )
         return _with_keys(runs, dict(written))
     columns: list[str] = []
     selected: list[str] = []
@@ -363,10 +432,12 @@ def run_heartbeat(
     result.runs_never_picked_up = redelivery.never_picked_up
     with transaction.atomic():
         claim = claim_due_flows(now)
+        # A flow claimed for its slot is busy now: its backfill waits (one query).
+        backfill_runs = next_backfill_runs(now)
     result.flows_due = claim.flows_due
     result.flows_skipped = claim.flows_skipped
-    result.flows_triggered = len(claim.runs)
-    runs = redelivery.runs + claim.runs
+    result.flows_triggered = len(claim.runs) + len(backfill_runs)
+    runs = redelivery.runs + claim.runs + backfill_runs
     result.run_ids = [run.pk for run in runs]
     result.enqueue_failures = dispatch_many(runs)
     if runs:
@@ -388,3 +459,58 @@ def run_heartbeat(
                 exc_info=(type(response), response, response.__traceback__),
             )
     return result
+
+
+# -- downstream flows start when their upstream flows succeed ------------------------------
+
+_dispatching = threading.local()
+
+
+def start_ready_downstream(sender: Any, run: DataFlowRun, status: str, **kwargs: Any) -> None:
+    """``run_finished`` receiver: start the flows this run's end makes ready.
+
+    A success may make the flow's downstream flows ready; any end frees the flow itself,
+    whose own generation, or next backfill slot, may have waited for it. The heartbeat
+    finds the same runs to start (this only starts them at once), so a flow another claim
+    holds is left to it.
+    """
+    in_backfill = run.backfill_id is not None
+    if not in_backfill and not getattr(run.data_flow, "in_pipeline", True):
+        return  # no dependencies: nothing to look up (the worker's run costs no query)
+    downstream, has_upstreams = dependency_neighbours(run.data_flow_id)
+    candidates = downstream if status == RunStatus.SUCCESS else set()
+    if has_upstreams:
+        candidates.add(run.data_flow_id)
+    if not candidates and not in_backfill:
+        return
+    now = database_now()
+    runs: list[DataFlowRun] = []
+    if candidates:
+        with transaction.atomic():
+            runs += claim_ready_flows(sorted(candidates), now).runs
+    if in_backfill:
+        # The backfill's next slot starts now rather than at the next heartbeat.
+        with transaction.atomic():
+            runs += next_backfill_runs(now, [run.data_flow_id])
+    dispatch_in_turn(runs)
+
+
+def dispatch_in_turn(runs: list[DataFlowRun]) -> None:
+    """Hand ``runs`` to the backend; nested calls queue theirs for the outermost one.
+
+    The sync backend runs a flow inside ``dispatch_many``, whose end may start the next
+    flow of a chain here again: queuing keeps a chain of any length one loop, not a
+    recursion as deep as the chain.
+    """
+    queued: list[DataFlowRun] | None = getattr(_dispatching, "queue", None)
+    if queued is not None:
+        queued.extend(runs)
+        return
+    _dispatching.queue = queued = list(runs)
+    try:
+        while queued:
+            batch = queued[:]
+            del queued[:]
+            dispatch_many(batch)
+    finally:
+        _dispatching.queue = None

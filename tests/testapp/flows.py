@@ -465,3 +465,14 @@ class TalksInSteps(Flow):
             _request(self, "pause")
             self.checkpoint()
         return 2
+
+
+class ReportsPipeline(Flow):
+    """Return what the flow sees of its pipeline: slot, previous slot, upstream results."""
+
+    def run(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot.isoformat() if self.slot else None,
+            "previous_slot": self.previous_slot.isoformat() if self.previous_slot else None,
+            "upstream": self.upstream_results,
+        }

@@ -21,6 +21,7 @@ from rest_framework.settings import api_settings
 from django_dataflows.conf import app_settings
 from django_dataflows.models import (
     AuditEntry,
+    Backfill,
     DataFlow,
     DataFlowRun,
     DataFlowRunLog,
@@ -28,6 +29,8 @@ from django_dataflows.models import (
     RunStatus,
     RunTrigger,
     StepStatus,
+    cycle_error,
+    dependency_cycle,
 )
 from django_dataflows.representation import flow_name, run_json
 from django_dataflows.validators import (
@@ -258,6 +261,11 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "queue",
             "max_retries",
             "timeout",
+            "catchup",
+            "upstream_flows",
+            "downstream_flows",
+            "wait_for",
+            "upstream_generation",
             "last_run_at",
             "last_run_status",
             "next_run_at",
@@ -270,6 +278,8 @@ class DataFlowSerializer(serializers.ModelSerializer):
             "updated_at",
         )
         read_only_fields = (
+            "downstream_flows",
+            "upstream_generation",
             "last_run_at",
             "last_run_status",
             "next_run_at",
@@ -317,10 +327,15 @@ class DataFlowSerializer(serializers.ModelSerializer):
         """The model's rules across fields (``DataFlow.full_clean()``), on a copy."""
         data_flow = copy.copy(self.instance) if self.instance is not None else DataFlow()
         for name, value in attrs.items():
-            setattr(data_flow, name, value)
+            if name != "upstream_flows":  # many-to-many: checked below, saved by DRF
+                setattr(data_flow, name, value)
         try:
             # Uniqueness is DRF's UniqueValidator's job (it names the field already).
             data_flow.full_clean(validate_unique=False, validate_constraints=False)
+            if "upstream_flows" in attrs:
+                cycle = dependency_cycle(data_flow, attrs["upstream_flows"])
+                if cycle:
+                    raise DjangoValidationError({"upstream_flows": cycle_error(cycle)})
         except DjangoValidationError as exc:
             raise serializers.ValidationError(as_serializer_error(exc)) from exc
         return attrs
@@ -443,3 +458,46 @@ class UpcomingQuerySerializer(serializers.Serializer):
 
 class UpcomingSerializer(serializers.Serializer):
     upcoming = serializers.ListField(child=serializers.DateTimeField())
+
+
+# -- backfills ----------------------------------------------------------------------------
+
+
+class BackfillRequestSerializer(serializers.Serializer):
+    """The body of ``flows/{id}/backfill/``: the range ``[start, end)`` and the options."""
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    rerun = serializers.BooleanField(
+        required=False, default=False, help_text="Run slots that already succeeded again too."
+    )
+    force = serializers.BooleanField(
+        required=False, default=False, help_text="Allow more than 10,000 slots."
+    )
+
+
+class BackfillSerializer(serializers.ModelSerializer):
+    """A backfill and its progress (``done`` of ``total`` slots)."""
+
+    flow = serializers.IntegerField(source="data_flow_id", read_only=True)
+    flow_name = serializers.CharField(source="data_flow.name", read_only=True)
+    created_by = serializers.IntegerField(source="created_by_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Backfill
+        fields = (
+            "id",
+            "flow",
+            "flow_name",
+            "start",
+            "end",
+            "rerun",
+            "status",
+            "done",
+            "total",
+            "next_slot",
+            "created_by",
+            "created_at",
+            "ended_at",
+        )
+        read_only_fields = fields

@@ -27,6 +27,7 @@ router = Router()
 router.register("flows", views.DataFlowViewSet, basename="flow")
 router.register("runs", views.DataFlowRunViewSet, basename="run")
 router.register("audit", views.AuditEntryViewSet, basename="audit")
+router.register("backfills", views.BackfillViewSet, basename="backfill")
 
 #: The API's own endpoints: what the schema describes.
 api_urlpatterns = [

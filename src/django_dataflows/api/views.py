@@ -26,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from django_dataflows import audit
-from django_dataflows.api.errors import StrictJSONParser, exception_handler
+from django_dataflows.api.errors import Conflict, StrictJSONParser, exception_handler
 from django_dataflows.api.filters import (
     DEFAULT_RUN_ORDERING,
     AuditEntryFilterSet,
@@ -37,6 +37,8 @@ from django_dataflows.api.pagination import CursorPagination
 from django_dataflows.api.permissions import RUN_PERMISSION, ActionPermission
 from django_dataflows.api.serializers import (
     AuditEntrySerializer,
+    BackfillRequestSerializer,
+    BackfillSerializer,
     DataFlowRunSerializer,
     DataFlowSerializer,
     FlowTypeSerializer,
@@ -57,6 +59,7 @@ from django_dataflows.models import (
     AuditAction,
     AuditEntry,
     AuditSource,
+    Backfill,
     DataFlow,
     DataFlowRun,
     DataFlowRunQuerySet,
@@ -167,6 +170,8 @@ def _stats_since(request: Request) -> dict[str, Any]:
 class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
     """Flows: CRUD, start a run, enable / disable, statistics, upcoming slots."""
 
+    # Overdue without a query per flow; the dependencies in two queries for the page.
+    queryset = DataFlow.objects.all()  # for the schema and the router; see get_queryset()
     serializer_class = DataFlowSerializer
     filterset_class = DataFlowFilterSet
     action_permissions = {
@@ -178,6 +183,7 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         "disable": ("dataflows.change_dataflow",),
         "destroy": ("dataflows.delete_dataflow",),
         "start": ("dataflows.view_dataflow", RUN_PERMISSION),
+        "backfill": ("dataflows.view_dataflow", RUN_PERMISSION),
         "stats": ("dataflows.view_dataflow", "dataflows.view_dataflowrun"),
     }
 
@@ -186,8 +192,13 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         return "name", False
 
     def get_queryset(self) -> QuerySet[DataFlow]:
-        # Overdue without a query per flow; only the flows this user may see.
-        return DataFlow.objects.with_overdue_since().visible_to(self.request.user)
+        # Overdue without a query per flow, the dependencies in two queries for the page;
+        # only the flows this user may see.
+        return (
+            DataFlow.objects.with_overdue_since()
+            .prefetch_related("upstream_flows", "downstream_flows")
+            .visible_to(self.request.user)
+        )
 
     def perform_create(self, serializer: Any) -> None:
         self._check_run_permission(None, serializer.validated_data)
@@ -244,6 +255,23 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
             on_recorded=lambda run: self.audit(AuditAction.RUN_STARTED, run=run),
         )
         return _run_response(run, request, self)
+
+    @document(request=BackfillRequestSerializer, responses={202: BackfillSerializer})
+    @action(detail=True, methods=["post"])
+    def backfill(self, request: Request, pk: str | None = None) -> Response:
+        """Run the flow's slots in ``[start, end)``, oldest first: 202 with the backfill.
+
+        400 naming the problem for ``end <= start``, a flow without a schedule, more than
+        10,000 slots without ``force``, or a range overlapping a running backfill.
+        """
+        data_flow = self.get_object()
+        body = BackfillRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        backfill = data_flow.backfill(
+            data["start"], data["end"], rerun=data["rerun"], user=request.user, force=data["force"]
+        )
+        return Response(BackfillSerializer(backfill).data, status=status.HTTP_202_ACCEPTED)
 
     @document(request=None, responses=DataFlowSerializer)
     @action(detail=True, methods=["post"])
@@ -477,3 +505,44 @@ class AuditEntryViewSet(APIViewMixin, mixins.ListModelMixin, viewsets.GenericVie
 
     def get_queryset(self) -> QuerySet[AuditEntry]:
         return AuditEntry.objects.visible_to(self.request.user).select_related("actor")
+
+
+class BackfillViewSet(
+    APIViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Backfills with their progress, newest first (``?flow=``, ``?status=``); cancel."""
+
+    serializer_class = BackfillSerializer
+    filter_backends = ()
+    action_permissions = {
+        None: ("dataflows.view_backfill",),
+        "cancel": ("dataflows.view_backfill", RUN_PERMISSION),
+    }
+
+    def keyset_ordering(self, request: Request) -> tuple[str, bool]:
+        """Pages of backfills: newest first."""
+        return "created_at", True
+
+    def get_queryset(self) -> QuerySet[Backfill]:
+        # Only the backfills of flows this user sees.
+        visible = DataFlow.objects.visible_to(self.request.user)
+        backfills = (
+            Backfill.objects.filter(data_flow__in=visible)
+            .select_related("data_flow")
+            .order_by("-created_at", "-pk")
+        )
+        params = self.request.query_params
+        if params.get("flow", "").isdigit():
+            backfills = backfills.filter(data_flow_id=int(params["flow"]))
+        if params.get("status"):
+            backfills = backfills.filter(status=params["status"])
+        return backfills
+
+    @document(request=None, responses={202: BackfillSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Stop the backfill after its current run (which finishes); 409 if it has ended."""
+        backfill = self.get_object()
+        if not backfill.cancel():
+            raise Conflict(f"Backfill {backfill.pk} is {backfill.status}, not running.")
+        return Response(BackfillSerializer(backfill).data, status=status.HTTP_202_ACCEPTED)

@@ -149,7 +149,9 @@ def advance_claimed(
         return
     next_slots = next_slots or {}
     for flow in flows:
-        flow.next_run_at = next_slots.get(flow.pk) or next_after_claim(flow, flow.next_run_at, now)
+        flow.next_run_at = next_slots.get(flow.pk) or next_after_claim(
+            flow, flow.next_run_at or now, now
+        )
         flow.last_run_at = now
         flow.last_run_status = RunStatus.PENDING
     if connection.vendor != "postgresql":

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 
 from django_dataflows.backends import get_backend
+from django_dataflows.backfills import create_backfill
 from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_dataflows.backends")
 
 __all__ = [
+    "create_backfill",
     "create_pending_run",
     "dispatch",
     "dispatch_many",

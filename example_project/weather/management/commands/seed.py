@@ -11,6 +11,7 @@ from django_dataflows.models import DataFlow
 from example_project.weather.flows import (
     CheckObservationQuality,
     ImportObservations,
+    ReportImportedDays,
     SummariseDailyWeather,
 )
 from example_project.weather.models import DailySummary, Observation, Station
@@ -53,6 +54,16 @@ EXAMPLE_FLOWS: list[dict[str, Any]] = [
         "description": "The summary again, the way a production site would schedule it: "
         "nightly at 02:30 Berlin time, overdue if it has not succeeded for 26 hours.",
     },
+    {
+        "name": "Report after import",
+        "flow": ReportImportedDays.flow_path(),
+        # No schedule: it runs after each successful import, its upstream flow.
+        "run_interval": None,
+        "upstream": ["Import weather observations"],
+        "configuration": {},
+        "description": "Runs after every successful import (a pipeline): reports the days "
+        "the import loaded and how many stations reported each.",
+    },
 ]
 
 
@@ -76,16 +87,22 @@ class Command(BaseCommand):
             if options["reset_data"]:
                 self._reset_data()
             for spec in EXAMPLE_FLOWS:
-                fields = {key: value for key, value in spec.items() if key != "name"}
+                fields = {
+                    key: value for key, value in spec.items() if key not in ("name", "upstream")
+                }
                 data_flow, created = DataFlow.objects.get_or_create(
                     name=spec["name"], defaults=fields
                 )
+                if created and spec.get("upstream"):
+                    data_flow.upstream_flows.set(DataFlow.objects.filter(name__in=spec["upstream"]))
                 state = "created" if created else "exists, left unchanged"
-                schedule = (
-                    f"cron {data_flow.cron} ({data_flow.timezone})"
-                    if data_flow.cron
-                    else f"every {data_flow.run_interval}s"
-                )
+                if data_flow.cron:
+                    schedule = f"cron {data_flow.cron} ({data_flow.timezone})"
+                elif data_flow.run_interval is not None:
+                    schedule = f"every {data_flow.run_interval}s"
+                else:
+                    upstream = ", ".join(flow.name for flow in data_flow.upstream_flows.all())
+                    schedule = f"after {upstream or 'nothing: started by hand'}"
                 self.stdout.write(f"  {data_flow.name}: {schedule} ({state})")
 
     def _reset_data(self) -> None:

@@ -8,12 +8,15 @@
             return;
         }
         const cron = checked.value === "cron";
+        const interval = checked.value === "interval";
         for (const name of ["cron", "timezone"]) {
             const row = form.querySelector(".field-" + name);
             if (row) { row.style.display = cron ? "" : "none"; }
         }
-        const interval = form.querySelector(".field-run_interval");
-        if (interval) { interval.style.display = cron ? "none" : ""; }
+        const intervalRow = form.querySelector(".field-run_interval");
+        if (intervalRow) { intervalRow.style.display = interval ? "" : "none"; }
+        const catchup = form.querySelector(".field-catchup");
+        if (catchup) { catchup.style.display = cron || interval ? "" : "none"; }
     }
     document.addEventListener("DOMContentLoaded", function () {
         const form = document.querySelector("#dataflow_form");

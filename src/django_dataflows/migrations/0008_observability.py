@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dataflows", "0008_rollups"),
+        ("dataflows", "0007_rollups"),
     ]
 
     operations = [

@@ -10,7 +10,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dataflows", "0010_observability"),
+        ("dataflows", "0008_observability"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
