@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -552,8 +553,12 @@ def test_check_deploy_passes_with_the_api_installed(env):
         skip_or_fail("the api extra is not installed")
     process = manage(env, "check", "--deploy")
 
-    assert process.returncode == 0, process.stderr
-    assert "drf_spectacular.E001" not in process.stdout + process.stderr
+    output = process.stdout + process.stderr
+    # The demo mails to files, which Django 6.1's deploy check calls an error (mail.E001);
+    # no error may come from this app or the API's schema.
+    errors = set(re.findall(r"\((\w+\.E\d+)\)", output)) - {"mail.E001"}
+    assert errors == set(), output
+    assert process.returncode == 0 or "mail.E001" in output, process.stderr
 
 
 AFTER_IMPORT = "Report after import"
