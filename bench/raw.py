@@ -36,8 +36,7 @@ def raw_claim(batch: int) -> list[tuple[int, str, str]]:
     """Claim up to ``batch`` due flows; return (run id, task id, queue) of each run inserted."""
     from django.utils import timezone
 
-    from django_dataflows.models import next_slot_after
-    from django_dataflows.schedules import next_cron_slot
+    from django_dataflows.schedules import next_cron_slot, next_slot_after
 
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:

@@ -15,7 +15,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from django_dataflows.models import DataFlow, DataFlowRun, RunStatus, next_slot_after
+from django_dataflows.models import DataFlow, DataFlowRun, RunStatus
+from django_dataflows.schedules import next_slot_after
 from django_dataflows.scheduling import run_heartbeat
 from tests.async_workers import wait_for
 from tests.factories import DataFlowFactory

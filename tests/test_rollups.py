@@ -355,7 +355,7 @@ def test_triggers_a_sqlite_table_rebuild_dropped_are_restored_after_migrate() ->
 def test_many_flows_at_once_read_a_bounded_number_of_durations(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("django_dataflows.models.EXACT_DURATIONS_READ", 60)
+    monkeypatch.setattr("django_dataflows.models.stats.EXACT_DURATIONS_READ", 60)
     small, large = DataFlowFactory(), DataFlowFactory()
     mixed_runs(small, 40, seed=21)
     mixed_runs(large, 300, seed=22)

@@ -102,7 +102,7 @@ def test_percentiles_of_many_runs_read_offsets_and_agree(monkeypatch: pytest.Mon
     flow = DataFlowFactory()
     make_runs(flow, *((RunStatus.SUCCESS, duration) for duration in durations))
     sorted_stats = DataFlowRun.objects.stats_from_runs()
-    monkeypatch.setattr("django_dataflows.models.SORTED_PERCENTILES_LIMIT", 10)
+    monkeypatch.setattr("django_dataflows.models.runs.SORTED_PERCENTILES_LIMIT", 10)
     with CaptureQueriesContext(connection) as queries:
         offset_stats = DataFlowRun.objects.stats_from_runs()
     assert len(queries) == 4  # counts, two offsets, the costs

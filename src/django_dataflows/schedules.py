@@ -1,7 +1,9 @@
-"""Cron schedules: validation, the next slot after an instant, and our DST rule.
+"""Schedules: cron validation, every slot computation (cron and interval), our DST rule.
 
-Pure functions, no database: the models, the heartbeat's claim, the admin and the API all
-call these, so a cron expression means the same thing everywhere.
+Pure functions, no database: the models, the heartbeat's claim, backfills, the admin and the
+API all call these, so a schedule means the same thing everywhere. A flow's slots are on
+its cron expression in its zone, or on the grid ``first slot + k * run_interval``;
+:class:`Catchup` says what the flow does with the slots it missed.
 
 Cron fields are matched by `cronsim <https://github.com/cuu508/cronsim>`_ (never parsed
 here). We chose it over croniter because it is small, typed, has no dependencies, follows
@@ -18,15 +20,19 @@ The DST rule is ours and is applied here, around the library:
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import Protocol
 
 from cronsim import CronSim, CronSimError
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db.models import TextChoices
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 #: The macros we accept, and the five-field expression each stands for.
 MACROS = {
@@ -245,3 +251,72 @@ def describe_cron(expression: str, zone_label: str = "") -> str:
         return _("invalid cron expression %(expression)r") % {"expression": expression}
     text = CronSim(expand(expression), datetime(2000, 1, 1)).explain()
     return f"{text} ({zone_name(zone_label)})"
+
+
+class Catchup(TextChoices):
+    """What a scheduled flow does with the slots it missed (downtime, disabled)."""
+
+    LATEST = "latest", gettext_lazy("Run once for the missed slots")
+    SKIP = "skip", gettext_lazy("Skip slots found late")
+    ALL = "all", gettext_lazy("Run every missed slot")
+
+
+class Scheduled(Protocol):
+    """What slot arithmetic reads of a flow (a ``DataFlow`` has it all)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cron(self) -> str: ...
+
+    @property
+    def timezone(self) -> str: ...
+
+    @property
+    def run_interval(self) -> int | None: ...
+
+    @property
+    def catchup(self) -> str: ...
+
+
+def next_slot_after(slot: datetime, interval: int, now: datetime) -> datetime:
+    """The first slot on ``slot``'s grid (``slot + k * interval``) that is later than ``now``.
+
+    Advancing from the slot, not from ``now``, keeps a schedule from drifting; jumping past
+    every missed slot at once means a flow that was down for a day runs once, not once per
+    missed slot.
+    """
+    if slot > now:
+        return slot
+    missed = math.floor((now - slot).total_seconds() / interval) + 1
+    return slot + timedelta(seconds=missed * interval)
+
+
+def next_slot_for(data_flow: Scheduled, slot: datetime, now: datetime) -> datetime:
+    """The flow's next slot after claiming ``slot`` at ``now``.
+
+    Missed slots collapse (the next slot is the first one after ``now``) unless the flow's
+    ``catchup`` is ``"all"``: then it is the slot right after ``slot``, past or not, so
+    every missed slot runs in turn. Raises ``InvalidSchedule`` for a cron expression or
+    zone stored without validation, and for a flow without a schedule.
+    """
+    if data_flow.catchup == Catchup.ALL:
+        now = min(slot, now)
+    if data_flow.cron:
+        return next_cron_slot(data_flow.cron, data_flow.timezone, max(slot, now))
+    if data_flow.run_interval is None:
+        raise InvalidSchedule(f"Data flow {data_flow.name!r} has neither cron nor run_interval.")
+    return next_slot_after(slot, data_flow.run_interval, now)
+
+
+def previous_slot_for(data_flow: Scheduled, slot: datetime) -> datetime | None:
+    """The slot of the flow's schedule just before ``slot`` (``None`` without a schedule).
+
+    With ``slot`` this bounds a run's data interval ``[previous_slot, slot)``.
+    """
+    if data_flow.cron:
+        return previous_cron_slot(data_flow.cron, data_flow.timezone, slot)
+    if data_flow.run_interval is None:
+        return None
+    return slot - timedelta(seconds=data_flow.run_interval)

@@ -23,7 +23,6 @@ from django_dataflows.backfills import next_backfill_runs
 from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
 from django_dataflows.models import (
-    Catchup,
     DataFlow,
     DataFlowRun,
     Heartbeat,
@@ -40,7 +39,7 @@ from django_dataflows.pipelines import (
 from django_dataflows.runs.bookkeeping import advance_claimed, next_after_claim
 from django_dataflows.runs.execution import RunExecutor
 from django_dataflows.runs.starting import dispatch_many
-from django_dataflows.schedules import InvalidSchedule
+from django_dataflows.schedules import Catchup, InvalidSchedule
 
 logger = logging.getLogger("django_dataflows.heartbeat")
 

@@ -32,9 +32,9 @@ from django_dataflows.models import (
     DataFlowRun,
     RunStatus,
     RunTrigger,
-    next_slot_for,
     row_lock,
 )
+from django_dataflows.schedules import next_slot_for
 from django_dataflows.validators import validate_run_input
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 def next_after_claim(data_flow: DataFlow, slot: datetime, now: datetime) -> datetime:
     """The slot after ``slot`` once a heartbeat has claimed it (no drift, missed slots skipped).
 
-    Interval or cron (:func:`~django_dataflows.models.next_slot_for`); ``InvalidSchedule``
+    Interval or cron (:func:`~django_dataflows.schedules.next_slot_for`); ``InvalidSchedule``
     for a cron expression or zone stored without validation.
     """
     return next_slot_for(data_flow, slot, now)
