@@ -28,7 +28,7 @@ def many_runs(count, **fields):
 
 
 def test_the_run_list_counts_at_most_a_bounded_number_of_rows(admin_client, monkeypatch):
-    monkeypatch.setattr("django_dataflows.admin_lists.EXACT_COUNT_LIMIT", 5)
+    monkeypatch.setattr("django_dataflows.admin.lists.EXACT_COUNT_LIMIT", 5)
     many_runs(8)
     with CaptureQueriesContext(connection) as queries:
         response = admin_client.get(RUNS)
@@ -53,7 +53,7 @@ def test_the_run_list_has_no_date_hierarchy_but_a_created_filter(admin_client):
 
 
 def test_the_flow_page_bounds_its_run_count(admin_client, monkeypatch):
-    monkeypatch.setattr("django_dataflows.admin.EXACT_COUNT_LIMIT", 3)
+    monkeypatch.setattr("django_dataflows.admin.flows.EXACT_COUNT_LIMIT", 3)
     flow = many_runs(5)
     response = admin_client.get(reverse("admin:dataflows_dataflow_change", args=[flow.pk]))
     assert "See the whole history (more than 3 runs)" in response.content.decode()
@@ -61,7 +61,7 @@ def test_the_flow_page_bounds_its_run_count(admin_client, monkeypatch):
 
 @pytest.mark.postgres
 def test_past_the_bound_postgresql_estimates_the_count(admin_client, monkeypatch):
-    monkeypatch.setattr("django_dataflows.admin_lists.EXACT_COUNT_LIMIT", 5)
+    monkeypatch.setattr("django_dataflows.admin.lists.EXACT_COUNT_LIMIT", 5)
     many_runs(40)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE dataflows_dataflowrun")
@@ -72,7 +72,7 @@ def test_past_the_bound_postgresql_estimates_the_count(admin_client, monkeypatch
 def test_the_flow_filter_lists_a_bounded_number_of_flows_and_the_chosen_one(
     admin_client, monkeypatch
 ):
-    monkeypatch.setattr("django_dataflows.admin_lists.FlowFilter.FLOWS_LISTED", 2)
+    monkeypatch.setattr("django_dataflows.admin.lists.FlowFilter.FLOWS_LISTED", 2)
     flows = [DataFlowFactory(name=f"flow {letter}") for letter in "abcd"]
     run = DataFlowRunFactory(data_flow=flows[3])
     response = admin_client.get(RUNS, {"data_flow__id__exact": flows[3].pk})

@@ -475,7 +475,7 @@ def test_the_graph_page_without_dependencies_says_so(admin_client):
 
 
 def test_the_graph_places_a_flow_right_of_its_deepest_upstream_flow():
-    from django_dataflows.admin_graph import flow_depths
+    from django_dataflows.admin.graph import flow_depths
 
     assert flow_depths([1, 2, 3, 4], [(1, 2), (2, 3), (1, 3)]) == {1: 0, 2: 1, 3: 2, 4: 0}
     # A cycle stored before cycles were refused still ends.

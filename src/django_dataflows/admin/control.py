@@ -26,7 +26,6 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from django_dataflows.admin_owners import record
 from django_dataflows.backends.sync import run_after_response
 from django_dataflows.exceptions import (
     EnqueueFailed,
@@ -47,6 +46,8 @@ from django_dataflows.permissions import RUN_PERMISSION  # "Run now", run contro
 from django_dataflows.runs.starting import trigger_run
 from django_dataflows.runs.transitions import allowed_actions
 from django_dataflows.validators import load_json_text, validate_run_input
+
+from .owners import record
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet

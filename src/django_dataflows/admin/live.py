@@ -2,7 +2,7 @@
 
 :class:`LiveRunAdminMixin` is mixed into the run admin. The run page and "Live runs"
 open an ``EventSource`` on the live status streams; the dashboard draws its charts as
-server-rendered SVG (:mod:`~django_dataflows.live.charts`), so it works offline.
+server-rendered SVG (:mod:`~django_dataflows.admin.charts`), so it works offline.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_dataflows.live import charts
+import django_dataflows.admin.charts as charts
 from django_dataflows.models import DataFlow, DataFlowRun
 
 if TYPE_CHECKING:
