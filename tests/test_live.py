@@ -12,6 +12,7 @@ import pytest
 from django.core.checks import run_checks
 from django.db import connection, transaction
 from django.test import Client
+from django.utils import timezone
 from rest_framework import serializers
 
 from django_dataflows import signals
@@ -286,6 +287,22 @@ def test_the_live_payload_is_the_apis_run(settings):
     by_fields = serializers.ModelSerializer.to_representation(DataFlowRunSerializer(), run)
     assert run_payload(run, backtrace=True) == json.loads(json.dumps(by_fields))
     assert loaded.payload["steps"][0]["name"] == "extract"
+
+
+def test_the_live_payload_follows_the_projects_datetime_format(settings):
+    from django_dataflows.api.serializers import DataFlowRunSerializer
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DATETIME_FORMAT": "%d.%m.%Y %H:%M"}
+    run = DataFlowRunFactory(status=RunStatus.SUCCESS)
+    DataFlowRunStep.objects.create(run=run, position=1, name="extract", started_at=run.created_at)
+    run = DataFlowRun.objects.prefetch_related("steps").get(pk=run.pk)
+    by_fields = serializers.ModelSerializer.to_representation(DataFlowRunSerializer(), run)
+    payload = run_payload(run, backtrace=True)
+    assert payload == json.loads(json.dumps(by_fields))
+    assert payload["created_at"] == run.created_at.astimezone(
+        timezone.get_current_timezone()
+    ).strftime("%d.%m.%Y %H:%M")
+    assert payload["steps"][0]["started_at"] == payload["created_at"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,8 +1,9 @@
 """A run and its steps as JSON: the one shape the REST API and live status both send.
 
-Datetimes are ISO 8601 in the current time zone, UTC written ``Z`` (as Django REST
-framework writes them by default). The API passes its own formatter where a project sets
-another ``DATETIME_FORMAT``.
+Datetimes are written as Django REST framework writes them, without importing it: in the
+current time zone, ISO 8601 with UTC written ``Z`` by default, or with the ``strftime``
+format a project sets as ``REST_FRAMEWORK["DATETIME_FORMAT"]``, so a run on a live stream
+and the same run from the API carry the same strings.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ from django_dataflows.models import DataFlowRun, DataFlowRunStep
 Moment = Callable[[datetime | None], str | None]
 
 
+ISO_8601 = "iso-8601"
+
+
+def datetime_format() -> str:
+    """The project's REST framework ``DATETIME_FORMAT`` (``"iso-8601"`` unless it sets one)."""
+    configured = getattr(settings, "REST_FRAMEWORK", None) or {}
+    output_format = configured.get("DATETIME_FORMAT", ISO_8601)
+    return output_format if isinstance(output_format, str) else ISO_8601
+
+
 def iso_moment(value: datetime | None) -> str | None:
-    """``value`` in ISO 8601, in the current time zone; UTC is written ``Z``."""
+    """``value`` as the API writes it, in the current time zone (see the module's text)."""
     if value is None:
         return None
     if settings.USE_TZ and timezone.is_aware(value):
         value = value.astimezone(timezone.get_current_timezone())
+    output_format = datetime_format()
+    if output_format.lower() != ISO_8601:
+        return value.strftime(output_format)
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
