@@ -50,6 +50,19 @@ DURATION_INDEXES = (
 )
 
 
+def keep_durations(apps: object, schema_editor: object) -> None:
+    """Going back to 0005: fill the plain ``duration_ms`` columns again, as 0005 kept them.
+
+    (Forwards there is nothing to do: the generated columns compute every row's duration.)
+    """
+    for name in ("DataFlowRun", "DataFlowRunStep"):
+        model = apps.get_model("dataflows", name)  # type: ignore[attr-defined]
+        alias = schema_editor.connection.alias  # type: ignore[attr-defined]
+        model._base_manager.using(alias).filter(
+            started_at__isnull=False, ended_at__isnull=False
+        ).update(duration_ms=django_dataflows.clock.MillisecondsBetween("started_at", "ended_at"))
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("dataflows", "0005_api"),
@@ -82,6 +95,8 @@ class Migration(migrations.Migration):
             migrations.RemoveIndex(model_name="dataflowrun", name=index.name)
             for index in DURATION_INDEXES
         ),
+        # Runs last when unapplying, after the plain columns are back.
+        migrations.RunPython(migrations.RunPython.noop, keep_durations, elidable=False),
         migrations.RemoveField(model_name="dataflowrun", name="duration_ms"),
         migrations.AddField(model_name="dataflowrun", name="duration_ms", field=duration_field()),
         migrations.RemoveField(model_name="dataflowrunstep", name="duration_ms"),
