@@ -13,7 +13,15 @@ from django.utils import timezone
 
 from django_dataflows import signals
 from django_dataflows.backfills import next_backfill_runs
-from django_dataflows.models import Backfill, DataFlow, DataFlowRun, RunStatus, RunTrigger
+from django_dataflows.models import (
+    AuditAction,
+    AuditEntry,
+    Backfill,
+    DataFlow,
+    DataFlowRun,
+    RunStatus,
+    RunTrigger,
+)
 from django_dataflows.scheduling import run_heartbeat, start_ready_downstream
 from tests.factories import DataFlowFactory, DataFlowRunFactory, UserFactory
 
@@ -273,6 +281,54 @@ def test_the_command_exits_1_when_a_slot_failed():
     assert raised.value.returncode == 1
 
 
+def test_the_command_acts_as_a_user_who_may_run_the_flow_and_is_recorded():
+    from django.contrib.auth.models import Permission
+
+    owner = UserFactory(username="olga")
+    for codename in ("view_dataflow", "run_dataflow"):
+        owner.user_permissions.add(Permission.objects.get(codename=codename))
+    viewer = UserFactory(username="vic")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_dataflow"))
+    daily()
+    arguments = ["daily", "--from", WEEK_AGO.isoformat(), "--to", TODAY.isoformat(), "--no-wait"]
+
+    with pytest.raises(CommandError, match="'vic' may not run 'daily'"):
+        call_command("dataflows_backfill", *arguments, "--as-user", "vic", stdout=StringIO())
+    with pytest.raises(CommandError, match="no user 'nobody'"):
+        call_command("dataflows_backfill", *arguments, "--as-user", "nobody", stdout=StringIO())
+    assert not Backfill.objects.exists()
+    assert not AuditEntry.objects.exists()
+
+    call_command("dataflows_backfill", *arguments, "--as-user", "olga", stdout=StringIO())
+
+    backfill = Backfill.objects.get()
+    assert backfill.created_by == owner
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.source, entry.actor) == (
+        AuditAction.BACKFILL_STARTED,
+        "command",
+        owner,
+    )
+
+
+def test_the_command_does_not_find_a_flow_the_user_may_not_see():
+    UserFactory(username="stranger")
+    daily()
+
+    with pytest.raises(CommandError, match="No data flow named 'daily'"):
+        call_command(
+            "dataflows_backfill",
+            "daily",
+            "--from",
+            WEEK_AGO.isoformat(),
+            "--to",
+            TODAY.isoformat(),
+            "--as-user",
+            "stranger",
+            stdout=StringIO(),
+        )
+
+
 def test_the_command_can_leave_the_slots_to_the_heartbeat():
     daily()
 
@@ -325,6 +381,13 @@ def test_the_api_starts_lists_and_cancels_backfills(without_receiver, dummy_back
     assert [item["id"] for item in listed.json()["results"]] == [created.json()["id"]]
     assert (cancelled.status_code, cancelled.json()["status"]) == (202, "cancelled")
     assert again.status_code == 409
+    entries = AuditEntry.objects.order_by("pk")
+    assert [(e.action, e.source, e.flow_name) for e in entries] == [
+        (AuditAction.BACKFILL_STARTED, "api", "daily"),
+        (AuditAction.BACKFILL_CANCELLED, "api", "daily"),
+    ]
+    assert entries[0].details["slots"] == 7
+    assert entries[0].details["backfill_id"] == created.json()["id"]
 
 
 def test_the_api_refuses_a_bad_backfill_with_400():
@@ -339,6 +402,7 @@ def test_the_api_refuses_a_bad_backfill_with_400():
     assert response.status_code == 400
     assert "must be after the start" in str(response.json())
     assert not Backfill.objects.exists()
+    assert not AuditEntry.objects.exists()
 
 
 def test_the_api_needs_the_run_permission_to_backfill():
@@ -396,6 +460,21 @@ def test_the_admin_form_creates_a_backfill_and_lists_its_progress(admin_client, 
     page = admin_client.get("/admin/dataflows/backfill/").content.decode()
     assert '<progress max="7" value="0">' in page
     assert "0 of 7 slots" in page
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.source, entry.actor.username) == (
+        AuditAction.BACKFILL_STARTED,
+        "admin",
+        "admin",
+    )
+
+    admin_client.post(
+        "/admin/dataflows/backfill/",
+        {"action": "cancel_backfills", "_selected_action": [backfill.pk]},
+    )
+
+    backfill.refresh_from_db()
+    assert backfill.status == "cancelled"
+    assert AuditEntry.objects.latest("pk").action == AuditAction.BACKFILL_CANCELLED
 
 
 def test_the_admin_form_shows_why_a_backfill_is_refused(admin_client):

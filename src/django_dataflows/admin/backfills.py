@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import (
     QuerySet,
 )
@@ -13,6 +14,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from django_dataflows.models import (
+    AuditAction,
     Backfill,
 )
 from django_dataflows.permissions import (
@@ -21,6 +23,7 @@ from django_dataflows.permissions import (
 
 from .display import _admin_url
 from .forms import BackfillForm
+from .owners import record
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -99,7 +102,14 @@ class BackfillAdmin(_BackfillModelAdmin):
         return bool(request.user.has_perm(RUN_PERMISSION))
 
     def save_model(self, request: HttpRequest, obj: Backfill, form: Any, change: bool) -> None:
-        pass  # DataFlow.backfill() saved it while the form was checked
+        # DataFlow.backfill() saved it while the form was checked, in this request's
+        # transaction (the admin's change form is atomic): the entry commits with it.
+        record(
+            request,
+            AuditAction.BACKFILL_STARTED,
+            data_flow=obj.data_flow,
+            details=obj.audit_details(),
+        )
 
     @admin.display(description=_("data flow"), ordering="data_flow__name")
     def flow_link(self, obj: Backfill) -> str:
@@ -123,7 +133,17 @@ class BackfillAdmin(_BackfillModelAdmin):
 
     @admin.action(description=_("Cancel selected backfills"), permissions=["run"])
     def cancel_backfills(self, request: HttpRequest, queryset: QuerySet[Backfill]) -> None:
-        cancelled = sum(backfill.cancel() for backfill in queryset)
+        cancelled = 0
+        for backfill in queryset.select_related("data_flow"):
+            with transaction.atomic():
+                if backfill.cancel():
+                    cancelled += 1
+                    record(
+                        request,
+                        AuditAction.BACKFILL_CANCELLED,
+                        data_flow=backfill.data_flow,
+                        details=backfill.audit_details(),
+                    )
         self.message_user(
             request,
             gettext("%(count)s backfills cancelled; their current runs finish.")

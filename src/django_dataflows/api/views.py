@@ -268,9 +268,17 @@ class DataFlowViewSet(APIViewMixin, viewsets.ModelViewSet):
         body = BackfillRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        backfill = data_flow.backfill(
-            data["start"], data["end"], rerun=data["rerun"], user=request.user, force=data["force"]
-        )
+        with transaction.atomic():
+            backfill = data_flow.backfill(
+                data["start"],
+                data["end"],
+                rerun=data["rerun"],
+                user=request.user,
+                force=data["force"],
+            )
+            self.audit(
+                AuditAction.BACKFILL_STARTED, data_flow=data_flow, details=backfill.audit_details()
+            )
         return Response(BackfillSerializer(backfill).data, status=status.HTTP_202_ACCEPTED)
 
     @document(request=None, responses=DataFlowSerializer)
@@ -543,6 +551,12 @@ class BackfillViewSet(
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Stop the backfill after its current run (which finishes); 409 if it has ended."""
         backfill = self.get_object()
-        if not backfill.cancel():
-            raise Conflict(f"Backfill {backfill.pk} is {backfill.status}, not running.")
+        with transaction.atomic():
+            if not backfill.cancel():
+                raise Conflict(f"Backfill {backfill.pk} is {backfill.status}, not running.")
+            self.audit(
+                AuditAction.BACKFILL_CANCELLED,
+                data_flow=backfill.data_flow,
+                details=backfill.audit_details(),
+            )
         return Response(BackfillSerializer(backfill).data, status=status.HTTP_202_ACCEPTED)

@@ -35,6 +35,8 @@ class AuditAction(models.TextChoices):
     RUN_RESUMED = "run_resumed", _("Run resumed")
     RUN_RETRIED = "run_retried", _("Run retried")
     RUN_DELETED = "run_deleted", _("Run deleted")
+    BACKFILL_STARTED = "backfill_started", _("Backfill started")
+    BACKFILL_CANCELLED = "backfill_cancelled", _("Backfill cancelled")
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):

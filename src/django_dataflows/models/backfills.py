@@ -89,6 +89,16 @@ class Backfill(models.Model):
         """How far it is, 0 to 100."""
         return 100 if not self.total else round(100 * self.done / self.total)
 
+    def audit_details(self) -> dict[str, object]:
+        """What the audit trail keeps of this backfill."""
+        return {
+            "backfill_id": self.pk,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "slots": self.total,
+            "rerun": self.rerun,
+        }
+
     def cancel(self) -> bool:
         """Stop after the current run (it finishes); ``False`` if it was not running."""
         cancelled = Backfill.objects.filter(pk=self.pk, status=BackfillStatus.RUNNING).update(

@@ -12,10 +12,18 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from django_dataflows import signals
+from django_dataflows import audit, signals
 from django_dataflows.backfills import next_backfill_runs
 from django_dataflows.clock import database_now
-from django_dataflows.models import Backfill, BackfillStatus, DataFlow, RunStatus
+from django_dataflows.management.as_user import add_as_user_argument, resolve_user
+from django_dataflows.models import (
+    AuditAction,
+    AuditSource,
+    Backfill,
+    BackfillStatus,
+    DataFlow,
+    RunStatus,
+)
 from django_dataflows.scheduling import dispatch_in_turn
 
 
@@ -65,17 +73,34 @@ class Command(BaseCommand):
             action="store_true",
             help="Record the backfill and return; the heartbeat runs it.",
         )
+        add_as_user_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
+        user = resolve_user(options["as_user"])
+        flows = DataFlow.objects.all() if user is None else DataFlow.objects.visible_to(user)
         try:
-            data_flow = DataFlow.objects.get(name=name)
+            data_flow = flows.get(name=name)
         except DataFlow.DoesNotExist:
             raise CommandError(f"No data flow named {name!r}.") from None
+        if user is not None and not data_flow.user_may(user, "dataflows.run_dataflow"):
+            raise CommandError(f"{user.get_username()!r} may not run {name!r}.")
         try:
-            backfill = data_flow.backfill(
-                options["start"], options["end"], rerun=options["rerun"], force=options["force"]
-            )
+            with transaction.atomic():
+                backfill = data_flow.backfill(
+                    options["start"],
+                    options["end"],
+                    rerun=options["rerun"],
+                    user=user,
+                    force=options["force"],
+                )
+                audit.record(
+                    AuditAction.BACKFILL_STARTED,
+                    source=AuditSource.COMMAND,
+                    actor=user,
+                    data_flow=data_flow,
+                    details=backfill.audit_details(),
+                )
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from exc
         self.stdout.write(
