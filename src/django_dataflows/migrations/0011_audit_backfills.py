@@ -4,15 +4,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('dataflows', '0010_pipelines'),
+        ("dataflows", "0010_pipelines"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditentry',
-            name='action',
-            field=models.CharField(choices=[('flow_created', 'Flow created'), ('flow_changed', 'Flow changed'), ('flow_deleted', 'Flow deleted'), ('flow_enabled', 'Flow enabled'), ('flow_disabled', 'Flow disabled'), ('run_started', 'Run started'), ('run_cancelled', 'Run cancelled'), ('run_paused', 'Run paused'), ('run_resumed', 'Run resumed'), ('run_retried', 'Run retried'), ('run_deleted', 'Run deleted'), ('backfill_started', 'Backfill started'), ('backfill_cancelled', 'Backfill cancelled')], max_length=30, verbose_name='action'),
+            model_name="auditentry",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("flow_created", "Flow created"),
+                    ("flow_changed", "Flow changed"),
+                    ("flow_deleted", "Flow deleted"),
+                    ("flow_enabled", "Flow enabled"),
+                    ("flow_disabled", "Flow disabled"),
+                    ("run_started", "Run started"),
+                    ("run_cancelled", "Run cancelled"),
+                    ("run_paused", "Run paused"),
+                    ("run_resumed", "Run resumed"),
+                    ("run_retried", "Run retried"),
+                    ("run_deleted", "Run deleted"),
+                    ("backfill_started", "Backfill started"),
+                    ("backfill_cancelled", "Backfill cancelled"),
+                ],
+                max_length=30,
+                verbose_name="action",
+            ),
         ),
     ]
