@@ -23,6 +23,8 @@ from tests.testapp.models import Record
 
 pytestmark = pytest.mark.django_db
 
+HOUR = datetime.timedelta(hours=1)
+
 
 class RefusingBackend(BaseBackend):
     """Stands in for a backend whose broker is down."""
@@ -267,3 +269,64 @@ def test_trigger_run_reloads_the_run_only_from_a_backend_that_is_not_async(
     run = DataFlowFactory().trigger_run()
 
     assert run.status == returned
+
+
+def test_a_refused_backfill_run_gives_its_slot_back_to_the_backfill_not_the_schedule(settings):
+    """The backfill runs that slot again once the broker is back; the flow's own schedule
+    does not jump back to the past slot."""
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.RefusingBackend"}
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    data_flow = DataFlowFactory(cron="0 3 * * *", timezone="UTC", run_interval=None)
+    next_run_at = DataFlow.objects.get(pk=data_flow.pk).next_run_at
+    backfill = data_flow.backfill(today - datetime.timedelta(days=2), today)
+
+    assert run_heartbeat().enqueue_failures == 1
+
+    refused = data_flow.runs.get()
+    assert (refused.status, refused.scheduled_for) == (RunStatus.FAILED, None)
+    assert DataFlow.objects.get(pk=data_flow.pk).next_run_at == next_run_at
+    backfill.refresh_from_db()
+    assert (backfill.status, backfill.done) == ("running", 0)
+
+    settings.DATAFLOWS = {}  # the broker is back
+    while run_heartbeat().flows_triggered:
+        pass
+
+    backfill.refresh_from_db()
+    assert (backfill.status, backfill.done) == ("done", 2)
+    assert sorted(
+        data_flow.runs.filter(status=RunStatus.SUCCESS).values_list("scheduled_for", flat=True)
+    ) == [
+        today - datetime.timedelta(days=2, hours=-3),
+        today - datetime.timedelta(days=1, hours=-3),
+    ]
+    assert DataFlow.objects.get(pk=data_flow.pk).next_run_at == next_run_at
+
+
+def test_a_refused_downstream_run_gives_its_generation_back(settings):
+    """What the upstream runs made ready stays ready: the next heartbeat starts it."""
+    orders = DataFlowFactory(name="orders")
+    report = DataFlowFactory(name="report", run_interval=None)
+    report.upstream_flows.set([orders])
+    upstream_run = DataFlowRun.objects.create(data_flow=orders, status=RunStatus.SUCCESS)
+    settings.DATAFLOWS = {"BACKEND": f"{__name__}.RefusingBackend"}
+    DataFlow.objects.filter(pk=orders.pk).update(next_run_at=timezone.now() + HOUR)
+
+    assert run_heartbeat().enqueue_failures == 1
+
+    refused = report.runs.get()
+    assert (refused.status, refused.trigger, refused.generation) == (
+        RunStatus.FAILED,
+        "upstream",
+        None,
+    )
+    report.refresh_from_db()
+    assert report.upstream_generation == 0
+
+    settings.DATAFLOWS = {}  # the broker is back
+    assert run_heartbeat().flows_triggered == 1
+
+    ran = report.runs.get(status=RunStatus.SUCCESS)
+    assert ran.generation == 1
+    assert list(ran.upstream_runs.all()) == [upstream_run]
+    assert run_heartbeat().flows_triggered == 0  # taken in once

@@ -190,6 +190,36 @@ _GENERATION_SQL = (
 )
 
 
+def give_generations_back(runs: list[DataFlowRun]) -> None:
+    """Make what refused downstream runs took in ready again: nothing of theirs ran.
+
+    For each upstream run a refused run took in, its flow's mark goes back to just before
+    that run (so it is new again, and the next claim takes it or a newer one); the refused
+    run lets go of its generation and its links, and the flow's generation counter goes
+    back one. Call inside the refusal's transaction; runs of other triggers are ignored.
+    """
+    refused = [run for run in runs if run.trigger == RunTrigger.UPSTREAM and run.generation]
+    if not refused:
+        return
+    link = DataFlowRun.upstream_runs.through
+    flow_of = {run.pk: run.data_flow_id for run in refused}
+    taken = link.objects.filter(from_dataflowrun_id__in=flow_of).values_list(
+        "from_dataflowrun_id", "to_dataflowrun_id", "to_dataflowrun__data_flow_id"
+    )
+    for run_id, upstream_run_id, upstream_flow_id in list(taken):
+        UpstreamMark.objects.filter(
+            downstream_id=flow_of[run_id], upstream_id=upstream_flow_id, run_id=upstream_run_id
+        ).update(run_id=upstream_run_id - 1)
+    link.objects.filter(from_dataflowrun_id__in=flow_of).delete()
+    DataFlowRun.objects.filter(pk__in=flow_of).update(generation=None)
+    for run in refused:
+        assert run.generation is not None
+        DataFlow.objects.filter(pk=run.data_flow_id, upstream_generation=run.generation).update(
+            upstream_generation=run.generation - 1
+        )
+        run.generation = None
+
+
 def dependency_neighbours(data_flow_id: int) -> tuple[set[int], bool]:
     """The flow's downstream flows, and whether it has upstream flows itself (one query)."""
     downstream: set[int] = set()

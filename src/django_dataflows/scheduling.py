@@ -473,6 +473,11 @@ def start_ready_downstream(sender: Any, run: DataFlowRun, status: str, **kwargs:
     finds the same runs to start (this only starts them at once), so a flow another claim
     holds is left to it.
     """
+    if status == RunStatus.FAILED and run.started_at is None:
+        # Refused by the backend or never picked up: the transport is failing, and what the
+        # run was for is due again. The heartbeat tries again; starting it here would only
+        # be refused again, at once, for every slot of a backfill.
+        return
     in_backfill = run.backfill_id is not None
     if not in_backfill and not getattr(run.data_flow, "in_pipeline", True):
         return  # no dependencies: nothing to look up (the worker's run costs no query)

@@ -6,8 +6,9 @@ What a flow row says about its schedule changes here:
   heartbeat's batch): ``last_run_at`` is the start, ``last_run_status`` is ``pending`` (the
   run is only queued: the active run itself says when a worker has it), and
   ``next_run_at`` moves to the next slot;
-* **a run is refused by the backend** (:func:`give_slot_back`): a scheduled run's slot is due
-  again.
+* **a run is refused by the backend** (:func:`give_back`): what it was started for is due
+  again: a scheduled run's slot on the flow, a backfill run's slot on its backfill, a
+  downstream run's generation (:func:`~django_dataflows.pipelines.give_generations_back`).
 
 What a run's later transitions write on its flow (its status, its outcome) is part of each
 transition's definition (:mod:`django_dataflows.runs.transitions`).
@@ -21,25 +22,28 @@ them, this module included.)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
 
 from django_dataflows.exceptions import RunAlreadyActive
 from django_dataflows.models import (
+    Backfill,
+    BackfillStatus,
     DataFlow,
     DataFlowRun,
     RunStatus,
     RunTrigger,
     row_lock,
 )
+from django_dataflows.pipelines import give_generations_back
 from django_dataflows.schedules import next_slot_for
 from django_dataflows.validators import validate_run_input
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 
@@ -173,20 +177,33 @@ def advance_claimed(
 # -- a run is refused -----------------------------------------------------------------
 
 
-def give_slot_back(run: DataFlowRun, slot: datetime) -> None:
-    """Make the schedule slot of a run the backend refused due again (nothing ran)."""
-    DataFlow.objects.filter(pk=run.data_flow_id, next_run_at__gt=slot).update(next_run_at=slot)
+def give_back(runs: Iterable[DataFlowRun]) -> None:
+    """Make what runs the backend refused were started for due again (nothing ran).
 
-
-def give_slots_back(runs: Iterable[DataFlowRun]) -> None:
-    """Make the schedule slots of runs a batch never tried due again, in one statement.
-
-    Each scheduled run's flow returns to the run's slot (its ``scheduled_for``); manual
-    runs leave their flow's schedule as it was.
+    Each run's ``scheduled_for`` is its slot here (the refusal clears it on the row). A
+    scheduled run's flow returns to its slot; a backfill run's backfill returns to its slot
+    (the flow's own schedule stays where it is); a downstream run gives its generation back;
+    a manual run leaves everything as it was. Call inside the refusal's transaction.
     """
+    runs = list(runs)
     flows = []
     for run in runs:
-        if run.scheduled_for is not None:
-            run.data_flow.next_run_at = run.scheduled_for
+        slot = run.scheduled_for
+        if slot is None:
+            continue
+        if run.trigger == RunTrigger.BACKFILL and run.backfill_id is not None:
+            Backfill.objects.filter(
+                Q(next_slot__isnull=True) | Q(next_slot__gt=slot),
+                pk=run.backfill_id,
+                status=BackfillStatus.RUNNING,
+            ).update(next_slot=slot, done=F("done") - 1)
+        elif run.trigger == RunTrigger.SCHEDULE:
+            run.data_flow.next_run_at = slot
             flows.append(run.data_flow)
-    DataFlow.objects.bulk_update(flows, ["next_run_at"])
+    if len(flows) == 1:
+        DataFlow.objects.filter(pk=flows[0].pk, next_run_at__gt=flows[0].next_run_at).update(
+            next_run_at=flows[0].next_run_at
+        )
+    elif flows:
+        DataFlow.objects.bulk_update(flows, ["next_run_at"])
+    give_generations_back(runs)

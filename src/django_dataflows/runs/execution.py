@@ -46,7 +46,7 @@ from django_dataflows.models import (
     RunTrigger,
 )
 from django_dataflows.runlogs import observe_run
-from django_dataflows.runs.bookkeeping import create_pending_run, give_slot_back, give_slots_back
+from django_dataflows.runs.bookkeeping import create_pending_run, give_back
 from django_dataflows.runs.runtime import RunSession, json_value
 from django_dataflows.runs.statements import take
 from django_dataflows.runs.transitions import TRANSITIONS, Transition, refusal
@@ -402,17 +402,20 @@ class RunExecutor:
 
     @classmethod
     def record_enqueue_failure(cls, run: DataFlowRun, exc: BaseException) -> bool:
-        """Mark a pending run the backend refused as ``failed``; its slot stays due.
+        """Mark a pending run the backend refused as ``failed``; what it was for stays due.
 
-        Nothing ran, so a scheduled run gives its slot back: the flow's ``next_run_at``
-        returns to the slot and the failed run lets go of it (``scheduled_for`` is cleared,
-        its error message says which slot), so the next heartbeat claims it again. A
-        manual run leaves the schedule as it was.
+        Nothing ran, so the run gives back what it was started for
+        (:func:`~django_dataflows.runs.bookkeeping.give_back`): a scheduled run's slot (the
+        flow's ``next_run_at`` returns to it), a backfill run's slot (its backfill returns
+        to it), a downstream run's generation. The failed run lets go of its slot
+        (``scheduled_for`` is cleared, its error message says which slot), so the next
+        heartbeat starts it again. A manual run leaves everything as it was.
         """
         slot = run.scheduled_for
         message = f"Could not enqueue the run: {exc}"
         if slot is not None:
-            message += f" (schedule slot {slot.isoformat()} stays due)"
+            kind = "backfill slot" if run.backfill_id is not None else "schedule slot"
+            message += f" ({kind} {slot.isoformat()} stays due)"
         fields = {
             "error_message": message,
             "error_backtrace": "".join(traceback.format_exception(exc)),
@@ -420,8 +423,10 @@ class RunExecutor:
         }
         with transaction.atomic():
             done = apply(REFUSE, run, fields=fields)
-            if done and slot is not None:
-                give_slot_back(run, slot)
+            if done:
+                run.scheduled_for = slot
+                give_back([run])
+                run.scheduled_for = None
         if done:
             emit("run_finished", run)
         return done
@@ -442,7 +447,7 @@ class RunExecutor:
             )
             for run in given_back:
                 run.scheduled_for = slots[run.pk]
-            give_slots_back(given_back)
+            give_back(given_back)
             for run in given_back:
                 run.scheduled_for = None
         cls._after_bulk_finish(given_back)
