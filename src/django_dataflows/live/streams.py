@@ -273,6 +273,26 @@ def _async_put(inbox: asyncio.Queue[list[RunState]], limit: int, batch: list[Run
     inbox.put_nowait(batch)
 
 
+async def next_batch(
+    batches: asyncio.Queue[list[RunState]], timeout: float
+) -> list[RunState] | None:
+    """The next batch of changes, or ``None`` after ``timeout`` seconds.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives as the
+    awaited value does (a client leaving while changes flow). The ASGI handler cancels the
+    stream when its client leaves, and a stream that missed that cancellation went on
+    forever, writing keep-alives to nobody and holding its subscriber, the listener and a
+    request task. ``asyncio.wait`` always lets the cancellation through.
+    """
+    getter = asyncio.ensure_future(batches.get())
+    try:
+        done, _pending = await asyncio.wait({getter}, timeout=timeout)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if getter in done else None
+
+
 def gated_opening(stream: Stream) -> list[bytes]:
     """The stream's first events, loaded in its turn at the database (see ``limits``)."""
     with database_turn():
@@ -317,9 +337,8 @@ async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[byt
             yield chunk
         keepalive = app_settings.SSE_KEEPALIVE
         while not stream.finished:
-            try:
-                batch = await asyncio.wait_for(batches.get(), timeout=keepalive)
-            except TimeoutError:
+            batch = await next_batch(batches, keepalive)
+            if batch is None:
                 yield KEEPALIVE
                 continue
             if batch is RESYNC:
