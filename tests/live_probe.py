@@ -3,8 +3,8 @@
 ``GET /test/live-state/`` answers what this server process holds for live status right
 now: the event source's subscribers and whether its listener runs, the live threads
 (poller, Redis subscription under WSGI), the live asyncio tasks (Redis subscription under
-ASGI) and, under ASGI, how many other tasks the event loop has (a request's tasks end with
-its stream). The tests compare it with what the idle server answered before.
+ASGI), under ASGI how many other tasks the event loop has (a request's tasks end with
+its stream), and how often the clients' queues overflowed (``resyncs``, ``dropped``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 from django.http import HttpRequest, JsonResponse
 
 from django_dataflows.live import get_event_source
+from django_dataflows.live.streams import queue_counters
 
 
 async def live_state(request: HttpRequest) -> JsonResponse:
@@ -34,5 +35,7 @@ async def live_state(request: HttpRequest) -> JsonResponse:
                 task.get_name() for task in tasks if task.get_name().startswith("dataflows-live")
             ),
             "tasks": len(tasks),
+            "resyncs": queue_counters.resyncs,
+            "dropped": queue_counters.dropped,
         }
     )

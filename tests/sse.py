@@ -225,3 +225,33 @@ def remote_connections(pid: int, port: int) -> int:
             if remote_port == port and fields[3] == "01" and fields[9] in inodes:
                 count += 1
     return count
+
+
+class PeakConnections:
+    """Samples how many connections other sessions hold to the test database (PostgreSQL)
+    while open; ``peak`` is the most seen. Use as a context manager."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        with connection.temporary_connection() as cursor:
+            while not self._done.is_set():
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+                self.peak = max(self.peak, int(cursor.fetchone()[0]))
+                self._done.wait(0.02)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
