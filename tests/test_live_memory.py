@@ -1,6 +1,6 @@
 """Bounded memory under live status: a real uvicorn process on PostgreSQL, runs with
 1 MB inputs changing, five clients replaying ``events/`` from ``Last-Event-ID: 1`` and five
-that never read (see ``tests.live_memory``).
+that never read (see ``tests.live_scenarios``).
 
 Before the limits the same took the server from 179 MB to 1.37 GB (and it stayed at
 1.25 GB). Decided by events, not speed: the scenario runs until the server reports that
@@ -20,7 +20,7 @@ from django.test import Client
 
 from tests.async_workers import WorkerProcess
 from tests.factories import UserFactory
-from tests.live_memory import big_runs, scenario
+from tests.live_scenarios import big_runs, scenario
 from tests.sse import server_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

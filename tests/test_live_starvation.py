@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
-from contextlib import nullcontext
 
 import pytest
 from django.db import connection
@@ -19,7 +18,8 @@ from django.test import Client
 from django_dataflows.models import RunStatus
 from tests.async_workers import WorkerProcess, wait_for
 from tests.factories import DataFlowRunFactory, UserFactory
-from tests.sse import PeakConnections, SSEClient, server_process
+from tests.live_scenarios import restart_burst
+from tests.sse import SSEClient, server_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -213,43 +213,14 @@ def test_after_a_restart_every_client_reconnects_at_once_and_gets_what_changed(c
     back at once with ``Last-Event-ID``: each is sent what changed while it was away, no
     500, and on PostgreSQL no more connections than ``SSE_DB_CONNECTIONS`` (plus the
     poller) however many reconnect."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Barrier
-
     settings = json.dumps({"SSE_DB_CONNECTIONS": TURNS})
     process, port = server_process(
         "uvicorn", tmp_path / "server.log", DATAFLOWS_TEST_SETTINGS=settings
     )
-    run = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
-    path = f"/dataflows/api/runs/{run.pk}/events/"
-    postgres = connection.vendor == "postgresql"
     with process:
-        watching = [SSEClient(port, path, cookie=cookie, timeout=60) for _ in range(BURST)]
-        seen = [stream.next_event(timeout=60).id for stream in watching]
-        process.stop()
-        for stream in watching:  # the server went away: the streams ended
-            assert stream.next_event(timeout=60) is None
-            stream.close()
-        type(run).objects.filter(pk=run.pk).update(progress={"done": 1})  # while it was down
-        process.start()
-        together = Barrier(BURST)
-
-        def reconnect(last_event_id: str) -> tuple[int, str, object]:
-            together.wait()
-            stream = SSEClient(port, path, cookie=cookie, last_event_id=last_event_id, timeout=60)
-            try:
-                if stream.status != 200:
-                    return stream.status, stream.body().decode(), None
-                event = stream.next_event(timeout=60)
-                return 200, event.event if event else "closed", event.data if event else None
-            finally:
-                stream.close()
-
-        connection.close()  # the test's own: only the server's connections are counted
-        watcher = PeakConnections() if postgres else nullcontext()
-        with watcher, ThreadPoolExecutor(max_workers=BURST) as pool:
-            outcomes = list(pool.map(reconnect, seen))
+        reconnected = restart_burst(process, port, cookie, BURST)
+    outcomes = reconnected.outcomes
     assert {(status, event) for status, event, _data in outcomes} == {(200, "run")}
     assert all(data["progress"] == {"done": 1} for _status, _event, data in outcomes)
-    if isinstance(watcher, PeakConnections):
-        assert watcher.peak <= TURNS + 6, watcher.peak
+    if reconnected.peak_connections is not None:
+        assert reconnected.peak_connections <= TURNS + 6, reconnected.peak_connections

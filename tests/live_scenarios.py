@@ -1,25 +1,39 @@
-"""The memory scenario of live status against a real server process, shared by
-``tests/test_live_memory.py`` and ``bench/live_memory.py``.
+"""Scenarios of live status against a real server process, shared by the tests
+(``test_live_memory``, ``test_live_cleanup``, ``test_live_starvation``) and
+``bench/live_memory.py``.
 
-Runs with 1 MB inputs (stored before the input limit existed, or by other code) keep
-changing; some clients replay ``events/`` from ``Last-Event-ID: 1`` and read on, others
-connect and never read. Before the limits, five of each took a uvicorn process from
-179 MB to 1.37 GB. The server's resident memory (``VmRSS``) is sampled throughout.
+**Memory** (:func:`scenario`): runs with 1 MB inputs (stored before the input limit
+existed, or by other code) keep changing; some clients replay ``events/`` from
+``Last-Event-ID: 1`` and read on, others connect and never read. Before the limits, five
+of each took a uvicorn process from 179 MB to 1.37 GB. The server's resident memory
+(``VmRSS``) is sampled throughout.
+
+**Cleanup** (:func:`cycles`): clients connect, read and leave, many times, while a run
+changes; then every stream must end (see ``tests.live_probe``).
+
+**Restart** (:func:`restart_burst`): clients watch a run, the server restarts, and they
+all reconnect at once with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection
 
 from django_dataflows.models import DataFlowRun, RunStatus
-from tests.async_workers import PATIENCE, wait_for
+from tests.async_workers import PATIENCE, WorkerProcess, wait_for
 from tests.factories import DataFlowRunFactory
-from tests.sse import SSEClient, server_state
+from tests.sse import PeakConnections, SSEClient, server_state
+
+REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS = "django_dataflows.live.redis.RedisEvents"
 
 #: One run's input: 1 MB of JSON.
 BIG_INPUT = {"rows": "x" * 1_000_000}
@@ -205,3 +219,108 @@ def scenario(
         first_events=[reader.events[0] if reader.events else "" for reader in readers],
         errors=[repr(reader.error) for reader in readers if reader.error],
     )
+
+
+def _change_one(run_id: int, source: str, stop: threading.Event) -> None:
+    """Change the run until told to stop, publishing each change as a worker would."""
+    publish: Any = None
+    if source == REDIS:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        publish = client.publish
+    done = 0
+    try:
+        while not stop.is_set() and done < 1_000_000:
+            done += 1
+            DataFlowRun.objects.filter(pk=run_id).update(progress={"done": done})
+            if publish is not None:
+                publish("dataflows:runs", str(run_id))
+            stop.wait(0.005)
+    finally:
+        connection.close()
+        if publish is not None:
+            client.close()
+
+
+def cycles(port: int, cookie: str, source: str, count: int, clients: int = 8) -> list[str]:
+    """``count`` connect/read/leave cycles, ``clients`` at a time, on the run's stream and
+    on ``events/`` by turns, while a run changes; the first event (or the second, every
+    third time) each client read before it left."""
+    run_id = DataFlowRunFactory(status=RunStatus.IN_PROGRESS).pk
+    paths = [f"/dataflows/api/runs/{run_id}/events/", "/dataflows/api/events/"]
+
+    def cycle(index: int) -> str:
+        stream = SSEClient(port, paths[index % 2], cookie=cookie)
+        try:
+            event = stream.next_event()
+            if index % 3 == 0:  # some leave after a change too, some right after the snapshot
+                event = stream.next_event()
+            return event.event if event else "closed"
+        finally:
+            stream.close()
+
+    stop = threading.Event()
+    writer = threading.Thread(target=_change_one, args=(run_id, source, stop))
+    writer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            return list(pool.map(cycle, range(count)))
+    finally:
+        stop.set()
+        writer.join()
+
+
+def idle_state(port: int) -> dict[str, Any]:
+    """The server's live state without its counters (which only grow)."""
+    return {**server_state(port), "resyncs": 0, "dropped": 0}
+
+
+@dataclass
+class Reconnected:
+    outcomes: list[tuple[int, str, Any]]
+    peak_connections: int | None
+
+
+def restart_burst(process: WorkerProcess, port: int, cookie: str, clients: int) -> Reconnected:
+    """``clients`` watch a run; the server restarts and the run changes meanwhile; they
+    all reconnect at once with ``Last-Event-ID``. Each outcome is (status, first event's
+    name or the error body, its data); on PostgreSQL the server's peak connections."""
+    run_id = DataFlowRunFactory(status=RunStatus.IN_PROGRESS).pk
+    path = f"/dataflows/api/runs/{run_id}/events/"
+    watching = [SSEClient(port, path, cookie=cookie, timeout=120) for _ in range(clients)]
+    seen = [stream.next_event(timeout=120).id for stream in watching]  # type: ignore[union-attr]
+    process.stop()
+    for stream in watching:  # the server went away: the streams ended
+        assert stream.next_event(timeout=120) is None
+        stream.close()
+    DataFlowRun.objects.filter(pk=run_id).update(progress={"done": 1})  # while it was down
+    process.start()
+    together = threading.Barrier(clients)
+
+    def reconnect(last_event_id: str) -> tuple[int, str, Any]:
+        together.wait()
+        try:
+            stream = SSEClient(port, path, cookie=cookie, last_event_id=last_event_id, timeout=120)
+        except OSError as exc:
+            return 0, f"connect failed: {type(exc).__name__}", None
+        try:
+            if stream.status != 200:
+                return stream.status, stream.body().decode(), None
+            event = stream.next_event(timeout=120)
+            return 200, event.event if event else "closed", event.data if event else None
+        finally:
+            stream.close()
+
+    postgres = connection.vendor == "postgresql"
+    connection.close()  # only the server's connections are counted
+    watcher: PeakConnections | nullcontext[None] = PeakConnections() if postgres else nullcontext()
+    with watcher, ThreadPoolExecutor(max_workers=clients) as pool:
+        outcomes = list(pool.map(reconnect, seen))
+    peak = watcher.peak if isinstance(watcher, PeakConnections) else None
+    return Reconnected(outcomes, peak)
+
+
+def wait_until_idle(port: int, idle: dict[str, Any]) -> Callable[[], bool]:
+    """A probe for ``wait_for``: the server's live state is ``idle`` again."""
+    return lambda: idle_state(port) == idle
