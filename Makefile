@@ -102,6 +102,7 @@ bench: $(STAMP)  ## The benchmarks (PostgreSQL and Redis); figures are printed, 
 	@DATABASE_URL=$(POSTGRES_URL)_bench_pipelines $(BIN)/python bench/pipelines.py
 	@DATABASE_URL=$(POSTGRES_URL)_live_bench $(BIN)/python bench/live.py
 	@DATABASE_URL=$(POSTGRES_URL)_limits_bench $(BIN)/python bench/live_limits.py
+	@DATABASE_URL=$(POSTGRES_URL)_live_memory_bench $(BIN)/python bench/live_memory.py
 	@DATABASE_URL=$(POSTGRES_URL)_bench_obs $(BIN)/python bench/observability.py
 	@DATABASE_URL=$(POSTGRES_URL)_owners_bench $(BIN)/python bench/owners.py
 

@@ -189,3 +189,69 @@ def settled_thread_count(pid: int, quiet: float = 2.0, timeout: float = PATIENCE
         elif time.monotonic() - since >= quiet:
             return count
     raise TimeoutError(f"The thread count of {pid} kept changing.")
+
+
+def server_state(port: int) -> dict[str, Any]:
+    """What the server process holds for live status now (see ``tests.live_probe``)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=PATIENCE)
+    try:
+        conn.request("GET", "/test/live-state/")
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        state: dict[str, Any] = json.loads(response.read())
+        return state
+    finally:
+        conn.close()
+
+
+def remote_connections(pid: int, port: int) -> int:
+    """How many established TCP connections the process (its threads included) has open to
+    ``port`` (Redis 6379, PostgreSQL 5432): read from ``/proc``, as ``ss -p`` would."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+class PeakConnections:
+    """Samples how many connections other sessions hold to the test database (PostgreSQL)
+    while open; ``peak`` is the most seen. Use as a context manager."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        with connection.temporary_connection() as cursor:
+            while not self._done.is_set():
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+                self.peak = max(self.peak, int(cursor.fetchone()[0]))
+                self._done.wait(0.02)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()

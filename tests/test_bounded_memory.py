@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from rest_framework.test import APIClient
 
 from django_dataflows.live.base import load_run_ids
 from django_dataflows.live.polling import PollingEvents
-from django_dataflows.live.streams import RESYNC, Inbox, Stream, sync_events
+from django_dataflows.live.streams import RESYNC, AsyncInbox, Inbox, Stream, sync_events
 from django_dataflows.models import DataFlowRun, DataFlowRunStep, RunStatus, StepStatus
 from django_dataflows.validators import capped_json
 from tests.factories import DataFlowFactory, DataFlowRunFactory, UserFactory
@@ -63,8 +64,25 @@ def test_a_client_that_does_not_read_gets_one_resync_instead_of_a_growing_queue(
     batches = [[object()] for _ in range(50)]
     for batch in batches:
         inbox.put(batch)  # type: ignore[arg-type]
-    assert inbox.queue.qsize() <= 3
-    assert RESYNC in list(inbox.queue.queue)
+    # Full after two batches: one resync, then nothing more while it waits (it covers them).
+    assert list(inbox.queue.queue) == [RESYNC]
+    assert inbox.get(timeout=1) is RESYNC
+    inbox.put(batches[0])  # type: ignore[arg-type]
+    assert list(inbox.queue.queue) == [batches[0]]
+
+
+def test_an_asyncio_client_queue_is_bounded_the_same_way(settings):
+    settings.DATAFLOWS = {"SSE_CLIENT_QUEUE": 3}
+
+    async def fill() -> list[object]:
+        inbox = AsyncInbox()
+        for _ in range(50):
+            inbox.put([object()])  # type: ignore[list-item]
+        held = [await inbox.get(1), await inbox.get(0.01)]
+        inbox.put([1])  # type: ignore[list-item]
+        return [*held, await inbox.get(1)]
+
+    assert asyncio.run(fill()) == [RESYNC, None, [1]]
 
 
 def test_a_stream_that_overflowed_sends_a_fresh_snapshot(settings):

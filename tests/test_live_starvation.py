@@ -18,6 +18,7 @@ from django.test import Client
 from django_dataflows.models import RunStatus
 from tests.async_workers import WorkerProcess, wait_for
 from tests.factories import DataFlowRunFactory, UserFactory
+from tests.live_scenarios import restart_burst
 from tests.sse import SSEClient, server_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -205,3 +206,21 @@ def test_a_burst_of_clients_under_uvicorn_all_get_their_snapshot(cookie, tmp_pat
         # closed that PostgreSQL still lists while they exit (every opening closes its
         # connection). Before the turns: one per opening client, 99 of these 100.
         assert peak[0] <= TURNS + 6, peak[0]
+
+
+def test_after_a_restart_every_client_reconnects_at_once_and_gets_what_changed(cookie, tmp_path):
+    """The server process restarts (a deploy) while clients watch a run; they all come
+    back at once with ``Last-Event-ID``: each is sent what changed while it was away, no
+    500, and on PostgreSQL no more connections than ``SSE_DB_CONNECTIONS`` (plus the
+    poller) however many reconnect."""
+    settings = json.dumps({"SSE_DB_CONNECTIONS": TURNS})
+    process, port = server_process(
+        "uvicorn", tmp_path / "server.log", DATAFLOWS_TEST_SETTINGS=settings
+    )
+    with process:
+        reconnected = restart_burst(process, port, cookie, BURST)
+    outcomes = reconnected.outcomes
+    assert {(status, event) for status, event, _data in outcomes} == {(200, "run")}
+    assert all(data["progress"] == {"done": 1} for _status, _event, data in outcomes)
+    if reconnected.peak_connections is not None:
+        assert reconnected.peak_connections <= TURNS + 6, reconnected.peak_connections

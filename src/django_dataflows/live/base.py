@@ -25,7 +25,8 @@ from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, connections
-from django.db.models import Prefetch
+from django.db.models import Case, F, Func, IntegerField, JSONField, Prefetch, Value, When
+from django.db.models.lookups import GreaterThan
 
 from django_dataflows.conf import app_settings
 from django_dataflows.live.payloads import run_payload, step_payload
@@ -91,11 +92,59 @@ class RunState:
         return max([self.updated, *(step.updated for step in self.steps)])
 
 
+class JSONBytes(Func):
+    """The size in bytes of a JSON column's stored text, computed by the database."""
+
+    output_field = IntegerField()
+    template = "LENGTH(CAST(%(expressions)s AS CHAR))"
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="OCTET_LENGTH((%(expressions)s)::text)")
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))")
+
+
+def _bounded(queryset: Any, *fields: str) -> Any:
+    """``queryset`` reading each JSON field only where it is small: a large one stays in
+    the database, and only its size is read (``<field>_bytes``); see :func:`_small`."""
+    limit = app_settings.SUMMARY_FIELD_BYTES
+    annotations: dict[str, Any] = {}
+    for name in fields:
+        size = JSONBytes(name)
+        annotations[f"{name}_bytes"] = size
+        annotations[f"{name}_small"] = Case(
+            When(GreaterThan(size, limit), then=Value(None)),
+            default=F(name),
+            output_field=JSONField(),
+        )
+    return queryset.defer(*fields).annotate(**annotations)
+
+
+def _small(row: Any, *fields: str) -> None:
+    """Set each field of a row read through :func:`_bounded`: its value, or the stand-in
+    ``{"truncated": true, "bytes": n}`` that :func:`capped_json` gives a large value."""
+    limit = app_settings.SUMMARY_FIELD_BYTES
+    for name in fields:
+        size = getattr(row, f"{name}_bytes")
+        small = getattr(row, f"{name}_small")
+        if size is not None and size > limit:
+            setattr(row, name, {"truncated": True, "bytes": size})
+        else:
+            setattr(row, name, small)
+
+
 def load_runs(runs: Iterable[DataFlowRun]) -> list[RunState]:
-    """Snapshot these runs and their steps (prefetch the steps: ``runs_queryset()`` does)."""
+    """Snapshot these runs and their steps (read through ``runs_queryset()``: it leaves
+    large inputs and results in the database and prefetches the steps)."""
     states = []
     for run in runs:
+        if hasattr(run, "input_bytes"):
+            _small(run, "input", "result")
         steps = list(run.steps.all())
+        for step in steps:
+            if hasattr(step, "result_bytes"):
+                _small(step, "result")
         states.append(
             RunState(
                 run_id=run.pk,
@@ -121,9 +170,20 @@ def _capped_step(step: DataFlowRunStep) -> dict[str, Any]:
 
 
 def runs_queryset() -> Any:
-    """Runs as streams show them: not soft-deleted, with their flow and steps."""
-    steps = Prefetch("steps", queryset=DataFlowRunStep.objects.order_by("position"))
-    return DataFlowRun.objects.not_deleted().select_related("data_flow").prefetch_related(steps)
+    """Runs as streams show them: not soft-deleted, with their flow and steps.
+
+    Events carry bounded payloads, and loading them is bounded too: an input or result
+    larger than ``SUMMARY_FIELD_BYTES`` is not read from the database at all (only its
+    size), nor is the flow's configuration. Before, each change of 40 runs with 1 MB
+    inputs read 40 MB to send a few kilobytes, and a few such loads at once (the poller,
+    the openings of several streams) took a server's memory past a gigabyte.
+    """
+    steps = Prefetch(
+        "steps", queryset=_bounded(DataFlowRunStep.objects.order_by("position"), "result")
+    )
+    runs = DataFlowRun.objects.not_deleted().select_related("data_flow")
+    runs = _bounded(runs, "input", "result").defer("data_flow__configuration")
+    return runs.prefetch_related(steps)
 
 
 def load_run_ids(run_ids: Iterable[int]) -> list[RunState]:

@@ -70,18 +70,25 @@ class ThreadRedisListener(ThreadListener):
 class AsyncRedisListener(Listener):
     """The subscription under ASGI: an asyncio task on the server's event loop."""
 
+    #: Seconds between two looks at :attr:`stopping` while no message comes.
+    wake = 1.0
+
     def __init__(self, source: EventSource, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
+        self.stopping = False
         # A context of its own: the task outlives the request whose stream started it.
         self.task = loop.create_task(
             self._main(), name="dataflows-live-redis", context=contextvars.Context()
         )
 
     def stop(self) -> None:
+        # The flag as well as the cancellation: on Python 3.11 a cancellation can be lost
+        # inside the client's reads, and the task would then hold its subscription forever.
+        self.stopping = True
         self.task.cancel()
 
     async def _main(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 await self._listen()
             except asyncio.CancelledError:
@@ -100,8 +107,9 @@ class AsyncRedisListener(Listener):
             await pubsub.subscribe(CHANNEL)
             # What was published before the subscription took effect is read back.
             self.source.deliver(await in_pool_thread(load_changed_since, started - LOOKBACK))
-            async for message in pubsub.listen():
-                if message["type"] == "message":
+            while not self.stopping:
+                message = await pubsub.get_message(timeout=self.wake)
+                if message is not None and message["type"] == "message":
                     states = await in_pool_thread(load_run_ids, split_ids(message["data"]))
                     self.source.deliver(states)
         finally:

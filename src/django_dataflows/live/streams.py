@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -243,34 +244,107 @@ async def release_request_thread() -> None:
 RESYNC: list[RunState] = []
 
 
+class QueueCounters:
+    """What the clients' queues of this process have done (read by tests and benchmarks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: Queues that filled up and were replaced by one :data:`RESYNC`.
+        self.resyncs = 0
+        #: Batches not queued because a :data:`RESYNC` was already waiting (it covers them).
+        self.dropped = 0
+
+    def count(self, *, resyncs: int = 0, dropped: int = 0) -> None:
+        with self._lock:
+            self.resyncs += resyncs
+            self.dropped += dropped
+
+
+#: The clients' queues of this process.
+queue_counters = QueueCounters()
+
+
 class Inbox:
-    """A client's queue of change batches, bounded by ``SSE_CLIENT_QUEUE``: a client that
-    does not read (or reads slowly) gets one :data:`RESYNC` (a fresh snapshot) instead of
-    the server keeping every batch for it."""
+    """A client's queue of change batches, bounded by ``SSE_CLIENT_QUEUE``.
+
+    A client that does not read (or reads slowly) does not make the server keep every
+    batch for it: when its queue is full it is emptied and holds one :data:`RESYNC` (a
+    fresh snapshot, loaded when the client reads again), and while that waits, further
+    batches are not kept at all (the snapshot will have them). So what a client that never
+    reads costs stops growing once its queue has filled.
+
+    :meth:`put` and :meth:`get` may be called from different threads (WSGI: the source's
+    listener and the worker thread); :class:`AsyncInbox` is the same on an event loop.
+    """
 
     def __init__(self) -> None:
         self.limit = max(2, app_settings.SSE_CLIENT_QUEUE)
         self.queue: queue.Queue[list[RunState]] = queue.Queue()
+        self.resync_waiting = False
 
     def put(self, batch: list[RunState]) -> None:
         with self.queue.mutex:  # only the source's listener puts
+            if self.resync_waiting:
+                queue_counters.count(dropped=1)
+                return
             waiting = self.queue.queue
             if len(waiting) >= self.limit - 1:  # keep a place for the resync
                 waiting.clear()
                 batch = RESYNC
+                self.resync_waiting = True
+                queue_counters.count(resyncs=1)
         self.queue.put(batch)
 
     def get(self, timeout: float) -> list[RunState]:
-        return self.queue.get(timeout=timeout)
+        batch = self.queue.get(timeout=timeout)
+        if batch is RESYNC:
+            with self.queue.mutex:
+                self.resync_waiting = False
+        return batch
 
 
-def _async_put(inbox: asyncio.Queue[list[RunState]], limit: int, batch: list[RunState]) -> None:
-    """:meth:`Inbox.put` for an asyncio queue (called on the loop's thread)."""
-    if inbox.qsize() >= limit - 1:
-        while not inbox.empty():
-            inbox.get_nowait()
-        batch = RESYNC
-    inbox.put_nowait(batch)
+class AsyncInbox:
+    """:class:`Inbox` on an event loop: :meth:`put` runs on the loop's thread."""
+
+    def __init__(self) -> None:
+        self.limit = max(2, app_settings.SSE_CLIENT_QUEUE)
+        self.queue: asyncio.Queue[list[RunState]] = asyncio.Queue()
+        self.resync_waiting = False
+
+    def put(self, batch: list[RunState]) -> None:
+        if self.resync_waiting:
+            queue_counters.count(dropped=1)
+            return
+        if self.queue.qsize() >= self.limit - 1:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            batch = RESYNC
+            self.resync_waiting = True
+            queue_counters.count(resyncs=1)
+        self.queue.put_nowait(batch)
+
+    async def get(self, timeout: float) -> list[RunState] | None:
+        """The next batch, or ``None`` after ``timeout`` seconds.
+
+        Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives
+        as the awaited value does (a client leaving while changes flow). The ASGI handler
+        cancels the stream when its client leaves, and a stream that missed that
+        cancellation went on forever, writing keep-alives to nobody and holding its
+        subscriber, the listener and a request task. ``asyncio.wait`` always lets the
+        cancellation through.
+        """
+        getter = asyncio.ensure_future(self.queue.get())
+        try:
+            done, _pending = await asyncio.wait({getter}, timeout=timeout)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter not in done:
+            return None
+        batch = getter.result()
+        if batch is RESYNC:
+            self.resync_waiting = False
+        return batch
 
 
 def gated_opening(stream: Stream) -> list[bytes]:
@@ -296,13 +370,12 @@ def gated_receive(stream: Stream, batch: list[RunState]) -> list[bytes]:
 
 async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[bytes]:
     """The stream under ASGI: waits on an asyncio queue, holding no thread."""
-    batches: asyncio.Queue[list[RunState]] = asyncio.Queue()
-    limit = max(2, app_settings.SSE_CLIENT_QUEUE)
+    batches = AsyncInbox()
     loop = asyncio.get_running_loop()
 
     def deliver(batch: list[RunState]) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: the stream is gone
-            loop.call_soon_threadsafe(_async_put, batches, limit, batch)
+            loop.call_soon_threadsafe(batches.put, batch)
 
     subscriber = stream.subscriber(deliver)
     source.subscribe(subscriber)
@@ -317,9 +390,8 @@ async def async_events(source: EventSource, stream: Stream) -> AsyncIterator[byt
             yield chunk
         keepalive = app_settings.SSE_KEEPALIVE
         while not stream.finished:
-            try:
-                batch = await asyncio.wait_for(batches.get(), timeout=keepalive)
-            except TimeoutError:
+            batch = await batches.get(keepalive)
+            if batch is None:
                 yield KEEPALIVE
                 continue
             if batch is RESYNC:
