@@ -242,7 +242,7 @@ class RunExecutor:
         """Take the pending run; create its declared steps' rows, or read them on resume."""
         # One commit for the run, its flow's status and its step rows.
         with transaction.atomic():
-            if not apply(START, run):
+            if not apply(START, run, savepoint=False):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
             session = cls._session(run, resumed=_resumed(run))
