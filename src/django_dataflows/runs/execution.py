@@ -304,8 +304,10 @@ class RunExecutor:
             raise UnstorableValue(
                 f"self.state must be a JSON object (a dict), not {type(state).__name__}."
             )
+        if state == data_flow.state:
+            return None  # as stored: nothing to write, nothing to check
         json_value(state, "self.state")
-        return None if state == data_flow.state else state
+        return state
 
     @classmethod
     def _record_success(
