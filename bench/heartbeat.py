@@ -18,6 +18,7 @@ It prints the median of ``--repeat`` rounds and the ratios; targets: ORM ≤ 2x 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -145,7 +146,7 @@ def main() -> None:
     backend = get_backend()
     say(
         f"PostgreSQL {connection.cursor().connection.info.server_version}, median of "
-        f"{args.repeat}, {args.cron_share:.0%} cron flows"
+        f"{args.repeat}, {args.cron_share:.0%} cron flows; load average before: {os.getloadavg()}"
     )
     results: dict[tuple[int, int], float] = {}
     for size in args.sizes:
@@ -172,6 +173,7 @@ def main() -> None:
         for due in args.due:
             ratio = results[(large, due)] / results[(small, due)]
             say(f"{large:,} vs {small:,} flows, {due:,} due: {ratio:.2f}x")
+    say(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ tuned worker (``OPTIONS["prepare_threshold"]`` 5); ``DATAFLOWS_TEST_PREPARE_THRE
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -110,7 +111,7 @@ def main() -> None:
     threshold = connection.settings_dict["OPTIONS"].get("prepare_threshold")
     say(
         f"PostgreSQL {connection.cursor().connection.info.server_version}, {args.runs:,} runs, "
-        f"prepare_threshold {threshold}"
+        f"prepare_threshold {threshold}; load average before: {os.getloadavg()}"
     )
     flows = build_flows(args.runs)
     kinds: dict[str, Callable[[list[DataFlow]], float]] = {
@@ -130,6 +131,7 @@ def main() -> None:
     say(f"  trigger_run() one by one                 {median['trigger_run']:7,.0f}/s")
     say(f"  durable single-row commits (the floor)   {median['durable commits']:7,.0f}/s")
     say(f"  statements: trigger_run() of one run {triggered}; a heartbeat of one run {heartbeat}")
+    say(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

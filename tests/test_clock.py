@@ -3,7 +3,8 @@
 The app process's clock is moved ten minutes either way (time-machine fakes Python's
 clock, not the machine's, which the database keeps). Whatever the path, a run's and its
 steps' timestamps stay within a moment of the database's clock, and ``duration_ms`` is
-always ``ended_at - started_at`` as stored, also for a row written by other code.
+always ``ended_at - started_at`` as stored, also for a row written by other code. The
+reaper and the pickup deadline, called without a time, judge runs by that clock too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import time_machine
 from django.db import connection
 from django.db.models.functions import Now
+from django.test import override_settings
 
 from django_dataflows.clock import database_now
 from django_dataflows.executor import FlowExecutor
@@ -119,3 +121,34 @@ def test_a_run_written_by_other_code_gets_its_duration_from_its_own_timestamps()
     run.refresh_from_db()
     assert run.duration_ms == round((run.ended_at - started).total_seconds() * 1000)
     assert DataFlowRun.objects.order_by("-duration_ms").first() == run
+
+
+def test_the_reaper_judges_stuck_runs_by_the_database_clock(shifted: None) -> None:
+    # Five minutes to finish; one run has been in progress for six by the database's clock,
+    # the other has just started. The app's clock, ten minutes off, decides neither.
+    now = the_database_clock()
+    stuck = DataFlowRunFactory(
+        data_flow=DataFlowFactory(timeout=300),
+        status=RunStatus.IN_PROGRESS,
+        started_at=now - timedelta(minutes=6),
+    )
+    fresh = DataFlowRunFactory(
+        data_flow=DataFlowFactory(timeout=300), status=RunStatus.IN_PROGRESS, started_at=now
+    )
+
+    assert FlowExecutor.time_out_stuck_runs() == 1
+
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (stuck.status, fresh.status) == (RunStatus.TIMED_OUT, RunStatus.IN_PROGRESS)
+
+
+@override_settings(DATAFLOWS={"PICKUP_TIMEOUT": 300})
+def test_unclaimed_runs_are_judged_by_the_database_clock(shifted: None) -> None:
+    now = the_database_clock()
+    lost = DataFlowRunFactory(status=RunStatus.PENDING, activated_at=now - timedelta(minutes=6))
+    DataFlowRunFactory(status=RunStatus.PENDING, activated_at=now)
+
+    taken_back = FlowExecutor.take_back_unclaimed_runs()
+
+    assert [run.pk for run in taken_back.runs] == [lost.pk]

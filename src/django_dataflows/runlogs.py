@@ -24,8 +24,9 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO
 
 from django.db import connection, connections, transaction
@@ -222,6 +223,12 @@ def _capturing_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
 _flows_level: int | None = None
 
 
+@lru_cache(maxsize=1)
+def _flows_logger() -> logging.Logger:
+    # logging keeps a logger for the life of the process: looked up once, not per run.
+    return logging.getLogger(FLOW_LOGGER)
+
+
 def _install_record_factory() -> None:
     """Chain our factory in front of the current one; give the flows' logger its level.
 
@@ -237,7 +244,7 @@ def _install_record_factory() -> None:
                 logging.setLogRecordFactory(_capturing_factory)
     # A flow's own logger would otherwise inherit the root's WARNING, and its INFO lines
     # would never be made.
-    flows_logger = logging.getLogger(FLOW_LOGGER)
+    flows_logger = _flows_logger()
     wanted = app_settings.RUN_LOG_LEVEL
     if flows_logger.level in (logging.NOTSET, _flows_level) and flows_logger.level != wanted:
         flows_logger.setLevel(wanted)
@@ -329,12 +336,17 @@ def observe_run(run: DataFlowRun, session: RunSession | None = None) -> Iterator
     token = _current.set(run_log)
     _stdout.enter()
     started = time.thread_time()
+    # Each connection's wrappers are a list: the counter goes on and comes off in place.
+    wrapped = [connections[alias].execute_wrappers for alias in connections]
     try:
-        with ExitStack() as stack:
-            stack.enter_context(run_span(run))
-            for alias in connections:
-                stack.enter_context(connections[alias].execute_wrapper(counter))
-            yield run_log
+        with run_span(run):
+            for wrappers in wrapped:
+                wrappers.append(counter)
+            try:
+                yield run_log
+            finally:
+                for wrappers in wrapped:
+                    wrappers.remove(counter)
     finally:
         cpu_time_ms = round((time.thread_time() - started) * 1000)
         _current.reset(token)

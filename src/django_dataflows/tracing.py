@@ -4,7 +4,8 @@ A run's span, ``dataflows.run``, is a child of whatever span was current where t
 handed to its backend: in this process (the sync backend), or in another one, the trace
 context travelling in the Celery or Tasks message (W3C ``traceparent``). Each step of the
 run is a child span, ``dataflows.step``. Without ``opentelemetry-api`` installed, or
-without a tracer provider configured by the project, all of this costs next to nothing.
+without a tracer provider configured by the project (and no trace context received), no span
+is made at all: a run costs one check.
 """
 
 from __future__ import annotations
@@ -45,15 +46,30 @@ def received_context(carrier: dict[str, str] | None) -> Iterator[None]:
         _received.reset(token)
 
 
+def _tracing() -> bool:
+    """Would a span made here be recorded? Not without a tracer provider set by the project.
+
+    Without one, OpenTelemetry's tracer makes non-recording spans that only pass on the
+    current context, which a span left unmade passes on as well.
+    """
+    if not _AVAILABLE:
+        return False
+    from opentelemetry import trace
+
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 @contextmanager
 def run_span(run: DataFlowRun) -> Iterator[None]:
     """The span of one execution of a run's body."""
-    if not _AVAILABLE:
+    carrier = _received.get()
+    # A received trace context is made current even without a provider: what the body
+    # hands on (a run it starts) continues the caller's trace.
+    if not _AVAILABLE or (not carrier and not _tracing()):
         yield
         return
     from opentelemetry import propagate, trace
 
-    carrier = _received.get()
     parent = propagate.extract(carrier) if carrier else None
     attributes: dict[str, Any] = {
         "dataflows.flow": run.data_flow.name,
@@ -69,7 +85,7 @@ def run_span(run: DataFlowRun) -> Iterator[None]:
 @contextmanager
 def step_span(name: str) -> Iterator[None]:
     """The span of one step, a child of the run's."""
-    if not _AVAILABLE:
+    if not _tracing():
         yield
         return
     from opentelemetry import trace

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
-from django.utils import timezone
 
+from django_dataflows.clock import database_now
 from django_dataflows.conf import app_settings
 from django_dataflows.events import emit
 from django_dataflows.exceptions import (
@@ -242,7 +242,7 @@ class RunExecutor:
         """Take the pending run; create its declared steps' rows, or read them on resume."""
         # One commit for the run, its flow's status and its step rows.
         with transaction.atomic():
-            if not apply(START, run):
+            if not apply(START, run, savepoint=False):
                 run.refresh_from_db(fields=["status"])
                 raise RunNotPending(run.pk, run.status)
             session = cls._session(run, resumed=_resumed(run))
@@ -304,8 +304,10 @@ class RunExecutor:
             raise UnstorableValue(
                 f"self.state must be a JSON object (a dict), not {type(state).__name__}."
             )
+        if state == data_flow.state:
+            return None  # as stored: nothing to write, nothing to check
         json_value(state, "self.state")
-        return None if state == data_flow.state else state
+        return state
 
     @classmethod
     def _record_success(
@@ -508,9 +510,9 @@ class RunExecutor:
         ``cancelled`` if it was asked to cancel (its body never reached a checkpoint; its
         worker was probably lost). Paused runs never time out, and a run still pending is
         not stuck but unclaimed (:meth:`take_back_unclaimed_runs`). Returns how many runs
-        were ended.
+        were ended. ``now`` defaults to the database's clock, the one that stamped the runs.
         """
-        now = now or timezone.now()
+        now = now or database_now()
         by_timeout: dict[tuple[int, bool], list[DataFlowRun]] = defaultdict(list)
         for run in DataFlowRun.objects.stuck(now).select_related("data_flow"):
             # effective_timeout is stuck()'s annotation, which the type checker cannot see.
@@ -543,9 +545,10 @@ class RunExecutor:
         run, so its conditional start still lets one body run, with ``redeliveries`` + 1 and
         its pickup deadline restarted. A run already redelivered ``MAX_REDELIVERIES`` times
         ends ``failed`` ("never picked up") instead. Row locks (skipping locked rows) keep
-        two heartbeats from taking back the same run.
+        two heartbeats from taking back the same run. ``now`` defaults to the database's
+        clock, read once, the one that stamped the runs.
         """
-        now = now or timezone.now()
+        now = now or database_now()
         limit = app_settings.MAX_REDELIVERIES
         features = connection.features
         if not DataFlowRun.objects.unclaimed(now).exists():  # the usual case: one query

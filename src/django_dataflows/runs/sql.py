@@ -57,6 +57,13 @@ def converters(model: type[Model], names: Sequence[str], using: str) -> list[Cal
     return result
 
 
+def has_converters(field: Any, using: str) -> bool:
+    """Does a raw value of ``field``'s column need converting (a JSON document does)?"""
+    connection = connections[using]
+    column = field.get_col(field.model._meta.db_table)
+    return bool(connection.ops.get_db_converters(column) + column.get_db_converters(connection))
+
+
 def can_return_from_update(using: str) -> bool:
     """Does the database answer ``UPDATE … RETURNING``? (PostgreSQL; SQLite from 3.35.)"""
     connection = connections[using]

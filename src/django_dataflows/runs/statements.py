@@ -26,10 +26,12 @@ plans each of them once per connection instead of once per run (:func:`_cursor`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Model
 
@@ -39,14 +41,14 @@ from django_dataflows.models import (
     DataFlowRun,
     announce_runs_changed,
 )
-from django_dataflows.runs.sql import converters
+from django_dataflows.runs.sql import converters, has_converters
 from django_dataflows.runs.transitions import Transition
 
 #: The name of the run's ``UPDATE`` in the statement, which the flow's refers to.
 _MOVED = "moved"
 
 
-def _cursor() -> CursorWrapper:
+def _cursor(conn: BaseDatabaseWrapper) -> CursorWrapper:
     """A cursor for the worker's statements, which PostgreSQL may keep prepared.
 
     Django's cursors bind parameters on the client, so PostgreSQL parses and plans the
@@ -58,26 +60,26 @@ def _cursor() -> CursorWrapper:
     while queries are logged (``DEBUG``: the log shows each statement with its values), it
     is Django's own cursor. Either way database errors are Django's.
     """
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    raw = connection.connection
-    if getattr(raw, "prepare_threshold", None) is None or connection.queries_logged:
-        return connection.cursor()
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    raw = conn.connection
+    if getattr(raw, "prepare_threshold", None) is None or conn.queries_logged:
+        return conn.cursor()
     # psycopg 3 is the one with prepare_threshold.
     from django.db.backends.postgresql.base import ServerBindingCursor
     from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg import adapters
     from psycopg.pq import Format
 
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
+    conn.validate_thread_sharing()
+    with conn.wrap_database_errors:
         cursor = ServerBindingCursor(raw)  # type: ignore[call-arg]  # stubs: no arguments
         # As Django's create_cursor(): datetimes in the connection's current time zone
         # (it differs from the one the connection was opened with after a settings change).
         loader = raw.adapters.get_loader(adapters.types["timestamptz"].oid, Format.TEXT)
-        if connection.timezone != getattr(loader, "timezone", connection.timezone):
-            register_tzloader(connection.timezone, cursor)
-        return connection.make_cursor(cursor)  # type: ignore[arg-type]  # stubs: a DB-API cursor
+        if conn.timezone != getattr(loader, "timezone", conn.timezone):
+            register_tzloader(conn.timezone, cursor)
+        return conn.make_cursor(cursor)  # type: ignore[arg-type]  # stubs: a DB-API cursor
 
 
 #: The run's fields read back from every transition's write.
@@ -182,6 +184,7 @@ def _statement_sql(
 
 
 def _statement(
+    conn: BaseDatabaseWrapper,
     transition: Transition,
     run_id: int,
     fields: dict[str, Any] | None,
@@ -196,31 +199,49 @@ def _statement(
             raise TypeError(f"{name}: the one-statement path writes values, not expressions")
     sql = _statement_sql(transition, tuple(fields), tuple(flow_values), run_names, flow_returned)
     params: list[Any] = [] if transition.target is None else [str(transition.target)]
-    params += [_prepared(DataFlowRun, name, value) for name, value in fields.items()]
+    params += [_prepared(DataFlowRun, name, value, conn) for name, value in fields.items()]
     params += [run_id, *(str(status) for status in transition.sources)]
     if flow_values:
-        params += [_prepared(DataFlow, name, value) for name, value in flow_values.items()]
+        params += [_prepared(DataFlow, name, value, conn) for name, value in flow_values.items()]
         if transition.ends:
             params += [*(str(status) for status in ACTIVE_STATUSES), run_id]
-    with _cursor() as cursor:
+    with _cursor(conn) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else list(row)
 
 
-def _prepared(model: type[Model], name: str, value: Any) -> Any:
-    return model._meta.get_field(name).get_db_prep_save(value, connection)  # type: ignore[union-attr]
+def _prepared(model: type[Model], name: str, value: Any, conn: BaseDatabaseWrapper) -> Any:
+    return model._meta.get_field(name).get_db_prep_save(value, conn)  # type: ignore[union-attr]
 
 
 @lru_cache(maxsize=16)
-def _loaders(model: type[Model], names: tuple[str, ...], alias: str) -> list[Any]:
-    fields = [model._meta.get_field(name).name for name in names]  # attname -> name
-    return converters(model, fields, alias)
+def _loaders(
+    model: type[Model], names: tuple[str, ...], alias: str
+) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    """The converters of the columns ``names`` that have any, by position.
+
+    Most columns (numbers, text, timestamps) come from psycopg as they are stored: a run's
+    row is not passed through some sixty converters that do nothing.
+    """
+    fields = [model._meta.get_field(name) for name in names]
+    needed = [index for index, field in enumerate(fields) if has_converters(field, alias)]
+    loads = converters(model, [fields[index].name for index in needed], alias)
+    return tuple(zip(needed, loads, strict=True))
 
 
-def _convert(model: type[Model], names: tuple[str, ...], values: list[Any]) -> list[Any]:
-    loaders = _loaders(model, names, connection.alias)
-    return [load(value) for load, value in zip(loaders, values, strict=True)]
+def _convert(
+    model: type[Model], names: tuple[str, ...], values: list[Any], alias: str
+) -> list[Any]:
+    for index, load in _loaders(model, names, alias):
+        values[index] = load(values[index])
+    return values
+
+
+@lru_cache(maxsize=4)
+def _flow_values_of_start(transition: Transition) -> tuple[tuple[str, Any], ...]:
+    # What a start writes on the flow does not depend on the run (its status only).
+    return tuple(transition.flow_values(DataFlowRun()).items())
 
 
 def take(transition: Transition, run_id: int) -> DataFlowRun | None:
@@ -228,21 +249,26 @@ def take(transition: Transition, run_id: int) -> DataFlowRun | None:
 
     ``None`` if the run is not pending (a duplicated or late message).
     """
+    conn = connections[DEFAULT_DB_ALIAS]
+    alias = conn.alias
     run_names, flow_names = _names(DataFlowRun), _names(DataFlow)
-    row = _statement(
-        transition, run_id, None, transition.flow_values(DataFlowRun()), run_names, flow_names
-    )
+    flow_values = dict(_flow_values_of_start(transition))
+    row = _statement(conn, transition, run_id, None, flow_values, run_names, flow_names)
     if row is None:
         return None
     split = len(run_names)
     taken: DataFlowRun = DataFlowRun.from_db(
-        connection.alias, run_names, _convert(DataFlowRun, run_names, row[:split])
+        alias, run_names, _convert(DataFlowRun, run_names, row[:split], alias)
     )
     taken.data_flow = DataFlow.from_db(
-        connection.alias, flow_names, _convert(DataFlow, flow_names, row[split:])
+        alias, flow_names, _convert(DataFlow, flow_names, row[split:], alias)
     )
-    announce_runs_changed([run_id], connection.alias)
+    announce_runs_changed([run_id], alias)
     return taken
+
+
+#: What :func:`apply_as_statement` reads back: the run's flow, and :data:`RETURNED`.
+_RUN_NAMES = ("data_flow_id", *RETURNED)
 
 
 def apply_as_statement(
@@ -253,16 +279,15 @@ def apply_as_statement(
     flow_fields: dict[str, Any] | None = None,
 ) -> bool:
     """:func:`~django_dataflows.runs.transitions.apply` in one statement (see the module)."""
+    conn = connections[DEFAULT_DB_ALIAS]
     flow_values = transition.flow_values(run, flow_fields)
-    run_names = ("data_flow_id", *RETURNED)
-    row = _statement(
-        transition, run.pk, fields, flow_values, run_names, ("id",) if flow_values else ()
-    )
+    run_names = _RUN_NAMES
+    flow_returned = ("id",) if flow_values else ()
+    row = _statement(conn, transition, run.pk, fields, flow_values, run_names, flow_returned)
     if row is None:
         return False
-    returned = dict(
-        zip(run_names, _convert(DataFlowRun, run_names, row[: len(run_names)]), strict=True)
-    )
+    values = _convert(DataFlowRun, run_names, row[: len(run_names)], conn.alias)
+    returned = dict(zip(run_names, values, strict=True))
     load_run(run, returned, fields)
     rest = row[len(run_names) :]
     if flow_values:
@@ -271,5 +296,5 @@ def apply_as_statement(
             load_flow(run.data_flow, flow_values)
     if transition.ends and rest[0] is not None:
         run.flow_alert_state = (rest[0], rest[1])
-    announce_runs_changed([run.pk], connection.alias)
+    announce_runs_changed([run.pk], conn.alias)
     return True

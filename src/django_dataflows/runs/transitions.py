@@ -102,14 +102,12 @@ class Transition:
         values.update(flow_fields or {})
         return values
 
-    def flows(self, flow_ids: Iterable[int] | None, run_ids: Iterable[int]) -> QuerySet[DataFlow]:
-        """The flows it writes to: for an end, those with no other active run.
+    def flows(self, flow_ids: Iterable[int], run_ids: Iterable[int]) -> QuerySet[DataFlow]:
+        """The flows among ``flow_ids`` it writes to.
 
-        ``flow_ids`` ``None``: the caller narrows them (the one-statement path).
+        For an end, only those with no active run besides ``run_ids`` (the runs ending).
         """
-        flows = DataFlow.objects.order_by()
-        if flow_ids is not None:
-            flows = flows.filter(pk__in=list(flow_ids))
+        flows = DataFlow.objects.filter(pk__in=list(flow_ids)).order_by()
         if not self.ends:
             return flows
         other_active = DataFlowRun.objects.filter(

@@ -43,18 +43,21 @@ def apply(
     fields: dict[str, Any] | None = None,
     flow_fields: dict[str, Any] | None = None,
     has_steps: bool = True,
+    savepoint: bool = True,
 ) -> bool:
     """Carry ``transition`` out on ``run`` if it still applies; ``False`` if the run moved on.
 
     ``fields`` are more of the run's fields to write (an error, a result), ``flow_fields``
     more of its flow's (the flow's new ``state``). ``run`` and ``run.data_flow`` show what
     was written, the database's timestamps and ``duration_ms`` included. ``has_steps``
-    false: the caller knows the run has no step rows to close.
+    false: the caller knows the run has no step rows to close. ``savepoint`` false: the
+    caller opened its transaction for this write, and a failure rolls all of it back (no
+    savepoint of its own, two statements fewer).
     """
     closes_steps = transition.closes_steps and has_steps
     if _one_statement(closes_steps):
         return apply_as_statement(transition, run, fields=fields, flow_fields=flow_fields)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         rows = update_returning(transition.runs([run.pk]), transition.assignments(fields), RETURNED)
         if not rows:
             return False
