@@ -152,3 +152,24 @@ def test_unclaimed_runs_are_judged_by_the_database_clock(shifted: None) -> None:
     taken_back = FlowExecutor.take_back_unclaimed_runs()
 
     assert [run.pk for run in taken_back.runs] == [lost.pk]
+
+
+@override_settings(DATAFLOWS={"PICKUP_TIMEOUT": 300})
+def test_the_admin_health_box_counts_stuck_runs_by_the_database_clock(shifted: None) -> None:
+    from django_dataflows.admin.health import collect_health
+
+    now = the_database_clock()
+    DataFlowRunFactory(
+        data_flow=DataFlowFactory(timeout=300),
+        status=RunStatus.IN_PROGRESS,
+        started_at=now - timedelta(minutes=6),
+    )
+    DataFlowRunFactory(
+        data_flow=DataFlowFactory(timeout=300), status=RunStatus.IN_PROGRESS, started_at=now
+    )
+    DataFlowRunFactory(status=RunStatus.PENDING, activated_at=now - timedelta(minutes=6))
+    DataFlowRunFactory(status=RunStatus.PENDING, activated_at=now)
+
+    assert collect_health().stuck_runs == 2
+    assert DataFlowRun.objects.stuck().count() == 1
+    assert DataFlowRun.objects.unclaimed().count() == 1

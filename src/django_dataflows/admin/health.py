@@ -61,6 +61,9 @@ class Health:
 
 def collect_health(now: datetime | None = None) -> Health:
     """The health box's figures, in four queries whatever the number of flows and runs."""
+    # Stuck and unclaimed runs are judged by the database's clock, which stamped them,
+    # unless a moment is given; the box's own texts are relative to this process's clock.
+    judged_at = now
     now = now or timezone.now()
     enabled = DataFlow.objects.enabled().aggregate(shortest=Min("run_interval"), count=Count("pk"))
     shortest = enabled["shortest"]  # None when every enabled flow is on a cron schedule
@@ -72,8 +75,8 @@ def collect_health(now: datetime | None = None) -> Health:
         stale_after=stale_after,
         has_enabled_flows=bool(enabled["count"]),
         # In progress past their timeout, or pending past PICKUP_TIMEOUT (not yet retaken).
-        stuck_runs=DataFlowRun.objects.stuck(now).count()
-        + DataFlowRun.objects.unclaimed(now).count(),
+        stuck_runs=DataFlowRun.objects.stuck(judged_at).count()
+        + DataFlowRun.objects.unclaimed(judged_at).count(),
         recent_failures=DataFlowRun.objects.filter(
             status__in=FAILURE_STATUSES, ended_at__gte=now - FAILURE_WINDOW
         ).count(),

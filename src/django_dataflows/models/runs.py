@@ -22,7 +22,6 @@ from django.db.models import (
     Window,
 )
 from django.db.models.functions import Coalesce, Now, RowNumber, TruncHour
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 import django_dataflows.rollup_sql as rollup_sql
@@ -364,8 +363,9 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         run's latest move into ``in_progress`` (``activated_at``). A run still ``pending``
         is not stuck but unclaimed (:meth:`unclaimed`). Computed in the database: only the
         stuck rows are read, each annotated with its ``effective_timeout`` in seconds.
+        ``now`` defaults to the database's clock, the one that stamped the runs.
         """
-        now = now or timezone.now()
+        moment = Now() if now is None else Value(now)
         timeout = Coalesce(
             F("data_flow__timeout"),
             Value(app_settings.RUN_TIMEOUT),
@@ -374,7 +374,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         timeout_span = ExpressionWrapper(
             timeout * Value(timedelta(seconds=1)), output_field=models.DurationField()
         )
-        deadline = ExpressionWrapper(Value(now) - timeout_span, output_field=models.DateTimeField())
+        deadline = ExpressionWrapper(moment - timeout_span, output_field=models.DateTimeField())
         # From the latest move into in progress (a resumed run starts anew); rows from
         # before activated_at existed fall back to their start.
         since = Coalesce("activated_at", "started_at")
@@ -391,10 +391,13 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         Counted from the run's latest move into ``pending`` (``activated_at``: its creation,
         its latest redelivery, or the latest sign of life of the in-process batch it waits
         in). Their message was probably lost with the broker, or the process that was to
-        run them died.
+        run them died. ``now`` defaults to the database's clock, the one that stamped the runs.
         """
-        now = now or timezone.now()
-        deadline = now - timedelta(seconds=app_settings.PICKUP_TIMEOUT)
+        moment = Now() if now is None else Value(now)
+        deadline = ExpressionWrapper(
+            moment - Value(timedelta(seconds=app_settings.PICKUP_TIMEOUT)),
+            output_field=models.DateTimeField(),
+        )
         return self.filter(
             Q(status=RunStatus.PENDING)
             & (
