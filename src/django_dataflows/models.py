@@ -15,7 +15,6 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator, validate_email
 from django.db import IntegrityError, connection, connections, models, transaction
 from django.db.models import (
-    Avg,
     Count,
     Exists,
     ExpressionWrapper,
@@ -35,6 +34,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 import django_dataflows.histograms as histograms
+import django_dataflows.rollup_levels as rollup_levels
 import django_dataflows.rollup_sql as rollup_sql
 from django_dataflows.clock import MillisecondsBetween, database_now
 from django_dataflows.conf import app_settings
@@ -1035,6 +1035,8 @@ _STATS_COLUMNS = (
     "avg_duration_ms",
     "min_duration_ms",
     "max_duration_ms",
+    "avg_cpu_time_ms",
+    "avg_db_queries",
 )
 
 
@@ -1060,7 +1062,15 @@ def _sorted_percentiles(rated: models.QuerySet[Any]) -> dict[str, float | None]:
 #: The statistics row of no runs at all.
 _NO_RUNS: dict[str, Any] = {
     **dict.fromkeys(_STATS_COLUMNS, 0),
-    **dict.fromkeys(("avg_duration_ms", "min_duration_ms", "max_duration_ms")),
+    **dict.fromkeys(
+        (
+            "avg_duration_ms",
+            "min_duration_ms",
+            "max_duration_ms",
+            "avg_cpu_time_ms",
+            "avg_db_queries",
+        )
+    ),
 }
 
 
@@ -1083,6 +1093,9 @@ def _stats_sql(inner_sql: str, *, percentiles: bool, per_flow: bool) -> tuple[st
     for function in ("COUNT", "AVG", "MIN", "MAX"):
         columns.append(f"{function}({rated_duration})")
         params += RATED_STATUSES
+    for cost in ("cpu_time_ms", "db_queries"):
+        columns.append(f"AVG(CASE WHEN {rated} THEN runs.{cost} END)")
+        params += RATED_STATUSES
     if percentiles:
         fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
         columns.append(
@@ -1098,9 +1111,12 @@ def _postgres_percentiles(row: dict[str, Any]) -> dict[str, float | None]:
     return dict(zip(PERCENTILES, values, strict=True))
 
 
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
 def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> RunStats:
     rated = sum(row[status] for status in RATED_STATUSES)
-    avg = row["avg_duration_ms"]
     return RunStats(
         total=row["total"],
         pending=row[RunStatus.PENDING],
@@ -1111,22 +1127,14 @@ def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> Run
         cancelled=row[RunStatus.CANCELLED],
         timed_out=row[RunStatus.TIMED_OUT],
         success_rate=round(100 * row[RunStatus.SUCCESS] / rated, 2) if rated else None,
-        avg_duration_ms=None if avg is None else round(float(avg), 3),
+        avg_duration_ms=_rounded(row["avg_duration_ms"]),
         min_duration_ms=row["min_duration_ms"],
         max_duration_ms=row["max_duration_ms"],
         p50_duration_ms=percentiles["p50_duration_ms"],
         p95_duration_ms=percentiles["p95_duration_ms"],
-        avg_cpu_time_ms=None,
-        avg_db_queries=None,
+        avg_cpu_time_ms=_rounded(row.get("avg_cpu_time_ms")),
+        avg_db_queries=_rounded(row.get("avg_db_queries")),
     )
-
-
-def _with_costs(stats: RunStats, rated: models.QuerySet[Any]) -> RunStats:
-    """Add the rated runs' average ``cpu_time_ms`` and ``db_queries`` (one query)."""
-    costs = rated.aggregate(cpu=Avg("cpu_time_ms"), queries=Avg("db_queries"))
-    for key, value in (("avg_cpu_time_ms", costs["cpu"]), ("avg_db_queries", costs["queries"])):
-        stats[key] = None if value is None else round(float(value), 3)  # type: ignore[literal-required]
-    return stats
 
 
 class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
@@ -1224,6 +1232,21 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         active = self.not_deleted().active().filter(created_at__gte=start, created_at__lt=end)
         if flows is not None:
             rollups = rollups.filter(data_flow_id__in=flows)
+        elif (changed := _changed_hours(self.db)) is not None:
+            # All flows: an hour folded since it last changed is one row of its level.
+            changed = [hour for hour in changed if start <= hour < end]
+            rollups = rollups.filter(hour__in=changed)
+            folded = (
+                RunRollupLevel.objects.using(self.db)
+                .filter(span=rollup_levels.HOUR, flow_id=rollup_levels.ALL_FLOWS)
+                .filter(start__gte=start, start__lt=end)
+                .exclude(start__in=changed)
+                .values_list("start", *rollup_sql.COUNT_COLUMNS)
+            )
+            for hour, *values in folded:
+                for status, value in zip(rollup_sql.COUNT_COLUMNS, values, strict=True):
+                    if value:
+                        counts[hour][status] = value
         sums = [Sum(status) for status in rollup_sql.COUNT_COLUMNS]
         for hour, *values in rollups.values_list("hour").annotate(*sums).order_by():
             for status, value in zip(rollup_sql.COUNT_COLUMNS, values, strict=True):
@@ -1245,9 +1268,6 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         PostgreSQL one ``percentile_cont`` for up to ``SORTED_PERCENTILES_LIMIT`` rated
         runs; beyond that (and on other databases) one ordered ``OFFSET`` query per
         percentile. Exact percentiles; the rebuild and the tests compare rollups with it.
-        The averages of the run's cost (``avg_cpu_time_ms``, ``avg_db_queries``) come from
-        here only (one more query): the rollups do not carry costs yet, so :meth:`stats`
-        answered from them leaves those two ``None``.
         """
         runs = self._stats_base(since)
         rows = self._stats_rows(runs, percentiles=False, per_flow=False)
@@ -1258,7 +1278,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             return _run_stats(row, percentiles)
         rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
         if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
-            return _with_costs(_run_stats(row, _sorted_percentiles(rated)), rated)
+            return _run_stats(row, _sorted_percentiles(rated))
         durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
         for key, fraction in PERCENTILES.items():
             lower, upper, weight = _percentile_positions(count, fraction)
@@ -1266,7 +1286,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
                 value for value in durations[lower : upper + 1] if value is not None
             ]
             percentiles[key] = _interpolate(values[0], values[-1], weight)
-        return _with_costs(_run_stats(row, percentiles), rated)
+        return _run_stats(row, percentiles)
 
     def stats_per_flow_from_runs(self, since: datetime | None = None) -> dict[int, RunStats]:
         """:meth:`stats_per_flow` computed from the runs, in two queries at most.
@@ -1309,7 +1329,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         """The aggregate rows of ``runs`` (one, or one per flow), as dicts."""
         try:
             inner_sql, inner_params = runs.values(
-                "data_flow_id", "status", "duration_ms"
+                "data_flow_id", "status", "duration_ms", "cpu_time_ms", "db_queries"
             ).query.sql_with_params()
         except EmptyResultSet:  # e.g. filter(data_flow__in=[]): nothing to count
             return []
@@ -1816,6 +1836,16 @@ class RunRollup(models.Model):
     duration_sum = models.BigIntegerField(_("duration sum (ms)"), default=0)
     duration_min = models.BigIntegerField(_("shortest (ms)"), null=True, blank=True)
     duration_max = models.BigIntegerField(_("longest (ms)"), null=True, blank=True)
+    # The run's cost over the same rated runs: how many have a value, and their sum.
+    cpu_time_count = models.IntegerField(_("runs with a CPU time"), default=0)
+    cpu_time_sum = models.BigIntegerField(_("CPU time sum (ms)"), default=0)
+    db_queries_count = models.IntegerField(_("runs with a query count"), default=0)
+    db_queries_sum = models.BigIntegerField(_("database queries sum"), default=0)
+    changed = models.BooleanField(
+        _("changed"),
+        db_default=True,
+        help_text=_("Changed since it was last folded into the coarser rollup levels."),
+    )
 
     class Meta:
         verbose_name = _("run rollup")
@@ -1823,7 +1853,13 @@ class RunRollup(models.Model):
         constraints = (
             models.UniqueConstraint(fields=("data_flow", "hour"), name="dataflows_rollup_hour"),
         )
-        indexes = (models.Index(fields=("hour",), name="dataflows_rollup_hour_idx"),)
+        indexes = (
+            models.Index(fields=("hour",), name="dataflows_rollup_hour_idx"),
+            # The rows still to fold (few): the coarser levels answer for every other hour.
+            models.Index(
+                fields=("hour",), condition=Q(changed=True), name="dataflows_rollup_changed_idx"
+            ),
+        )
 
     def __str__(self) -> str:
         return f"{self.data_flow_id} {self.hour:%Y-%m-%d %H:00}"
@@ -1855,6 +1891,65 @@ class RunDurationBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.data_flow_id} {self.hour:%Y-%m-%d %H:00} bucket {self.bucket}"
+
+
+class RunRollupLevel(models.Model):
+    """Hourly rollups added up over a coarser span, folded from :class:`RunRollup`.
+
+    Three levels (:mod:`django_dataflows.rollup_levels`): one flow's day (``flow_id`` the
+    flow), and all flows' hour and day (``flow_id`` 0). Not a foreign key: the all-flows
+    rows belong to no flow; a flow's own rows go with it when it is deleted.
+    """
+
+    span = models.PositiveSmallIntegerField(_("span (hours)"))
+    flow_id = models.BigIntegerField(_("flow id"), help_text=_("0 for all flows."))
+    start = models.DateTimeField(_("start"))
+    success = models.BigIntegerField(_("success"), default=0)
+    failed = models.BigIntegerField(_("failed"), default=0)
+    cancelled = models.BigIntegerField(_("cancelled"), default=0)
+    timed_out = models.BigIntegerField(_("timed out"), default=0)
+    rated = models.BigIntegerField(_("rated with a duration"), default=0)
+    duration_sum = models.BigIntegerField(_("duration sum (ms)"), default=0)
+    duration_min = models.BigIntegerField(_("shortest (ms)"), null=True, blank=True)
+    duration_max = models.BigIntegerField(_("longest (ms)"), null=True, blank=True)
+    cpu_time_count = models.BigIntegerField(_("runs with a CPU time"), default=0)
+    cpu_time_sum = models.BigIntegerField(_("CPU time sum (ms)"), default=0)
+    db_queries_count = models.BigIntegerField(_("runs with a query count"), default=0)
+    db_queries_sum = models.BigIntegerField(_("database queries sum"), default=0)
+
+    class Meta:
+        verbose_name = _("run rollup level")
+        verbose_name_plural = _("run rollup levels")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("span", "flow_id", "start"), name="dataflows_rollup_level"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.span} h from {self.start:%Y-%m-%d %H:00}, flow {self.flow_id or 'all'}"
+
+
+class RunBucketLevel(models.Model):
+    """:class:`RunDurationBucket` counts added up over a :class:`RunRollupLevel`'s span."""
+
+    span = models.PositiveSmallIntegerField(_("span (hours)"))
+    flow_id = models.BigIntegerField(_("flow id"))
+    start = models.DateTimeField(_("start"))
+    bucket = models.IntegerField(_("bucket"))
+    count = models.BigIntegerField(_("count"), default=0)
+
+    class Meta:
+        verbose_name = _("run duration bucket level")
+        verbose_name_plural = _("run duration bucket levels")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("span", "flow_id", "start", "bucket"), name="dataflows_bucket_level"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.span} h from {self.start:%Y-%m-%d %H:00} bucket {self.bucket}"
 
 
 #: Below this many rated runs, percentiles are exact: their durations are read from the runs
@@ -1942,9 +2037,6 @@ def _rollup_stats(
         flow_filter = f" AND data_flow_id IN ({', '.join(['%s'] * len(flows))})"
         flow_params = sorted(flows)
     group_by = " GROUP BY data_flow_id" if per_flow else ""
-    hour_filter, hour_params = (
-        ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
-    )
     edge_filter = " AND created_at >= %s AND created_at < %s"
     edge = since is not None and whole_from is not None and since < whole_from
     edge_params = [adapt(since), adapt(whole_from)] if since and whole_from and edge else []
@@ -1954,18 +2046,20 @@ def _rollup_stats(
     finished = rollup_sql.finished_sql("r")
     timed = rollup_sql.timed_sql("r")
     timed_duration = f"CASE WHEN {timed} THEN r.duration_ms END"
+    changed = _changed_hours(using)
     parts = [
-        (
-            f"SELECT {group}, 0, 0, 0, "
-            + ", ".join(f"SUM({column})" for column in rollup_sql.COUNT_COLUMNS)
-            + ", SUM(rated), SUM(duration_sum), MIN(duration_min), MAX(duration_max) "
-            f"FROM {rollup_sql.ROLLUPS} WHERE 1 = 1{flow_filter}{hour_filter}{group_by}",
-            [*flow_params, *hour_params],
+        *rollup_levels.window_parts(
+            buckets=False,
+            per_flow=per_flow,
+            flows=flows,
+            whole_from=whole_from,
+            changed=changed,
+            adapt=adapt,
         ),
         (
             f"SELECT {group}, "
             + ", ".join("COUNT(CASE WHEN r.status = %s THEN 1 END)" for _ in ACTIVE_STATUSES)
-            + ", 0, 0, 0, 0, 0, 0, NULL, NULL "
+            + ", 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0 "
             f"FROM {rollup_sql.RUNS} r WHERE r.status IN (%s, %s, %s) "
             f"AND r.deleted_at IS NULL{flow_filter}{since_filter}{group_by}",
             [*ACTIVE_STATUSES, *ACTIVE_STATUSES, *flow_params, *since_params],
@@ -1980,13 +2074,22 @@ def _rollup_stats(
                     for status in rollup_sql.COUNT_COLUMNS
                 )
                 + f", COUNT({timed_duration}), SUM({timed_duration}), MIN({timed_duration}), "
-                f"MAX({timed_duration}) FROM {rollup_sql.RUNS} r WHERE r.deleted_at IS NULL "
+                f"MAX({timed_duration})"
+                + "".join(
+                    f", COUNT(CASE WHEN {timed} THEN r.{column} END)"
+                    f", SUM(CASE WHEN {timed} THEN r.{column} END)"
+                    for column in rollup_sql.COSTS.values()
+                )
+                + f" FROM {rollup_sql.RUNS} r WHERE r.deleted_at IS NULL "
                 f"AND {finished}{flow_filter}{edge_filter}{group_by}",
                 [*flow_params, *edge_params],
             )
         )
     rows: dict[int, dict[str, Any]] = {}
-    names = ("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max")
+    names = (
+        *("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max"),
+        *rollup_sql.cost_columns(),
+    )
     with connection_.cursor() as cursor:
         cursor.execute(
             " UNION ALL ".join(sql for sql, _params in parts),
@@ -1994,7 +2097,7 @@ def _rollup_stats(
         )
         for flow_id, *values in cursor.fetchall():
             row = rows.setdefault(
-                int(flow_id), {**dict.fromkeys(names[:-2], 0), "min": None, "max": None}
+                int(flow_id), {**dict.fromkeys(names, 0), "min": None, "max": None}
             )
             for name, value in zip(names, values, strict=True):
                 if value is None:
@@ -2010,7 +2113,9 @@ def _rollup_stats(
         for flow_id, row in rows.items()
         if sum(row[status] for status in RunStatus.values) or not per_flow
     }
-    percentiles = _rollup_percentiles(using, rows, flows, since, whole_from, per_flow=per_flow)
+    percentiles = _rollup_percentiles(
+        using, rows, flows, since, whole_from, changed, per_flow=per_flow
+    )
     stats = {}
     for flow_id, row in rows.items():
         count = row["timed_count"]
@@ -2020,9 +2125,27 @@ def _rollup_stats(
             avg_duration_ms=row["sum"] / count if count else None,
             min_duration_ms=row["min"] if count else None,
             max_duration_ms=row["max"] if count else None,
+            avg_cpu_time_ms=_average(row["cpu_time_sum"], row["cpu_time_count"]),
+            avg_db_queries=_average(row["db_queries_sum"], row["db_queries_count"]),
         )
         stats[flow_id] = _run_stats(row, percentiles.get(flow_id, dict.fromkeys(PERCENTILES)))
     return stats
+
+
+def _changed_hours(using: str) -> list[datetime] | None:
+    """The hours with an hourly rollup not folded yet; ``None`` past ``MAX_CHANGED_HOURS``."""
+    hours = list(
+        RunRollup.objects.using(using)
+        .filter(changed=True)
+        .order_by("hour")
+        .values_list("hour", flat=True)
+        .distinct()[: rollup_levels.MAX_CHANGED_HOURS + 1]
+    )
+    return None if len(hours) > rollup_levels.MAX_CHANGED_HOURS else hours
+
+
+def _average(total: int, count: int) -> float | None:
+    return total / count if count else None
 
 
 def _rollup_percentiles(
@@ -2031,6 +2154,7 @@ def _rollup_percentiles(
     flows: frozenset[int] | None,
     since: datetime | None,
     whole_from: datetime | None,
+    changed: list[datetime] | None,
     *,
     per_flow: bool,
 ) -> dict[int, dict[str, float | None]]:
@@ -2096,14 +2220,16 @@ def _rollup_percentiles(
     if many:
         keys = sorted(many)
         where, params = flow_filter(keys)
-        hour_sql, hour_params = (
-            ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
+        levels = rollup_levels.window_parts(
+            buckets=True,
+            per_flow=per_flow,
+            flows=keys if per_flow else flows,
+            whole_from=whole_from,
+            changed=changed,
+            adapt=adapt,
         )
-        sql = (
-            f"SELECT {group}, bucket, SUM(count) FROM {rollup_sql.BUCKETS} "  # noqa: S608
-            f"WHERE 1 = 1{where}{hour_sql} GROUP BY {group_by}bucket"
-        )
-        all_params = [*params, *hour_params]
+        sql = " UNION ALL ".join(part for part, _params in levels)
+        all_params = [param for _part, part_params in levels for param in part_params]
         if since is not None and whole_from is not None and since < whole_from:
             bucket = histograms.bucket_sql("r.duration_ms")
             sql += (
