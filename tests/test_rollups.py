@@ -405,6 +405,8 @@ def test_folded_days_and_all_flows_answer_like_the_runs_over_many_days() -> None
     late.status, late.ended_at = RunStatus.FAILED, late.started_at + timedelta(seconds=99)
     late.save()
     assert RunRollup.objects.filter(changed=True).count() == 2
+    for since in (None, now - timedelta(days=3, hours=1)):
+        assert_hourly_and_levels_match_runs(since, exact=False)
     assert_rollups_match_runs(now - timedelta(days=5, minutes=3), exact=False)
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(days=7)

@@ -1234,13 +1234,13 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             rollups = rollups.filter(data_flow_id__in=flows)
         elif (changed := _changed_hours(self.db)) is not None:
             # All flows: an hour folded since it last changed is one row of its level.
-            changed = [hour for hour in changed if start <= hour < end]
-            rollups = rollups.filter(hour__in=changed)
+            hours = sorted({hour for _flow, hour in changed if start <= hour < end})
+            rollups = rollups.filter(hour__in=hours)
             folded = (
                 RunRollupLevel.objects.using(self.db)
                 .filter(span=rollup_levels.HOUR, flow_id=rollup_levels.ALL_FLOWS)
                 .filter(start__gte=start, start__lt=end)
-                .exclude(start__in=changed)
+                .exclude(start__in=hours)
                 .values_list("start", *rollup_sql.COUNT_COLUMNS)
             )
             for hour, *values in folded:
@@ -2132,16 +2132,16 @@ def _rollup_stats(
     return stats
 
 
-def _changed_hours(using: str) -> list[datetime] | None:
-    """The hours with an hourly rollup not folded yet; ``None`` past ``MAX_CHANGED_HOURS``."""
-    hours = list(
+def _changed_hours(using: str) -> list[tuple[int, datetime]] | None:
+    """The (flow, hour) of the hourly rollups not folded since they changed (one indexed
+    query); ``None`` past ``MAX_CHANGED_ROWS``: then statistics read the hourly rows."""
+    rows = list(
         RunRollup.objects.using(using)
         .filter(changed=True)
         .order_by("hour")
-        .values_list("hour", flat=True)
-        .distinct()[: rollup_levels.MAX_CHANGED_HOURS + 1]
+        .values_list("data_flow_id", "hour")[: rollup_levels.MAX_CHANGED_ROWS + 1]
     )
-    return None if len(hours) > rollup_levels.MAX_CHANGED_HOURS else hours
+    return None if len(rows) > rollup_levels.MAX_CHANGED_ROWS else rows
 
 
 def _average(total: int, count: int) -> float | None:
@@ -2154,7 +2154,7 @@ def _rollup_percentiles(
     flows: frozenset[int] | None,
     since: datetime | None,
     whole_from: datetime | None,
-    changed: list[datetime] | None,
+    changed: list[tuple[int, datetime]] | None,
     *,
     per_flow: bool,
 ) -> dict[int, dict[str, float | None]]:

@@ -32,13 +32,16 @@ LEVELS = "dataflows_runrolluplevel"
 LEVEL_BUCKETS = "dataflows_runbucketlevel"
 HOUR = 1
 DAY = 24
+#: The ``span`` of a flow's whole history (its ``start`` is ``ALL_TIME_START``).
+ALL_TIME = 0
+ALL_TIME_START = datetime(1970, 1, 1, tzinfo=UTC)
 #: The ``flow_id`` of the rows of all flows together.
 ALL_FLOWS = 0
 #: The columns a level adds up (minimum and maximum aside).
 SUMMED = (*COUNT_COLUMNS, "rated", "duration_sum", *cost_columns())
-#: With more hours than this left to fold (the heartbeat has not run for days, or a rebuild
-#: has just finished), statistics read the hourly rollups alone, as before the levels.
-MAX_CHANGED_HOURS = 72
+#: With more hourly rows than this left to fold (the heartbeat has not run for a while, a
+#: rebuild has just finished), statistics read the hourly rollups alone, as without levels.
+MAX_CHANGED_ROWS = 500
 
 Part = tuple[str, list[Any]]
 
@@ -93,7 +96,7 @@ def window_parts(
     per_flow: bool,
     flows: Iterable[int] | None,
     whole_from: datetime | None,
-    changed: list[datetime] | None,
+    changed: list[tuple[int, datetime]] | None,
     adapt: Callable[[Any], Any],
 ) -> list[Part]:
     """The selects whose rows add up to the rollups of the whole hours from ``whole_from``.
@@ -101,74 +104,134 @@ def window_parts(
     Rows are ``(group, 0, 0, 0, counts…, rated, duration sum, min, max, costs…)`` or, with
     ``buckets``, ``(group, bucket, count)``; ``group`` is the flow id with ``per_flow``,
     else 0. ``flows`` limits them to some flows (``None``: every flow); ``changed`` are the
-    hours with a changed hourly row (``None``: read the hourly rows alone).
+    (flow, hour) of the hourly rows not folded since they changed (``None``: read the
+    hourly rows alone).
     """
     hourly, level = (BUCKETS, LEVEL_BUCKETS) if buckets else (ROLLUPS, LEVELS)
     columns = _bucket_columns if buckets else _stat_columns
     flow_ids = None if flows is None else sorted(flows)
 
     def flow_filter(column: str) -> Part:
-        if flow_ids is None:
-            return "", []
-        sql, params = _in(column, flow_ids, int)
-        return f" AND {sql}", params
+        if flow_ids is None:  # each flow's own rows, not those of all flows together
+            return f"{column} <> {ALL_FLOWS}", []
+        return _in(column, flow_ids, int)
 
     def select(table: str, flow: str, where: list[Part]) -> Part:
-        conditions = " AND ".join(sql for sql, _params in where) or "1 = 1"
         return (
-            f"SELECT {columns(flow, per_flow)} FROM {table} WHERE {conditions}"
+            f"SELECT {columns(flow, per_flow)} FROM {table} "
+            f"WHERE {' AND '.join(sql for sql, _params in where)}"
             f"{_group_by(flow, per_flow, buckets)}",
             [param for _sql, params in where for param in params],
         )
 
-    hourly_flows = flow_filter("data_flow_id")
     since_hour: list[Part] = [] if whole_from is None else [("hour >= %s", [adapt(whole_from)])]
     if changed is None:
-        sql, params = hourly_flows
-        return [select(hourly, "data_flow_id", [("1 = 1" + sql, params), *since_hour])]
-    all_flows = flow_ids is None and not per_flow
+        return [select(hourly, "data_flow_id", [flow_filter("data_flow_id"), *since_hour])]
     whole_days_from = None if whole_from is None else first_whole_day(whole_from)
-    changed_days = sorted({day_of(hour) for hour in changed})
-    # Whole days from the day level, but for the days with a changed hour.
-    day_where: list[Part] = [(f"span = {DAY}", [])]
-    if all_flows:
-        day_where.append((f"flow_id = {ALL_FLOWS}", []))
+    partial_day = (
+        [(whole_from, whole_days_from)]
+        if whole_from is not None and whole_days_from is not None and whole_from < whole_days_from
+        else []
+    )
+
+    def after_partial_day(day: datetime) -> bool:
+        return whole_days_from is None or day >= whole_days_from
+
+    if flow_ids is None and not per_flow:
+        return _all_flows_parts(
+            select, hourly, level, changed, whole_days_from, partial_day, after_partial_day, adapt
+        )
+    in_scope = flow_ids is None or set(flow_ids)
+    changed_days = sorted(
+        {
+            (flow, day_of(hour))
+            for flow, hour in changed
+            if (in_scope is True or flow in in_scope) and after_partial_day(day_of(hour))
+        }
+    )
+    changed_flows = sorted({flow for flow, _day in changed_days})
+
+    def pairs(flow: str, period: str, days: list[tuple[int, datetime]], span: bool) -> Part:
+        """The rows of these (flow, day): a day's hours with ``span``, else its day row."""
+        within = f"{period} >= %s AND {period} < %s" if span else f"{period} = %s"
+        sql = " OR ".join(f"({flow} = %s AND {within})" for _pair in days)
+        params: list[Any] = []
+        for flow_id, day in days:
+            params += [flow_id, adapt(day)]
+            if span:
+                params.append(adapt(day + timedelta(days=1)))
+        return f"({sql})", params
+
+    parts = []
+    if whole_from is None:
+        # The whole history: a flow's all-time row, or its days while some are changed.
+        total_where = [(f"span = {ALL_TIME}", []), flow_filter("flow_id")]
+        if changed_flows:
+            sql, params = _in("flow_id", changed_flows, int)
+            total_where.append((f"NOT {sql}", params))
+            sql, params = _in("flow_id", changed_flows, int)
+            day_where = [(f"span = {DAY}", []), (sql, params)]
+            sql, params = pairs("flow_id", "start", changed_days, span=False)
+            day_where.append((f"NOT {sql}", params))
+            parts.append(select(level, "flow_id", day_where))
+        parts.insert(0, select(level, "flow_id", total_where))
     else:
-        sql, params = flow_filter("flow_id")
-        day_where.append((f"flow_id <> {ALL_FLOWS}{sql}", params))
+        day_where = [(f"span = {DAY}", []), flow_filter("flow_id")]
+        if whole_days_from is not None:
+            day_where.append(("start >= %s", [adapt(whole_days_from)]))
+        if changed_days:
+            sql, params = pairs("flow_id", "start", changed_days, span=False)
+            day_where.append((f"NOT {sql}", params))
+        parts.append(select(level, "flow_id", day_where))
+    # The hours no day row answers: the partial first day, and the changed days.
+    if partial_day:
+        parts.append(
+            select(
+                hourly,
+                "data_flow_id",
+                [flow_filter("data_flow_id"), _ranges("hour", partial_day, adapt)],
+            )
+        )
+    if changed_days:
+        parts.append(
+            select(hourly, "data_flow_id", [pairs("data_flow_id", "hour", changed_days, span=True)])
+        )
+    return parts
+
+
+def _all_flows_parts(
+    select: Callable[[str, str, list[Part]], Part],
+    hourly: str,
+    level: str,
+    changed: list[tuple[int, datetime]],
+    whole_days_from: datetime | None,
+    partial_day: list[tuple[datetime, datetime]],
+    after_partial_day: Callable[[datetime], bool],
+    adapt: Callable[[Any], Any],
+) -> list[Part]:
+    """All flows together: days, then hours, of the all-flows levels; changed hours' rows."""
+    changed_hours = sorted({hour for _flow, hour in changed})
+    changed_days = sorted({day_of(hour) for hour in changed_hours})
+    day_where: list[Part] = [(f"span = {DAY} AND flow_id = {ALL_FLOWS}", [])]
     if whole_days_from is not None:
         day_where.append(("start >= %s", [adapt(whole_days_from)]))
     if changed_days:
         sql, params = _in("start", changed_days, adapt)
         day_where.append((f"NOT {sql}", params))
     parts = [select(level, "flow_id", day_where)]
-    # The hours no day row answers: those before the first whole day, and changed days.
-    ranges = []
-    if whole_from is not None and whole_days_from is not None and whole_from < whole_days_from:
-        ranges.append((whole_from, whole_days_from))
-    ranges += [
-        (day, day + timedelta(days=1))
-        for day in changed_days
-        if whole_days_from is None or day >= whole_days_from
+    ranges = partial_day + [
+        (day, day + timedelta(days=1)) for day in changed_days if after_partial_day(day)
     ]
     if not ranges:
         return parts
-    if not all_flows:
-        sql, params = hourly_flows
-        parts.append(
-            select(
-                hourly, "data_flow_id", [("1 = 1" + sql, params), _ranges("hour", ranges, adapt)]
-            )
-        )
-        return parts
-    # All flows: unchanged hours from the all-flows hour level, changed ones from the rows.
     hour_where = [(f"span = {HOUR} AND flow_id = {ALL_FLOWS}", []), _ranges("start", ranges, adapt)]
-    in_ranges = [hour for hour in changed if any(low <= hour < high for low, high in ranges)]
+    in_ranges = [hour for hour in changed_hours if any(low <= hour < high for low, high in ranges)]
     if in_ranges:
         sql, params = _in("start", in_ranges, adapt)
         hour_where.append((f"NOT {sql}", params))
+    parts.append(select(level, "flow_id", hour_where))
+    if in_ranges:
         parts.append(select(hourly, "data_flow_id", [_in("hour", in_ranges, adapt)]))
-    parts.insert(1, select(level, "flow_id", hour_where))
     return parts
 
 
@@ -207,6 +270,8 @@ def fold_statements(vendor: str) -> list[str]:
         f"SELECT {DAY}, data_flow_id, {day}, bucket, SUM(count) FROM {BUCKETS} "
         f"WHERE {in_day} AND data_flow_id IN ({changed_flows}) "
         "GROUP BY data_flow_id, bucket HAVING SUM(count) <> 0",
+        # Their whole history, from their days.
+        *all_time_statements(changed_flows),
         # All flows' changed hours.
         f"DELETE FROM {LEVELS} WHERE span = {HOUR} AND flow_id = {ALL_FLOWS} "
         f"AND {level_in_day} AND start IN ({changed_hours})",
@@ -229,6 +294,25 @@ def fold_statements(vendor: str) -> list[str]:
         f"SELECT {DAY}, {ALL_FLOWS}, {day}, bucket, SUM(count) FROM {LEVEL_BUCKETS} "
         f"WHERE span = {HOUR} AND flow_id = {ALL_FLOWS} AND {level_in_day} "
         "GROUP BY bucket HAVING SUM(count) <> 0",
+    ]
+
+
+def all_time_statements(flows: str) -> list[str]:
+    """Recompute the whole history of the flows ``flows`` selects, from their days.
+
+    Named parameter ``epoch``: ``ALL_TIME_START``.
+    """
+    into = f"(span, flow_id, start, {', '.join(SUMMED)}, duration_min, duration_max)"
+    return [
+        f"DELETE FROM {LEVELS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
+        f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
+        f"INSERT INTO {LEVELS} {into} SELECT {ALL_TIME}, flow_id, %(epoch)s, {_sums()}, "
+        f"MIN(duration_min), MAX(duration_max) FROM {LEVELS} "
+        f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id",
+        f"INSERT INTO {LEVEL_BUCKETS} (span, flow_id, start, bucket, count) "
+        f"SELECT {ALL_TIME}, flow_id, %(epoch)s, bucket, SUM(count) FROM {LEVEL_BUCKETS} "
+        f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id, bucket "
+        "HAVING SUM(count) <> 0",
     ]
 
 

@@ -124,6 +124,7 @@ def fold_rollups(
         params = {
             "start": connection.ops.adapt_datetimefield_value(start),
             "end": connection.ops.adapt_datetimefield_value(after),
+            "epoch": connection.ops.adapt_datetimefield_value(rollup_levels.ALL_TIME_START),
         }
         with transaction.atomic(using=using), connection.cursor() as cursor:
             cursor.execute(rollup_levels.changed_rows_statement(connection.vendor), params)
@@ -166,6 +167,12 @@ def refold_levels(*, since: datetime | None = None, using: str = "default") -> N
             hourly = hourly.filter(hour__gte=day)
         hourly.update(changed=True)
     fold_rollups(using=using)
+    # A flow whose recomputed hours are all gone has none changed: its history again too.
+    epoch = connections[using].ops.adapt_datetimefield_value(rollup_levels.ALL_TIME_START)
+    every_flow = f"SELECT id FROM {DataFlow._meta.db_table}"  # noqa: S608 - a table name
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        for sql in rollup_levels.all_time_statements(every_flow):
+            cursor.execute(sql, {"epoch": epoch})
 
 
 def forget_flow(sender: Any, instance: DataFlow, using: str = "default", **kwargs: Any) -> None:
