@@ -257,8 +257,21 @@ def fold_statements(vendor: str) -> list[str]:
     into = f"(span, flow_id, start, {', '.join(SUMMED)}, duration_min, duration_max)"
     sums = f"{_sums()}, MIN(duration_min), MAX(duration_max)"
     buckets_into = "(span, flow_id, start, bucket, count)"
+
+    def move_all_time_buckets(sign: str) -> str:
+        """Add the changed flows' day buckets to (or take them from) their whole history."""
+        return (
+            f"INSERT INTO {LEVEL_BUCKETS} {buckets_into} SELECT {ALL_TIME}, flow_id, %(epoch)s, "
+            f"bucket, {sign}count FROM {LEVEL_BUCKETS} WHERE span = {DAY} AND {level_in_day} "
+            f"AND flow_id IN ({changed_flows}) ON CONFLICT (span, flow_id, start, bucket) "
+            f"DO UPDATE SET count = {LEVEL_BUCKETS}.count + excluded.count"
+        )
+
     return [
-        # One flow's day, for the flows with a changed hour that day.
+        # One flow's day, for the flows with a changed hour that day; the buckets of its
+        # whole history move by the difference (reading them all again would cost a read of
+        # every day of the flow's history).
+        move_all_time_buckets("-"),
         f"DELETE FROM {LEVELS} WHERE span = {DAY} AND {level_in_day} "
         f"AND flow_id IN ({changed_flows})",
         f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {DAY} AND {level_in_day} "
@@ -270,8 +283,11 @@ def fold_statements(vendor: str) -> list[str]:
         f"SELECT {DAY}, data_flow_id, {day}, bucket, SUM(count) FROM {BUCKETS} "
         f"WHERE {in_day} AND data_flow_id IN ({changed_flows}) "
         "GROUP BY data_flow_id, bucket HAVING SUM(count) <> 0",
-        # Their whole history, from their days.
-        *all_time_statements(changed_flows),
+        move_all_time_buckets(""),
+        f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND count = 0 "
+        f"AND flow_id IN ({changed_flows})",
+        # Their whole history's counts, from their days (a row each).
+        *all_time_statements(changed_flows, buckets=False),
         # All flows' changed hours.
         f"DELETE FROM {LEVELS} WHERE span = {HOUR} AND flow_id = {ALL_FLOWS} "
         f"AND {level_in_day} AND start IN ({changed_hours})",
@@ -297,23 +313,25 @@ def fold_statements(vendor: str) -> list[str]:
     ]
 
 
-def all_time_statements(flows: str) -> list[str]:
-    """Recompute the whole history of the flows ``flows`` selects, from their days.
-
-    Named parameter ``epoch``: ``ALL_TIME_START``.
-    """
+def all_time_statements(flows: str, *, buckets: bool = True) -> list[str]:
+    """Recompute the whole history of the flows ``flows`` selects, from their days (and
+    with ``buckets``, its histogram too). Named parameter ``epoch``: ``ALL_TIME_START``."""
     into = f"(span, flow_id, start, {', '.join(SUMMED)}, duration_min, duration_max)"
-    return [
+    statements = [
         f"DELETE FROM {LEVELS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
-        f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
         f"INSERT INTO {LEVELS} {into} SELECT {ALL_TIME}, flow_id, %(epoch)s, {_sums()}, "
         f"MIN(duration_min), MAX(duration_max) FROM {LEVELS} "
         f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id",
-        f"INSERT INTO {LEVEL_BUCKETS} (span, flow_id, start, bucket, count) "
-        f"SELECT {ALL_TIME}, flow_id, %(epoch)s, bucket, SUM(count) FROM {LEVEL_BUCKETS} "
-        f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id, bucket "
-        "HAVING SUM(count) <> 0",
     ]
+    if buckets:
+        statements += [
+            f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
+            f"INSERT INTO {LEVEL_BUCKETS} (span, flow_id, start, bucket, count) "
+            f"SELECT {ALL_TIME}, flow_id, %(epoch)s, bucket, SUM(count) FROM {LEVEL_BUCKETS} "
+            f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id, bucket "
+            "HAVING SUM(count) <> 0",
+        ]
+    return statements
 
 
 def changed_rows_statement(vendor: str) -> str:
