@@ -1611,7 +1611,12 @@ class DataFlowRun(models.Model):
             # no index is kept for them (each one costs every insert and finish).
             models.Index(fields=("data_flow", "created_at"), name="dataflows_run_flow_created_idx"),
             models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
-            models.Index(fields=("created_at",), name="dataflows_run_newest_idx"),
+            # With the key and deleted_at: a list page far down skips rows on the index alone.
+            models.Index(
+                fields=("created_at", "id"),
+                include=("deleted_at",),
+                name="dataflows_run_newest_idx",
+            ),
             models.Index(fields=("updated_at",), name="dataflows_run_updated_idx"),
             # Small partial indexes: soft-deleted runs (prune, the admin's filter) and
             # recent failures (the admin's health box); most runs are in neither.
@@ -2022,6 +2027,8 @@ def _rollup_scope(runs: DataFlowRunQuerySet) -> tuple[bool, frozenset[int] | Non
 
 #: Databases whose run table carries the rollup triggers (migration 0008).
 ROLLUP_VENDORS = ("postgresql", "sqlite")
+#: Every status, computed once (``RunStatus.values`` builds a new list each time).
+_STATUSES = tuple(RunStatus.values)
 #: The statuses a rollup counts, in the order of its count columns.
 _ROLLED_UP = tuple(RunStatus(status) for status in rollup_sql.COUNT_COLUMNS)
 
@@ -2133,7 +2140,7 @@ def _rollup_stats(
     rows = {
         flow_id: row
         for flow_id, row in rows.items()
-        if sum(row[status] for status in RunStatus.values) or not per_flow
+        if sum(row[status] for status in _STATUSES) or not per_flow
     }
     found = (
         _rollup_percentiles(
@@ -2153,7 +2160,7 @@ def _rollup_stats(
     for flow_id, row in rows.items():
         count = row["timed_count"]
         row.update(
-            total=sum(row[status] for status in RunStatus.values),
+            total=sum(row[status] for status in _STATUSES),
             timed_count=count,
             avg_duration_ms=row["sum"] / count if count else None,
             min_duration_ms=row["min"] if count else None,
@@ -2257,7 +2264,9 @@ def _rollup_percentiles(
         levels = rollup_levels.window_parts(
             buckets=True,
             per_flow=per_flow,
-            flows=keys if per_flow else flows,
+            # Every flow's rows rather than a list of nearly all of them: the few others
+            # are skipped below.
+            flows=keys if per_flow and flows is not None else flows,
             whole_from=whole_from,
             changed=changed,
             adapt=adapt,

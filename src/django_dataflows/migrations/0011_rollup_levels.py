@@ -163,5 +163,18 @@ class Migration(migrations.Migration):
                 fields=("span", "flow_id", "start"), name="dataflows_rollup_level"
             ),
         ),
+        # A page far down the admin's run list skips rows on the index alone.
+        migrations.RemoveIndex(
+            model_name="dataflowrun",
+            name="dataflows_run_newest_idx",
+        ),
+        migrations.AddIndex(
+            model_name="dataflowrun",
+            index=models.Index(
+                fields=["created_at", "id"],
+                include=("deleted_at",),
+                name="dataflows_run_newest_idx",
+            ),
+        ),
         migrations.RunPython(costed_triggers, plain_triggers),
     ]
