@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ORDER_VAR
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import QuerySet
@@ -129,3 +130,20 @@ class FlowFilter(admin.SimpleListFilter):
         if not value.isdigit():
             return queryset.none()
         return queryset.filter(data_flow_id=int(value))
+
+
+def sorts_by(request: HttpRequest, model_admin: Any, name: str) -> bool:
+    """Whether the change list's ordering (the ``o`` parameter) includes column ``name``.
+
+    A column whose sort needs an expensive annotation asks this first, so the list pays
+    for it only when sorted by it. The parameter counts the change list's columns, the
+    action checkbox first when there are actions.
+    """
+    columns = list(model_admin.get_list_display(request))
+    if model_admin.get_actions(request):
+        columns.insert(0, "action_checkbox")
+    for part in request.GET.get(ORDER_VAR, "").split("."):
+        index = part.rpartition("-")[2]
+        if index.isdigit() and int(index) < len(columns) and columns[int(index)] == name:
+            return True
+    return False
