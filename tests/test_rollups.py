@@ -452,3 +452,22 @@ def test_a_rebuild_recomputes_the_levels_too() -> None:
         levels
     )
     assert_rollups_match_runs()
+
+
+def test_the_fold_command_folds_every_changed_day() -> None:
+    flow = DataFlowFactory()
+    mixed_runs(flow, 60, seed=45, hours=24 * 4)
+    days = len(
+        {rollup_levels_day(hour) for hour in RunRollup.objects.values_list("hour", flat=True)}
+    )
+    out = StringIO()
+    call_command("dataflows_rollups", "--fold", stdout=out, stderr=StringIO())
+    assert f"Folded the changed rollups of {days} day(s)." in out.getvalue()
+    assert not RunRollup.objects.filter(changed=True).exists()
+    assert_rollups_match_runs()
+
+
+def rollup_levels_day(hour: datetime) -> datetime:
+    from django_dataflows.rollup_levels import day_of
+
+    return day_of(hour)
