@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ORDER_VAR
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -50,7 +50,7 @@ class BoundedCountPaginator(Paginator):  # type: ignore[type-arg]
         if top + self.orphans >= self.count:
             top = self.count
         keys = list(queryset.values_list("pk", flat=True)[bottom:top])
-        return self._get_page(queryset.filter(pk__in=keys), number, self)
+        return Page(queryset.filter(pk__in=keys), number, self)
 
     @cached_property
     def count(self) -> int:
