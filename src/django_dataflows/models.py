@@ -1248,7 +1248,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         active = self.not_deleted().active().filter(created_at__gte=start, created_at__lt=end)
         if flows is not None:
             rollups = rollups.filter(data_flow_id__in=flows)
-        elif (changed := _changed_hours(self.db)) is not None:
+        elif (changed := _changed_rollups(self.db)) is not None:
             # All flows: an hour folded since it last changed is one row of its level.
             hours = sorted({hour for _flow, hour in changed if start <= hour < end})
             rollups = rollups.filter(hour__in=hours)
@@ -2075,7 +2075,7 @@ def _rollup_stats(
     finished = rollup_sql.finished_sql("r")
     timed = rollup_sql.timed_sql("r")
     timed_duration = f"CASE WHEN {timed} THEN r.duration_ms END"
-    changed = _changed_hours(using)
+    changed = _changed_rollups(using)
     parts = [
         *rollup_levels.window_parts(
             buckets=False,
@@ -2172,7 +2172,7 @@ def _rollup_stats(
     return stats
 
 
-def _changed_hours(using: str) -> list[tuple[int, datetime]] | None:
+def _changed_rollups(using: str) -> list[tuple[int, datetime]] | None:
     """The (flow, hour) of the hourly rollups not folded since they changed (one indexed
     query); ``None`` past ``MAX_CHANGED_ROWS``: then statistics read the hourly rows."""
     rows = list(
