@@ -327,13 +327,34 @@ def test_concurrent_writers_keep_the_rollups_exact() -> None:
         finally:
             connections.close_all()
 
+    writing = threading.Event()
+    writing.set()
+    folds = []
+
+    def fold() -> None:
+        # The heartbeat folds while workers write: a mark set meanwhile must survive.
+        try:
+            while writing.is_set():
+                folds.append(fold_rollups())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
     threads = [threading.Thread(target=write, args=(seed,)) for seed in range(threads_count)]
+    folder = threading.Thread(target=fold)
+    folder.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    writing.clear()
+    folder.join()
     assert not errors
+    assert folds
     assert DataFlowRun.objects.count() == threads_count * per_thread
+    # Folded while they wrote, not yet since: the levels and the hours agree with the runs.
+    assert_hourly_and_levels_match_runs(None, exact=True)
     assert_rollups_match_runs()
     kept = rollup_rows()
     rebuild_rollups()

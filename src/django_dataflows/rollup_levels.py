@@ -245,14 +245,19 @@ def _sums(prefix: str = "") -> str:
 def fold_statements(vendor: str) -> list[str]:
     """The statements folding one day's changed hourly rows into the levels.
 
-    Named parameters: ``start`` and ``end`` of the day. The hours and flows recomputed are
-    those with a changed row in the day; the caller clears the marks afterwards (of the
-    rows it locked, on PostgreSQL, so a mark set meanwhile stays for the next fold).
+    Named parameters: ``start`` and ``end`` of the day, ``epoch``, and on PostgreSQL
+    ``ids``, the changed rows :func:`changed_rows_statement` locked. The hours and flows
+    recomputed are those of the changed rows; the caller clears their marks afterwards.
+    On PostgreSQL the set is the locked rows, fixed for the whole fold: a row a worker
+    marks meanwhile is neither in one statement's set and missing from the next one's,
+    nor cleared (it is folded next time). SQLite lets no other writer in once the fold
+    has written.
     """
     in_day = "hour >= %(start)s AND hour < %(end)s"
     level_in_day = "start >= %(start)s AND start < %(end)s"
-    changed_hours = f"SELECT hour FROM {ROLLUPS} WHERE changed AND {in_day}"
-    changed_flows = f"SELECT data_flow_id FROM {ROLLUPS} WHERE changed AND {in_day}"
+    changed = "id = ANY(%(ids)s)" if vendor == "postgresql" else f"changed AND {in_day}"
+    changed_hours = f"SELECT hour FROM {ROLLUPS} WHERE {changed}"
+    changed_flows = f"SELECT data_flow_id FROM {ROLLUPS} WHERE {changed}"
     day = "CAST(%(start)s AS TIMESTAMP WITH TIME ZONE)" if vendor == "postgresql" else "%(start)s"
     into = f"(span, flow_id, start, {', '.join(SUMMED)}, duration_min, duration_max)"
     sums = f"{_sums()}, MIN(duration_min), MAX(duration_max)"

@@ -130,7 +130,7 @@ def fold_rollups(
             cursor.execute(rollup_levels.changed_rows_statement(connection.vendor), params)
             ids = [row[0] for row in cursor.fetchall()]
             for sql in statements:
-                cursor.execute(sql, params)
+                cursor.execute(sql, {**params, "ids": ids})
             # Only the rows read under the lock: a row changed meanwhile stays marked.
             for first in range(0, len(ids), 500):
                 RunRollup.objects.using(using).filter(pk__in=ids[first : first + 500]).update(
