@@ -204,7 +204,13 @@ def restore_dropped_triggers(using: str = "default", **kwargs: Any) -> None:
     tables = connection.introspection.table_names()
     if rollup_sql.ROLLUPS not in tables or rollup_sql.RUNS not in tables:
         return  # before migration 0008
-    create, _drop = rollup_sql.trigger_statements("sqlite")
     with connection.cursor() as cursor:
+        columns = {
+            column.name
+            for column in connection.introspection.get_table_description(cursor, rollup_sql.ROLLUPS)
+        }
+        # Migrated only part of the way: the triggers of the rollups that are there.
+        costs = set(rollup_sql.cost_columns()) <= columns
+        create, _drop = rollup_sql.trigger_statements("sqlite", costs=costs)
         for sql in create:  # CREATE TRIGGER IF NOT EXISTS
             cursor.execute(sql)
