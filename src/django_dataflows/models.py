@@ -1946,6 +1946,8 @@ class RunRollupLevel(models.Model):
                 fields=("span", "flow_id", "start"), name="dataflows_rollup_level"
             ),
         )
+        # Every flow's rows from a day on (the unique key serves some flows').
+        indexes = (models.Index(fields=("span", "start"), name="dataflows_level_start_idx"),)
 
     def __str__(self) -> str:
         return f"{self.span} h from {self.start:%Y-%m-%d %H:00}, flow {self.flow_id or 'all'}"
@@ -1968,6 +1970,7 @@ class RunBucketLevel(models.Model):
                 fields=("span", "flow_id", "start", "bucket"), name="dataflows_bucket_level"
             ),
         )
+        indexes = (models.Index(fields=("span", "start"), name="dataflows_lvbucket_start_idx"),)
 
     def __str__(self) -> str:
         return f"{self.span} h from {self.start:%Y-%m-%d %H:00} bucket {self.bucket}"

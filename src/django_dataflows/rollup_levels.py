@@ -41,7 +41,7 @@ ALL_FLOWS = 0
 SUMMED = (*COUNT_COLUMNS, "rated", "duration_sum", *cost_columns())
 #: With more hourly rows than this left to fold (the heartbeat has not run for a while, a
 #: rebuild has just finished), statistics read the hourly rollups alone, as without levels.
-MAX_CHANGED_ROWS = 500
+MAX_CHANGED_ROWS = 10_000
 
 Part = tuple[str, list[Any]]
 
@@ -152,15 +152,24 @@ def window_parts(
     changed_flows = sorted({flow for flow, _day in changed_days})
 
     def pairs(flow: str, period: str, days: list[tuple[int, datetime]], span: bool) -> Part:
-        """The rows of these (flow, day): a day's hours with ``span``, else its day row."""
-        within = f"{period} >= %s AND {period} < %s" if span else f"{period} = %s"
-        sql = " OR ".join(f"({flow} = %s AND {within})" for _pair in days)
-        params: list[Any] = []
+        """The rows of these (flow, day): a day's hours with ``span``, else its day row.
+
+        One term per day with the list of its flows: a burst of thousands of flows that
+        finished within the same minute is a few lists, not thousands of terms.
+        """
+        by_day: dict[datetime, list[int]] = {}
         for flow_id, day in days:
-            params += [flow_id, adapt(day)]
+            by_day.setdefault(day, []).append(flow_id)
+        terms, params = [], []
+        for day, flow_ids in sorted(by_day.items()):
+            within = f"{period} >= %s AND {period} < %s" if span else f"{period} = %s"
+            in_sql, in_params = _in(flow, flow_ids, int)
+            terms.append(f"({within} AND {in_sql})")
+            params += [adapt(day)]
             if span:
                 params.append(adapt(day + timedelta(days=1)))
-        return f"({sql})", params
+            params += in_params
+        return f"({' OR '.join(terms)})", params
 
     parts = []
     if whole_from is None:

@@ -163,6 +163,14 @@ class Migration(migrations.Migration):
                 fields=("span", "flow_id", "start"), name="dataflows_rollup_level"
             ),
         ),
+        migrations.AddIndex(
+            model_name="runrolluplevel",
+            index=models.Index(fields=["span", "start"], name="dataflows_level_start_idx"),
+        ),
+        migrations.AddIndex(
+            model_name="runbucketlevel",
+            index=models.Index(fields=["span", "start"], name="dataflows_lvbucket_start_idx"),
+        ),
         # A page far down the admin's run list skips rows on the index alone.
         migrations.RemoveIndex(
             model_name="dataflowrun",
