@@ -6,11 +6,12 @@
 For each size, fills the tables with SQL (``generate_series``): runs over ``--flows`` flows
 (flow 1 is busy: 5 % of all runs) created over 30 days, a realistic mix of statuses,
 lognormal durations, 10 % of runs with three steps, 0.5 % soft-deleted; the rollups are
-rebuilt with ``dataflows_rollups``' code (timed). Then prints, median of ``--repeat``
-rounds with query counts: the admin's run list (first page and page 1,000), flow list,
+rebuilt and folded with ``dataflows_rollups``' code (timed). Then prints, median of
+``--repeat`` rounds with query counts: the admin's run list (first page and page 1,000), flow list,
 busy flow's page and dashboard; the API's ``runs/`` first page and a page in the middle
 of the table (by cursor); ``stats()`` of the whole table, of the busy flow and of the last
-24 hours, with p50/p95 beside ``percentile_cont`` over the same runs; the run table's
+24 hours, every flow's of the last 7 days, and a metrics scrape, with p50/p95 beside
+``percentile_cont`` over the same runs; the heartbeat's fold after 100 runs; the run table's
 indexes (count, size) with and without the indexes this issue dropped, and the cost of
 1,000 heartbeat inserts and worker finishes with each; finally ``dataflows_prune`` of the
 runs older than 20 days while a writer inserts and finishes a run every 0.1 s (its longest
@@ -47,11 +48,17 @@ from rest_framework.test import APIRequestFactory  # noqa: E402
 
 from django_dataflows.api.pagination import CURSOR_SALT, _fingerprint  # noqa: E402
 from django_dataflows.models import DataFlow, DataFlowRun  # noqa: E402
-from django_dataflows.rollups import rebuild_rollups  # noqa: E402
+from django_dataflows.rollups import fold_rollups, rebuild_rollups  # noqa: E402
 
 FLOWS = "dataflows_dataflow"
 RUNS = "dataflows_dataflowrun"
 STEPS = "dataflows_dataflowrunstep"
+ROLLUP_TABLES = (
+    "dataflows_runrollup",
+    "dataflows_rundurationbucket",
+    "dataflows_runrolluplevel",
+    "dataflows_runbucketlevel",
+)
 CHUNK = 200_000
 #: The indexes the run table had before statistics read rollups (dropped by 0008).
 OLD_INDEXES = [
@@ -76,7 +83,7 @@ def fill(flows: int, runs: int) -> None:
     """``flows`` flows and ``runs`` finished runs over 30 days, then the rollups."""
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {RUNS}, {FLOWS} RESTART IDENTITY CASCADE")
-        cursor.execute("TRUNCATE dataflows_runrollup, dataflows_rundurationbucket")
+        cursor.execute(f"TRUNCATE {', '.join(ROLLUP_TABLES)}")
         DataFlow.objects.bulk_create(
             DataFlow(name=f"flow-{i}", flow="tests.testapp.flows.CountRows", run_interval=300)
             for i in range(1, flows + 1)
@@ -124,14 +131,14 @@ def fill(flows: int, runs: int) -> None:
     )
     say(f"  dataflows_rollups --rebuild: {time.perf_counter() - started:.1f} s")
     with connection.cursor() as cursor:
-        for table in (FLOWS, RUNS, STEPS, "dataflows_runrollup", "dataflows_rundurationbucket"):
+        for table in (FLOWS, RUNS, STEPS, *ROLLUP_TABLES):
             cursor.execute(f"VACUUM ANALYZE {table}")
 
 
 def table_sizes(runs: int) -> None:
     """What each table costs per million runs: heap plus indexes (and TOAST)."""
     with connection.cursor() as cursor:
-        for table in (RUNS, STEPS, "dataflows_runrollup", "dataflows_rundurationbucket"):
+        for table in (RUNS, STEPS, *ROLLUP_TABLES):
             cursor.execute(
                 "SELECT pg_relation_size(%s::regclass), pg_indexes_size(%s::regclass), "
                 "pg_total_relation_size(%s::regclass), "
@@ -167,6 +174,21 @@ def page(client: Client, url: str, params: dict[str, Any] | None = None) -> Call
         return response
 
     return run
+
+
+def scrape(client: Client) -> Any:
+    with override_settings(DATAFLOWS={"HEARTBEAT_TOKEN": "bench-token"}):
+        response = client.get("/dataflows/metrics/", HTTP_AUTHORIZATION="Bearer bench-token")
+    assert response.status_code == 200, response.status_code
+    return response
+
+
+def fold_after_finishes(count: int) -> tuple[float, int]:
+    """Milliseconds of the heartbeat's fold after ``count`` runs of as many flows finished."""
+    write_cost(count)
+    started = time.perf_counter()
+    days = fold_rollups()
+    return (time.perf_counter() - started) * 1000, days
 
 
 def middle_cursor() -> str:
@@ -299,6 +321,10 @@ def measure(size: int, flows: int, repeat: int) -> dict[str, tuple[float, int]]:
         "stats(), whole table": lambda: DataFlowRun.objects.stats(),
         "stats(), busy flow": lambda: DataFlowRun.objects.filter(data_flow_id=1).stats(),
         "stats(since=24 h)": lambda: DataFlowRun.objects.stats(since=since),
+        "stats_per_flow(since=7 days)": lambda: DataFlowRun.objects.stats_per_flow(
+            since=since - timedelta(days=6)
+        ),
+        "metrics scrape": lambda: scrape(api),
     }
     results = {}
     for label, function in checks.items():
@@ -318,6 +344,8 @@ def measure(size: int, flows: int, repeat: int) -> dict[str, tuple[float, int]]:
             f"p95 {got[1]:.0f} vs {exact[1]:.0f} ({errors[1]:.2f} %)"
         )
 
+    milliseconds, _days = fold_after_finishes(100)
+    say(f"  the heartbeat's fold after 100 runs of 100 flows finished: {milliseconds:.0f} ms")
     count, size_bytes = index_figures()
     inserted, finished = write_cost(1000)
     say(

@@ -423,6 +423,24 @@ def test_the_dashboard_draws_its_charts_on_the_server(admin_client):
     assert "50 %" in page
 
 
+def test_the_dashboard_charts_the_slowest_and_least_successful_flows(admin_client, monkeypatch):
+    monkeypatch.setattr("django_dataflows.admin.charts.FLOWS_CHARTED", 2)
+    for name, duration, statuses in (
+        ("quick-and-sure", 10, [RunStatus.SUCCESS] * 3),
+        ("slow-and-sure", 9000, [RunStatus.SUCCESS] * 3),
+        ("middling", 500, [RunStatus.SUCCESS, RunStatus.FAILED]),
+    ):
+        flow = DataFlowFactory(name=name)
+        for status in statuses:
+            DataFlowRunFactory(data_flow=flow, status=status, duration_ms=duration)
+    page = admin_client.get("/admin/dataflows/dataflowrun/dashboard/").content.decode()
+    durations, rates = page.split("Slowest flows")[1].split("Least successful flows")
+    assert "slow-and-sure" in durations
+    assert "middling" in durations
+    assert "quick-and-sure" not in durations
+    assert "middling" in rates
+
+
 def test_the_live_runs_page_lists_active_runs_and_points_at_the_stream(admin_client):
     active = DataFlowRunFactory(status=RunStatus.IN_PROGRESS)
     finished = DataFlowRunFactory(status=RunStatus.SUCCESS)

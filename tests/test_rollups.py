@@ -20,9 +20,10 @@ from django_dataflows.models import (
     DataFlowRun,
     RunDurationBucket,
     RunRollup,
+    RunRollupLevel,
     RunStatus,
 )
-from django_dataflows.rollups import rebuild_rollups
+from django_dataflows.rollups import fold_rollups, rebuild_rollups
 from tests.factories import DataFlowFactory, DataFlowRunFactory
 
 pytestmark = pytest.mark.django_db
@@ -34,7 +35,8 @@ PERCENTILE_KEYS = ("p50_duration_ms", "p95_duration_ms")
 def assert_same_stats(rolled: dict[str, Any], computed: dict[str, Any], *, exact: bool) -> None:
     """Counts exactly equal; percentiles exact, or within the histogram's 1 %."""
     assert {key: rolled[key] for key in COUNTS} == {key: computed[key] for key in COUNTS}
-    assert rolled["avg_duration_ms"] == pytest.approx(computed["avg_duration_ms"])
+    for key in ("avg_duration_ms", "avg_cpu_time_ms", "avg_db_queries"):
+        assert rolled[key] == pytest.approx(computed[key]), key
     for key in PERCENTILE_KEYS:
         if computed[key] is None or exact:
             assert rolled[key] == pytest.approx(computed[key]), key
@@ -43,6 +45,14 @@ def assert_same_stats(rolled: dict[str, Any], computed: dict[str, Any], *, exact
 
 
 def assert_rollups_match_runs(since: datetime | None = None, *, exact: bool = True) -> None:
+    """Before the fold (hourly rows) and after it (the levels): the figures of the runs."""
+    assert_hourly_and_levels_match_runs(since, exact=exact)
+    fold_rollups()
+    assert not RunRollup.objects.filter(changed=True).exists()
+    assert_hourly_and_levels_match_runs(since, exact=exact)
+
+
+def assert_hourly_and_levels_match_runs(since: datetime | None, *, exact: bool) -> None:
     runs = DataFlowRun.objects.all()
     assert_same_stats(runs.stats(since=since), runs.stats_from_runs(since=since), exact=exact)
     per_flow = runs.stats_per_flow(since=since)
@@ -64,6 +74,10 @@ def rollup_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         "duration_sum",
         "duration_min",
         "duration_max",
+        "cpu_time_count",
+        "cpu_time_sum",
+        "db_queries_count",
+        "db_queries_sum",
     )
     buckets = RunDurationBucket.objects.exclude(count=0).values_list(
         "data_flow_id", "hour", "bucket", "count"
@@ -83,10 +97,13 @@ def mixed_runs(flow: Any, count: int, seed: int, *, hours: int = 5) -> None:
     for _ in range(count):
         created = now - timedelta(minutes=generator.randint(0, hours * 60))
         duration = timedelta(milliseconds=int(generator.lognormvariate(7, 1.5)))
+        costed = generator.random() < 0.8  # runs from before costs were kept have none
         runs.append(
             DataFlowRun(
                 data_flow=flow,
                 status=generator.choice(statuses),
+                cpu_time_ms=generator.randint(0, 5000) if costed else None,
+                db_queries=generator.randint(0, 40) if costed else None,
                 created_at=created,
                 # duration_ms is the database's ended_at - started_at.
                 started_at=created,
@@ -201,8 +218,9 @@ def test_statistics_read_a_bounded_number_of_queries() -> None:
     flow.create_pending_run()
     with CaptureQueriesContext(connection) as queries:
         flow.runs.stats(since=timezone.now() - timedelta(hours=2, minutes=30))
-    # Counts (rollups + edge + active runs in one statement), then the histogram.
-    assert len(queries) == 2
+    # The hours not folded yet, the counts (rollups + edge + active runs in one statement),
+    # then the histogram.
+    assert len(queries) == 3
 
 
 def test_other_selections_are_computed_from_their_runs() -> None:
@@ -309,13 +327,34 @@ def test_concurrent_writers_keep_the_rollups_exact() -> None:
         finally:
             connections.close_all()
 
+    writing = threading.Event()
+    writing.set()
+    folds = []
+
+    def fold() -> None:
+        # The heartbeat folds while workers write: a mark set meanwhile must survive.
+        try:
+            while writing.is_set():
+                folds.append(fold_rollups())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
     threads = [threading.Thread(target=write, args=(seed,)) for seed in range(threads_count)]
+    folder = threading.Thread(target=fold)
+    folder.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    writing.clear()
+    folder.join()
     assert not errors
+    assert folds
     assert DataFlowRun.objects.count() == threads_count * per_thread
+    # Folded while they wrote, not yet since: the levels and the hours agree with the runs.
+    assert_hourly_and_levels_match_runs(None, exact=True)
     assert_rollups_match_runs()
     kept = rollup_rows()
     rebuild_rollups()
@@ -364,3 +403,92 @@ def test_many_flows_at_once_read_a_bounded_number_of_durations(
     # The small flow fits the budget: exact; the large one comes from its histogram.
     assert_same_stats(per_flow[small.pk], from_runs[small.pk], exact=True)
     assert_same_stats(per_flow[large.pk], from_runs[large.pk], exact=False)
+
+
+def test_folded_days_and_all_flows_answer_like_the_runs_over_many_days() -> None:
+    flows = [DataFlowFactory(), DataFlowFactory(), DataFlowFactory()]
+    for seed, flow in enumerate(flows):
+        mixed_runs(flow, 400, seed=30 + seed, hours=24 * 6)
+    fold_rollups()
+    assert RunRollupLevel.objects.filter(span=24, flow_id=0).count() >= 6
+    now = timezone.now()
+    for since in (
+        None,
+        now - timedelta(days=4, hours=5, minutes=7),  # whole days, hours and a partial hour
+        (now - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0),
+        now - timedelta(hours=30),
+    ):
+        assert_rollups_match_runs(since, exact=False)
+    # A change to a folded day (a soft delete, a late finish) is exact before the next fold.
+    DataFlowRun.objects.filter(created_at__lt=now - timedelta(days=3)).first().soft_delete()  # type: ignore[union-attr]
+    late = DataFlowRun.objects.filter(created_at__lt=now - timedelta(days=2)).last()
+    assert late is not None
+    late.status, late.ended_at = RunStatus.FAILED, late.started_at + timedelta(seconds=99)
+    late.save()
+    assert RunRollup.objects.filter(changed=True).count() == 2
+    for since in (None, now - timedelta(days=3, hours=1)):
+        assert_hourly_and_levels_match_runs(since, exact=False)
+    assert_rollups_match_runs(now - timedelta(days=5, minutes=3), exact=False)
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(days=7)
+    assert DataFlowRun.objects.counts_per_hour(start, end) == DataFlowRun.objects.exclude(
+        trigger="nothing"
+    ).counts_per_hour(start, end)
+
+
+def test_a_deleted_flow_leaves_the_levels_of_all_flows() -> None:
+    kept, deleted = DataFlowFactory(), DataFlowFactory()
+    mixed_runs(kept, 200, seed=41, hours=24 * 3)
+    mixed_runs(deleted, 200, seed=42, hours=24 * 3)
+    fold_rollups()
+    # Changed since the fold: deleting folds first, then takes the flow out.
+    DataFlowRunFactory(data_flow=deleted, status=RunStatus.SUCCESS, duration_ms=7)
+    deleted.delete()
+    assert not RunRollupLevel.objects.filter(flow_id=deleted.pk).exists()
+    assert not RunRollup.objects.filter(changed=True).exists()
+    assert_rollups_match_runs(exact=False)
+    assert DataFlowRun.objects.stats()["total"] == kept.runs.count()
+
+
+def test_the_heartbeat_folds_the_changed_rollups() -> None:
+    from django_dataflows.scheduling import run_heartbeat
+
+    flow = DataFlowFactory(enabled=False)
+    mixed_runs(flow, 50, seed=43, hours=24 * 2)
+    assert RunRollup.objects.filter(changed=True).exists()
+    run_heartbeat()
+    assert not RunRollup.objects.filter(changed=True).exists()
+    assert RunRollupLevel.objects.filter(span=24, flow_id=flow.pk).exists()
+    assert_rollups_match_runs()
+
+
+def test_a_rebuild_recomputes_the_levels_too() -> None:
+    flow = DataFlowFactory()
+    mixed_runs(flow, 120, seed=44, hours=24 * 3)
+    fold_rollups()
+    levels = sorted(RunRollupLevel.objects.values_list("span", "flow_id", "start", "success"))
+    RunRollupLevel.objects.update(success=0)
+    rebuild_rollups()
+    assert sorted(RunRollupLevel.objects.values_list("span", "flow_id", "start", "success")) == (
+        levels
+    )
+    assert_rollups_match_runs()
+
+
+def test_the_fold_command_folds_every_changed_day() -> None:
+    flow = DataFlowFactory()
+    mixed_runs(flow, 60, seed=45, hours=24 * 4)
+    days = len(
+        {rollup_levels_day(hour) for hour in RunRollup.objects.values_list("hour", flat=True)}
+    )
+    out = StringIO()
+    call_command("dataflows_rollups", "--fold", stdout=out, stderr=StringIO())
+    assert f"Folded the changed rollups of {days} day(s)." in out.getvalue()
+    assert not RunRollup.objects.filter(changed=True).exists()
+    assert_rollups_match_runs()
+
+
+def rollup_levels_day(hour: datetime) -> datetime:
+    from django_dataflows.rollup_levels import day_of
+
+    return day_of(hour)

@@ -105,7 +105,7 @@ def test_percentiles_of_many_runs_read_offsets_and_agree(monkeypatch: pytest.Mon
     monkeypatch.setattr("django_dataflows.models.runs.SORTED_PERCENTILES_LIMIT", 10)
     with CaptureQueriesContext(connection) as queries:
         offset_stats = DataFlowRun.objects.stats_from_runs()
-    assert len(queries) == 4  # counts, two offsets, the costs
+    assert len(queries) == 3  # counts and costs, two offsets
     assert offset_stats == sorted_stats
     assert offset_stats["p95_duration_ms"] == pytest.approx(reference_percentile(durations, 0.95))
 
@@ -134,8 +134,9 @@ def test_stats_query_count_is_bounded() -> None:
     make_runs(flow, *((RunStatus.SUCCESS, n) for n in range(50)))
     with CaptureQueriesContext(connection) as queries:
         DataFlowRun.objects.stats()
-    # The rollups and the active runs, then the durations of these few rated runs.
-    assert len(queries) == 2
+    # The hours not folded yet, the rollups and the active runs, then the durations of
+    # these few rated runs.
+    assert len(queries) == 3
 
 
 def test_stats_average_the_cost_of_rated_runs() -> None:
@@ -154,17 +155,27 @@ def test_stats_average_the_cost_of_rated_runs() -> None:
     assert (stats["avg_cpu_time_ms"], stats["avg_db_queries"]) == (20.0, 3.0)
 
 
-def test_stats_from_rollups_leave_the_cost_averages_out() -> None:
-    # The rollups carry no costs yet: the whole-history statistics do not guess them.
-    DataFlowRunFactory(status=RunStatus.SUCCESS, duration_ms=5, cpu_time_ms=10, db_queries=4)
+def test_stats_from_rollups_average_the_cost_of_rated_runs_that_have_one() -> None:
+    flow = DataFlowFactory()
+    for status, cpu, queries in (
+        (RunStatus.SUCCESS, 10, 4),
+        (RunStatus.FAILED, 30, None),
+        (RunStatus.SUCCESS, None, None),  # from before costs were kept
+        (RunStatus.CANCELLED, 1000, 1000),  # not rated
+    ):
+        DataFlowRunFactory(
+            data_flow=flow, status=status, duration_ms=5, cpu_time_ms=cpu, db_queries=queries
+        )
 
     stats = DataFlowRun.objects.stats()
 
-    assert stats["success"] == 1
-    assert (stats["avg_cpu_time_ms"], stats["avg_db_queries"]) == (None, None)
+    assert (stats["success"], stats["failed"]) == (2, 1)
+    assert (stats["avg_cpu_time_ms"], stats["avg_db_queries"]) == (20.0, 4.0)
+    assert flow.runs.stats_per_flow()[flow.pk]["avg_cpu_time_ms"] == 20.0
+    assert DataFlowRun.objects.stats_from_runs()["avg_db_queries"] == 4.0
 
 
-def test_stats_per_flow_matches_stats_of_each_flow_in_two_queries() -> None:
+def test_stats_per_flow_matches_stats_of_each_flow_in_three_queries() -> None:
     generator = random.Random(7)
     flows = [DataFlowFactory() for _ in range(4)]
     for index, flow in enumerate(flows[:3]):
@@ -179,7 +190,7 @@ def test_stats_per_flow_matches_stats_of_each_flow_in_two_queries() -> None:
     make_runs(flows[3], (RunStatus.CANCELLED, None))
     with CaptureQueriesContext(connection) as queries:
         per_flow = DataFlowRun.objects.stats_per_flow()
-    assert len(queries) <= 2
+    assert len(queries) <= 3  # the hours not folded yet, the counts, the durations
     assert set(per_flow) == {flow.pk for flow in flows}
     for flow in flows:
         assert per_flow[flow.pk] == pytest.approx(flow.runs.stats())

@@ -35,14 +35,18 @@ class DataFlowsConfig(AppConfig):
 
 
 def connect_rollup_triggers(app_config: AppConfig) -> None:
-    """After migrations, restore rollup triggers that a table rebuild dropped (SQLite)."""
-    from django.db.models.signals import post_migrate
+    """Restore rollup triggers a table rebuild dropped (SQLite); take deleted flows out of the
+    rollup levels."""
+    from django.db.models.signals import post_migrate, pre_delete
 
-    from django_dataflows.rollups import restore_dropped_triggers
+    from django_dataflows.models import DataFlow
+    from django_dataflows.rollups import forget_flow, restore_dropped_triggers
 
     post_migrate.connect(
         restore_dropped_triggers, sender=app_config, dispatch_uid="dataflows-rollup-triggers"
     )
+    # A deleted flow's hourly rollups go with it; the levels of all flows lose it here.
+    pre_delete.connect(forget_flow, sender=DataFlow, dispatch_uid="dataflows-rollup-forget")
 
 
 def connect_pipelines() -> None:

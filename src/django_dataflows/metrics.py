@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Min, OuterRef, Subquery
+from django.db.models import Min, OuterRef, Subquery
 from django.utils import timezone
 
 from django_dataflows.models import (
@@ -40,7 +40,7 @@ class FlowFigures:
     avg_duration_ms: float | None = None
     quantiles_ms: dict[str, float | None] = field(default_factory=dict)
     last_success_at: datetime | None = None
-    overdue: bool = False
+    overdue: bool | None = None
 
 
 @dataclass
@@ -53,51 +53,63 @@ class Figures:
     oldest_pending_at: datetime | None
 
 
-#: The durations of ``dataflows_run_duration_seconds`` are those of runs created within it.
-DURATION_WINDOW = timedelta(hours=24)
+#: The quantiles of ``dataflows_run_duration_seconds`` are over the runs created since the
+#: start of the previous hour (UTC): one to two hours of the hourly rollups, so a scrape
+#: reads a bounded number of rows however many runs a day brings (a Prometheus summary's
+#: quantiles are over a recent window; its ``_count`` and ``_sum`` over the whole history).
+QUANTILE_HOURS = 2
+STATUSES = tuple(RunStatus.values)
 
 
 def read_figures(now: datetime | None = None) -> Figures:
-    """Read every figure in at most six queries, whatever the number of runs.
+    """Read every figure in a bounded number of small queries, whatever the number of runs.
 
-    The counts per flow and status are one grouped query over the history (an index-only
-    scan on PostgreSQL); the durations are over the runs of the last ``DURATION_WINDOW``
-    (:meth:`DataFlowRunQuerySet.stats_per_flow`). Soft-deleted runs are left out. When the
-    statistics are kept in rollups, this is the one function to change.
+    The counts per flow and status, and the count and sum of the rated durations, come
+    from the rollups (each flow's whole history is one row of its level,
+    :mod:`django_dataflows.rollup_levels`) and from the active runs (on the status index);
+    the quantiles from the histograms of the last ``QUANTILE_HOURS`` hours (within 1 %).
+    Each flow's last success is one seek on the index of successful runs. Soft-deleted
+    runs are left out.
     """
     now = now or timezone.now()
     last_success = (
         DataFlowRun.objects.filter(data_flow=OuterRef("pk"), status=RunStatus.SUCCESS)
-        .order_by("-created_at")
+        .order_by("-pk")
         .values("ended_at")[:1]
     )
     rows = (
-        DataFlow.objects.with_overdue_since()
-        .annotate(last_success_at=Subquery(last_success))
+        DataFlow.objects.annotate(last_success_at=Subquery(last_success))
         .order_by("name")
-        .values_list("pk", "name", "enabled", "overdue_since", "last_success_at")
+        .values_list("pk", "name", "enabled", "alert_after", "created_at", "last_success_at")
     )
-    counts: dict[int, dict[str, int]] = {}
-    for flow_id, status, count in (
-        DataFlowRun.objects.not_deleted()
-        .order_by()
-        .values_list("data_flow_id", "status")
-        .annotate(count=Count("*"))
-    ):
-        counts.setdefault(flow_id, {})[status] = count
-    recent = DataFlowRun.objects.stats_per_flow(since=now - DURATION_WINDOW)
+    runs = DataFlowRun.objects.not_deleted()
+    # Finished runs from the rollups, active ones from the runs (the status index).
+    history = runs.stats_per_flow(percentiles=False)
+    window = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    recent = runs.stats_per_flow(
+        since=window - timedelta(hours=QUANTILE_HOURS - 1), durations_read=0
+    )
     flows = []
-    for pk, name, enabled, overdue_since, last_success_at in rows:
+    for pk, name, enabled, alert_after, created_at, last_success_at in rows:
+        # As DataFlow.objects.overdue(): alert_after past the last success (or creation).
+        overdue_since = (
+            None
+            if alert_after is None
+            else (last_success_at or created_at) + timedelta(seconds=alert_after)
+        )
+        whole: Any = history.get(pk) or {}
         figures = FlowFigures(
             name=name,
-            runs=counts.get(pk, {}),
+            runs={status: whole[status] for status in STATUSES if whole.get(status)},
             last_success_at=last_success_at,
-            overdue=bool(enabled and overdue_since is not None and overdue_since <= now),
+            # Only a flow with alert_after can be overdue: the others have no sample.
+            overdue=None if overdue_since is None else bool(enabled and overdue_since <= now),
         )
+        if whole:
+            figures.rated = sum(whole[status] for status in RATED_STATUSES)
+            figures.avg_duration_ms = whole["avg_duration_ms"]
         flow_stats: Any = recent.get(pk)
         if flow_stats is not None:
-            figures.rated = sum(flow_stats[status] for status in RATED_STATUSES)
-            figures.avg_duration_ms = flow_stats["avg_duration_ms"]
             figures.quantiles_ms = {q: flow_stats[key] for q, key in QUANTILES.items()}
         flows.append(figures)
     heartbeat = Heartbeat.last()
@@ -136,8 +148,9 @@ class FiguresCollector:
         )
         durations = SummaryMetricFamily(
             "dataflows_run_duration_seconds",
-            "Durations of the rated runs (success, failed, timed out) created in the last "
-            "24 hours, by flow.",
+            "Durations of the rated runs (success, failed, timed out), by flow: count and sum "
+            "over the whole history, quantiles over the runs created since the start of the "
+            "previous hour.",
             labels=["flow"],
         )
         last_success = GaugeMetricFamily(
@@ -151,10 +164,12 @@ class FiguresCollector:
             labels=["flow"],
         )
         for flow in figures.flows:
-            for status in RunStatus.values:
-                runs.add_metric([flow.name, status], flow.runs.get(status, 0))
-            for status in ACTIVE_STATUSES:
-                active.add_metric([flow.name, status], flow.runs.get(status, 0))
+            # Only the statuses a flow has runs in: 2,000 flows would otherwise send 20,000
+            # zero samples (a series that is absent reads as no run in PromQL's sum()).
+            for status, count in flow.runs.items():
+                runs.add_metric([flow.name, status], count)
+                if status in ACTIVE_STATUSES:
+                    active.add_metric([flow.name, status], count)
             if flow.rated and flow.avg_duration_ms is not None:
                 for quantile, value in flow.quantiles_ms.items():
                     if value is not None:
@@ -168,7 +183,8 @@ class FiguresCollector:
                 )
             if flow.last_success_at is not None:
                 last_success.add_metric([flow.name], flow.last_success_at.timestamp())
-            overdue.add_metric([flow.name], 1 if flow.overdue else 0)
+            if flow.overdue is not None:
+                overdue.add_metric([flow.name], 1 if flow.overdue else 0)
         yield from (runs, active, durations, last_success, overdue)
         heartbeat = GaugeMetricFamily(
             "dataflows_heartbeat_last_timestamp_seconds",

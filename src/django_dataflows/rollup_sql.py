@@ -27,6 +27,22 @@ FINISHED = ("success", "failed", "cancelled", "timed_out")
 RATED = ("success", "failed", "timed_out")
 #: Rollup count columns, one per finished status (same names).
 COUNT_COLUMNS = FINISHED
+#: The run's cost, added up over a rollup's rated runs with a duration (migration 0011):
+#: rollup column prefix -> run column. Each prefix has ``_count`` (the runs that have a
+#: value) and ``_sum`` columns, so an average is exact whichever runs lack one.
+COSTS = {"cpu_time": "cpu_time_ms", "db_queries": "db_queries"}
+
+
+def cost_columns(costs: bool = True) -> tuple[str, ...]:
+    """The rollup columns of the run's cost, in order (none before migration 0011)."""
+    if not costs:
+        return ()
+    return tuple(f"{prefix}_{suffix}" for prefix in COSTS for suffix in ("count", "sum"))
+
+
+def _listed(columns: tuple[str, ...]) -> str:
+    """``columns`` to follow others in a list: each after a comma."""
+    return "".join(f", {column}" for column in columns)
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -67,7 +83,19 @@ def _keep_higher(column: str) -> str:
     return _keep_lower(column).replace(" < ", " > ")
 
 
-def _apply(vendor: str, row: str, sign: int) -> list[str]:
+def _cost_values(row: str, sign: int, timed: str) -> list[str]:
+    """The values of :func:`cost_columns` for the run ``row``, in order."""
+    values = []
+    for column in COSTS.values():
+        has = f"{timed} AND {row}.{column} IS NOT NULL"
+        values += [
+            f"CASE WHEN {has} THEN {sign} ELSE 0 END",
+            f"CASE WHEN {has} THEN {sign} * {row}.{column} ELSE 0 END",
+        ]
+    return values
+
+
+def _apply(vendor: str, row: str, sign: int, *, costs: bool = True) -> list[str]:
     """Statements adding (``sign`` 1) or taking out (-1) the finished run ``row``."""
     hour = hour_sql(vendor, f"{row}.created_at")
     counted = f"{row}.deleted_at IS NULL AND {finished_sql(row)}"
@@ -76,20 +104,21 @@ def _apply(vendor: str, row: str, sign: int) -> list[str]:
         f"CASE WHEN {row}.status = '{status}' THEN {sign} ELSE 0 END" for status in FINISHED
     )
     extreme = f"CASE WHEN {timed_sql(row)} AND {sign} > 0 THEN {row}.duration_ms END"
+    added = (*COUNT_COLUMNS, "rated", "duration_sum", *cost_columns(costs))
+    cost_values = "".join(f", {value}" for value in _cost_values(row, sign, timed_sql(row)))
     statements = [
         f"INSERT INTO {ROLLUPS} (data_flow_id, hour, {', '.join(COUNT_COLUMNS)}, rated, "
-        "duration_sum, duration_min, duration_max) "
+        f"duration_sum, duration_min, duration_max{_listed(cost_columns(costs))}) "
         f"SELECT {row}.data_flow_id, {hour}, {counts}, "
         f"CASE WHEN {timed_sql(row)} THEN {sign} ELSE 0 END, "
         f"CASE WHEN {timed_sql(row)} THEN {sign} * {row}.duration_ms ELSE 0 END, "
-        f"{extreme}, {extreme} WHERE {counted} "
+        f"{extreme}, {extreme}{cost_values if costs else ''} WHERE {counted} "
         "ON CONFLICT (data_flow_id, hour) DO UPDATE SET "
-        + ", ".join(
-            f"{column} = {ROLLUPS}.{column} + excluded.{column}"
-            for column in (*COUNT_COLUMNS, "rated", "duration_sum")
-        )
+        + ", ".join(f"{column} = {ROLLUPS}.{column} + excluded.{column}" for column in added)
         + f", duration_min = {_keep_lower('duration_min')}"
-        + f", duration_max = {_keep_higher('duration_max')}",
+        + f", duration_max = {_keep_higher('duration_max')}"
+        # The coarser levels fold a changed row again (a new row is changed by default).
+        + (", changed = TRUE" if costs else ""),
         f"INSERT INTO {BUCKETS} (data_flow_id, hour, bucket, count) "
         f"SELECT {row}.data_flow_id, {hour}, {bucket_sql(f'{row}.duration_ms')}, {sign} "
         f"WHERE {timed} "
@@ -124,18 +153,39 @@ def _apply(vendor: str, row: str, sign: int) -> list[str]:
 WATCHED = ("status", "duration_ms", "deleted_at", "created_at", "data_flow_id")
 
 
-def _changed(vendor: str) -> str:
+def _watched(costs: bool) -> tuple[str, ...]:
+    return (*WATCHED, *COSTS.values()) if costs else WATCHED
+
+
+def _changed(vendor: str, costs: bool) -> str:
     distinct = "IS DISTINCT FROM" if vendor == "postgresql" else "IS NOT"
-    return " OR ".join(f"OLD.{column} {distinct} NEW.{column}" for column in WATCHED)
+    return " OR ".join(f"OLD.{column} {distinct} NEW.{column}" for column in _watched(costs))
 
 
-def trigger_statements(vendor: str) -> tuple[list[str], list[str]]:
-    """The statements creating, and those dropping, the rollup triggers on ``vendor``."""
+def _plpgsql_block(row: str, sign: int, costs: bool) -> str:
+    """The statements for ``row`` inside an ``IF``: a run that does not count runs none.
+
+    A worker finishing a run fires the update trigger with an ``OLD`` row that was never
+    counted: its four statements of taking out are skipped, not executed to find no row.
+    """
+    statements = ";\n".join(_apply("postgresql", row, sign, costs=costs))
+    return f"IF {row}.deleted_at IS NULL AND {finished_sql(row)} THEN\n{statements};\nEND IF"
+
+
+def trigger_statements(vendor: str, *, costs: bool = True) -> tuple[list[str], list[str]]:
+    """The statements creating, and those dropping, the rollup triggers on ``vendor``.
+
+    ``costs=False`` gives the triggers of migration 0007, before rollups added up the run's
+    cost.
+    """
     insert_when = f"NEW.deleted_at IS NULL AND {finished_sql('NEW')}"
-    update_when = f"({finished_sql('OLD')} OR {finished_sql('NEW')}) AND ({_changed(vendor)})"
+    update_when = (
+        f"({finished_sql('OLD')} OR {finished_sql('NEW')}) AND ({_changed(vendor, costs)})"
+    )
+    watched = ", ".join(_watched(costs))
     if vendor == "postgresql":
-        insert_body = ";\n".join(_apply(vendor, "NEW", 1))
-        update_body = ";\n".join([*_apply(vendor, "OLD", -1), *_apply(vendor, "NEW", 1)])
+        insert_body = ";\n".join(_apply(vendor, "NEW", 1, costs=costs))
+        update_body = f"{_plpgsql_block('OLD', -1, costs)};\n{_plpgsql_block('NEW', 1, costs)}"
         create = [
             "CREATE OR REPLACE FUNCTION dataflows_rollup_insert() RETURNS trigger AS $$\n"
             f"BEGIN\n{insert_body};\nRETURN NULL;\nEND\n$$ LANGUAGE plpgsql",
@@ -143,7 +193,7 @@ def trigger_statements(vendor: str) -> tuple[list[str], list[str]]:
             f"BEGIN\n{update_body};\nRETURN NULL;\nEND\n$$ LANGUAGE plpgsql",
             f"CREATE TRIGGER dataflows_run_rollup_insert AFTER INSERT ON {RUNS} "
             f"FOR EACH ROW WHEN ({insert_when}) EXECUTE FUNCTION dataflows_rollup_insert()",
-            f"CREATE TRIGGER dataflows_run_rollup_update AFTER UPDATE OF {', '.join(WATCHED)} "
+            f"CREATE TRIGGER dataflows_run_rollup_update AFTER UPDATE OF {watched} "
             f"ON {RUNS} FOR EACH ROW WHEN ({update_when}) "
             "EXECUTE FUNCTION dataflows_rollup_update()",
         ]
@@ -155,13 +205,15 @@ def trigger_statements(vendor: str) -> tuple[list[str], list[str]]:
         ]
         return create, drop
     if vendor == "sqlite":
-        insert_body = ";\n".join(_apply(vendor, "NEW", 1))
-        update_body = ";\n".join([*_apply(vendor, "OLD", -1), *_apply(vendor, "NEW", 1)])
+        insert_body = ";\n".join(_apply(vendor, "NEW", 1, costs=costs))
+        update_body = ";\n".join(
+            [*_apply(vendor, "OLD", -1, costs=costs), *_apply(vendor, "NEW", 1, costs=costs)]
+        )
         create = [
             f"CREATE TRIGGER IF NOT EXISTS dataflows_run_rollup_insert AFTER INSERT ON {RUNS} "
             f"WHEN {insert_when}\nBEGIN\n{insert_body};\nEND",
             "CREATE TRIGGER IF NOT EXISTS dataflows_run_rollup_update "
-            f"AFTER UPDATE OF {', '.join(WATCHED)} ON {RUNS} "
+            f"AFTER UPDATE OF {watched} ON {RUNS} "
             f"WHEN {update_when}\nBEGIN\n{update_body};\nEND",
         ]
         drop = [
@@ -172,7 +224,9 @@ def trigger_statements(vendor: str) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def rebuild_statements(vendor: str, *, flows: int = 1, from_hour: bool = False) -> list[str]:
+def rebuild_statements(
+    vendor: str, *, flows: int = 1, from_hour: bool = False, costs: bool = True
+) -> list[str]:
     """Statements inserting the rollups of ``flows`` flows, given as the first parameters.
 
     With ``from_hour``, one more parameter keeps the runs created from that hour on.
@@ -184,14 +238,40 @@ def rebuild_statements(vendor: str, *, flows: int = 1, from_hour: bool = False) 
         counted += " AND r.created_at >= %s"
     counts = ", ".join(f"COUNT(CASE WHEN r.status = '{status}' THEN 1 END)" for status in FINISHED)
     timed_duration = f"CASE WHEN {timed_sql('r')} THEN r.duration_ms END"
+    cost_sums = "".join(
+        f", COUNT(CASE WHEN {timed_sql('r')} THEN r.{column} END)"
+        f", COALESCE(SUM(CASE WHEN {timed_sql('r')} THEN r.{column} END), 0)"
+        for column in COSTS.values()
+    )
     return [
         f"INSERT INTO {ROLLUPS} (data_flow_id, hour, {', '.join(COUNT_COLUMNS)}, rated, "
-        "duration_sum, duration_min, duration_max) "
+        f"duration_sum, duration_min, duration_max{_listed(cost_columns(costs))}) "
         f"SELECT r.data_flow_id, {hour}, {counts}, COUNT({timed_duration}), "
-        f"COALESCE(SUM({timed_duration}), 0), MIN({timed_duration}), MAX({timed_duration}) "
+        f"COALESCE(SUM({timed_duration}), 0), MIN({timed_duration}), MAX({timed_duration})"
+        f"{cost_sums if costs else ''} "
         f"FROM {RUNS} r WHERE {counted} GROUP BY r.data_flow_id, {hour}",
         f"INSERT INTO {BUCKETS} (data_flow_id, hour, bucket, count) "
         f"SELECT r.data_flow_id, {hour}, {bucket_sql('r.duration_ms')}, COUNT(*) "
         f"FROM {RUNS} r WHERE {counted} AND {timed_sql('r')} "
         f"GROUP BY r.data_flow_id, {hour}, {bucket_sql('r.duration_ms')}",
     ]
+
+
+def cost_backfill_statement(vendor: str) -> str:
+    """Fill the cost columns of the rollups there are from the runs still in the table.
+
+    Migration 0011 runs it once: hours whose runs were pruned keep no cost (their averages
+    are over the runs that had one in the rollups).
+    """
+    hour = hour_sql(vendor, "r.created_at")
+    timed = f"r.deleted_at IS NULL AND {timed_sql('r')}"
+    sums = ", ".join(
+        f"COUNT(r.{column}) AS {prefix}_count, COALESCE(SUM(r.{column}), 0) AS {prefix}_sum"
+        for prefix, column in COSTS.items()
+    )
+    assignments = ", ".join(f"{column} = costs.{column}" for column in cost_columns())
+    return (
+        f"UPDATE {ROLLUPS} SET {assignments} FROM (SELECT r.data_flow_id, {hour} AS hour, {sums} "
+        f"FROM {RUNS} r WHERE {timed} GROUP BY r.data_flow_id, {hour}) AS costs "
+        f"WHERE {ROLLUPS}.data_flow_id = costs.data_flow_id AND {ROLLUPS}.hour = costs.hour"
+    )

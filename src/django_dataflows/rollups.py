@@ -10,14 +10,25 @@ rebuild drops their contribution (``--since`` keeps the hours before it as they 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connections, transaction
 
+import django_dataflows.rollup_levels as rollup_levels
 import django_dataflows.rollup_sql as rollup_sql
-from django_dataflows.models import ROLLUP_VENDORS, DataFlow, RunDurationBucket, RunRollup
+from django_dataflows.models import (
+    ROLLUP_VENDORS,
+    DataFlow,
+    RunBucketLevel,
+    RunDurationBucket,
+    RunRollup,
+    RunRollupLevel,
+)
+
+logger = logging.getLogger(__name__)
 
 #: Flows recomputed per transaction: few enough that each holds its lock briefly.
 FLOWS_PER_TRANSACTION = 20
@@ -75,7 +86,108 @@ def rebuild_rollups(
         done += len(chunk)
         if progress is not None:
             progress(done, len(ids))
+    refold_levels(since=hour, using=using)
     return len(ids)
+
+
+#: The days one heartbeat folds at most: today and yesterday, and a few the heartbeat missed.
+FOLD_DAYS_PER_HEARTBEAT = 3
+
+
+def fold_rollups(
+    *,
+    days: int | None = None,
+    using: str = "default",
+    progress: Callable[[datetime], None] | None = None,
+) -> int:
+    """Fold the changed hourly rollups into the coarser levels, oldest day first.
+
+    See :mod:`django_dataflows.rollup_levels`. At most ``days`` days (all by default), each
+    in its own short transaction; returns the number of days folded. The heartbeat calls
+    it, so the levels trail the hourly rows by about a minute; statistics stay exact
+    meanwhile (they read the hourly rows of whatever is not folded yet).
+    """
+    connection = connections[using]
+    if connection.vendor not in ROLLUP_VENDORS:
+        return 0
+    changed = RunRollup.objects.using(using).filter(changed=True)
+    statements = rollup_levels.fold_statements(connection.vendor)
+    folded = 0
+    after: datetime | None = None
+    while days is None or folded < days:
+        pending = changed if after is None else changed.filter(hour__gte=after)
+        oldest = pending.order_by("hour").values_list("hour", flat=True).first()
+        if oldest is None:
+            break
+        start = rollup_levels.day_of(oldest)
+        after = start + timedelta(days=1)
+        params = {
+            "start": connection.ops.adapt_datetimefield_value(start),
+            "end": connection.ops.adapt_datetimefield_value(after),
+            "epoch": connection.ops.adapt_datetimefield_value(rollup_levels.ALL_TIME_START),
+        }
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            cursor.execute(rollup_levels.changed_rows_statement(connection.vendor), params)
+            ids = [row[0] for row in cursor.fetchall()]
+            for sql in statements:
+                cursor.execute(sql, {**params, "ids": ids})
+            # Only the rows read under the lock: a row changed meanwhile stays marked.
+            for first in range(0, len(ids), 500):
+                RunRollup.objects.using(using).filter(pk__in=ids[first : first + 500]).update(
+                    changed=False
+                )
+        folded += 1
+        if progress is not None:
+            progress(start)
+    return folded
+
+
+def fold_for_heartbeat(using: str = "default") -> None:
+    """The heartbeat's fold: a few days at most; an error is logged, never raised."""
+    try:
+        fold_rollups(days=FOLD_DAYS_PER_HEARTBEAT, using=using)
+    except Exception:
+        logger.exception("Folding the run rollups failed; the next heartbeat tries again")
+
+
+def refold_levels(*, since: datetime | None = None, using: str = "default") -> None:
+    """Recompute every level from the hourly rollups (from ``since``'s day on), then fold.
+
+    After a rebuild, hourly rows may be gone that the levels still count.
+    """
+    day = None if since is None else rollup_levels.day_of(since)
+    with transaction.atomic(using=using):
+        for model in (RunRollupLevel, RunBucketLevel):
+            old = model.objects.using(using).all()
+            if day is not None:
+                old = old.filter(start__gte=day)
+            old.delete()
+        hourly = RunRollup.objects.using(using).filter(changed=False)
+        if day is not None:
+            hourly = hourly.filter(hour__gte=day)
+        hourly.update(changed=True)
+    fold_rollups(using=using)
+    # A flow whose recomputed hours are all gone has none changed: its history again too.
+    epoch = connections[using].ops.adapt_datetimefield_value(rollup_levels.ALL_TIME_START)
+    every_flow = f"SELECT id FROM {DataFlow._meta.db_table}"  # noqa: S608 - a table name
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        for sql in rollup_levels.all_time_statements(every_flow):
+            cursor.execute(sql, {"epoch": epoch})
+
+
+def forget_flow(sender: Any, instance: DataFlow, using: str = "default", **kwargs: Any) -> None:
+    """Take a flow about to be deleted out of the levels (``pre_delete`` of a flow).
+
+    Its hourly rollups go with it (a foreign key); the levels of all flows lose what it
+    added, in the delete's transaction.
+    """
+    connection = connections[using]
+    if connection.vendor not in ROLLUP_VENDORS:
+        return
+    fold_rollups(using=using)
+    with connection.cursor() as cursor:
+        for sql in rollup_levels.forget_flow_statements(connection.vendor):
+            cursor.execute(sql, {"flow": instance.pk})
 
 
 def restore_dropped_triggers(using: str = "default", **kwargs: Any) -> None:
@@ -92,7 +204,13 @@ def restore_dropped_triggers(using: str = "default", **kwargs: Any) -> None:
     tables = connection.introspection.table_names()
     if rollup_sql.ROLLUPS not in tables or rollup_sql.RUNS not in tables:
         return  # before migration 0008
-    create, _drop = rollup_sql.trigger_statements("sqlite")
     with connection.cursor() as cursor:
+        columns = {
+            column.name
+            for column in connection.introspection.get_table_description(cursor, rollup_sql.ROLLUPS)
+        }
+        # Migrated only part of the way: the triggers of the rollups that are there.
+        costs = set(rollup_sql.cost_columns()) <= columns
+        create, _drop = rollup_sql.trigger_statements("sqlite", costs=costs)
         for sql in create:  # CREATE TRIGGER IF NOT EXISTS
             cursor.execute(sql)

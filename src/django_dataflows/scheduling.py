@@ -36,6 +36,7 @@ from django_dataflows.pipelines import (
     ready_flows,
     record_generations,
 )
+from django_dataflows.rollups import fold_for_heartbeat
 from django_dataflows.runs.bookkeeping import advance_claimed, next_after_claim
 from django_dataflows.runs.execution import RunExecutor
 from django_dataflows.runs.starting import dispatch_many
@@ -445,6 +446,8 @@ def run_heartbeat(
         ).count()
     result.flows_overdue = announce_overdue_flows(now)
     announce_late_runs(now)
+    # Statistics of long windows and of all flows read the levels the fold keeps.
+    fold_for_heartbeat()
     Heartbeat.record(received_at=now, source=source, client=client, result=result.as_dict())
     # The runs are committed and dispatched by now: a receiver's error is logged, never
     # turned into a failed heartbeat (which cron would report, and retry for nothing).

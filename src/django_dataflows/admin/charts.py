@@ -145,6 +145,23 @@ def _horizontal(
     return _svg(parts, title, int(height))
 
 
+#: A chart per flow draws this many flows at most: the slowest, or the least successful.
+FLOWS_CHARTED = 30
+
+
+def chosen(per_flow: dict[int, Any], key: str, *, highest: bool = False) -> list[int]:
+    """The ``FLOWS_CHARTED`` flows with the highest (or lowest) ``key`` that have one."""
+    ranked = sorted((stats[key], pk) for pk, stats in per_flow.items() if stats[key] is not None)
+    if highest:
+        ranked.reverse()
+    return [pk for _value, pk in ranked[:FLOWS_CHARTED]]
+
+
+def named(per_flow: dict[int, Any], names: dict[int, str], pks: list[int]) -> list[tuple[str, Any]]:
+    """``(name, stats)`` of the flows ``pks``, in that order (a flow deleted meanwhile: its id)."""
+    return [(names.get(pk, str(pk)), per_flow[pk]) for pk in pks if pk in per_flow]
+
+
 def durations_per_flow(per_flow: list[tuple[str, Any]]) -> SafeString:
     """p50 and p95 run duration per flow (finished runs of the last 7 days)."""
     rows = [
@@ -159,7 +176,7 @@ def durations_per_flow(per_flow: list[tuple[str, Any]]) -> SafeString:
         if stats["p95_duration_ms"] is not None
     ]
     top = max((value or 0 for _name, values in rows for value, _c, _l in values), default=0)
-    return _horizontal(rows, "Duration per flow (ms), p50 and p95", "ms", top)
+    return _horizontal(rows, "Slowest flows (ms), p50 and p95", "ms", top)
 
 
 def success_rate_per_flow(per_flow: list[tuple[str, Any]]) -> SafeString:
@@ -169,7 +186,7 @@ def success_rate_per_flow(per_flow: list[tuple[str, Any]]) -> SafeString:
         for name, stats in per_flow
         if stats["success_rate"] is not None
     ]
-    return _horizontal(rows, "Success rate per flow (%)", "%", 100)
+    return _horizontal(rows, "Least successful flows (%)", "%", 100)
 
 
 def overdue_flows(user: Any = None) -> list[Any] | None:

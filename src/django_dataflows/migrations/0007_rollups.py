@@ -18,14 +18,14 @@ from django_dataflows.rollup_sql import rebuild_statements, trigger_statements
 
 def create_triggers(apps: Any, schema_editor: Any) -> None:
     vendor = schema_editor.connection.vendor
-    create, _drop = trigger_statements(vendor)
+    create, _drop = trigger_statements(vendor, costs=False)
     if not create:
         return
     for sql in create:
         schema_editor.execute(sql, params=None)
     flow_ids = apps.get_model("dataflows", "DataFlow").objects.values_list("pk", flat=True)
     for flow_id in flow_ids.using(schema_editor.connection.alias).iterator():
-        for sql in rebuild_statements(vendor):
+        for sql in rebuild_statements(vendor, costs=False):
             schema_editor.execute(sql, params=[flow_id])
 
 

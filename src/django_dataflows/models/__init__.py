@@ -6,7 +6,8 @@ bottom, then rollups and statistics, runs and steps, flows, and what hangs off a
 * :mod:`.choices`: run statuses, triggers and ``wait_for``;
 * :mod:`.access`: who sees which flows and runs;
 * :mod:`.starter`: how the models reach the run engine without importing it;
-* :mod:`.rollups` and :mod:`.stats`: per-hour rollups and the statistics read from them;
+* :mod:`.rollups` and :mod:`.stats`: rollups (per flow and hour, and their coarser levels)
+  and the statistics read from them;
 * :mod:`.runs` and :mod:`.steps`: ``DataFlowRun``, its steps and its log lines;
 * :mod:`.flows`: ``DataFlow`` and its queryset;
 * :mod:`.heartbeats`, :mod:`.audit`, :mod:`.pipelines`, :mod:`.backfills`.
@@ -50,7 +51,7 @@ from .flows import (
 )
 from .heartbeats import Heartbeat
 from .pipelines import UpstreamMark, mark_pipeline_flows
-from .rollups import RunDurationBucket, RunRollup
+from .rollups import RunBucketLevel, RunDurationBucket, RunRollup, RunRollupLevel
 from .runs import DataFlowRun, DataFlowRunQuerySet, announce_runs_changed, new_task_id
 from .starter import RunStarter, use_run_starter
 from .stats import (
@@ -90,8 +91,10 @@ __all__ = [
     "DataFlowRunStep",
     "DataFlowRunStepQuerySet",
     "Heartbeat",
+    "RunBucketLevel",
     "RunDurationBucket",
     "RunRollup",
+    "RunRollupLevel",
     "RunStarter",
     "RunStats",
     "RunStatus",

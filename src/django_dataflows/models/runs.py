@@ -24,6 +24,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Now, RowNumber, TruncHour
 from django.utils.translation import gettext_lazy as _
 
+import django_dataflows.rollup_levels as rollup_levels
 import django_dataflows.rollup_sql as rollup_sql
 from django_dataflows.clock import MillisecondsBetween
 from django_dataflows.conf import app_settings
@@ -40,12 +41,13 @@ from django_dataflows.validators import (
 
 from .access import _is_active_user, may_see_every_run
 from .choices import ACTIVE_STATUSES, RATED_STATUSES, RunStatus, RunTrigger
-from .rollups import RunRollup
+from .rollups import RunRollup, RunRollupLevel
 from .stats import (
     _NO_RUNS,
     _STATS_COLUMNS,
     PERCENTILES,
     SORTED_PERCENTILES_LIMIT,
+    _changed_rollups,
     _interpolate,
     _percentile_positions,
     _postgres_percentiles,
@@ -54,7 +56,6 @@ from .stats import (
     _run_stats,
     _sorted_percentiles,
     _stats_sql,
-    _with_costs,
 )
 
 if TYPE_CHECKING:
@@ -171,15 +172,31 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             )
         return self.stats_from_runs(since)
 
-    def stats_per_flow(self, since: datetime | None = None) -> dict[int, RunStats]:
+    def stats_per_flow(
+        self,
+        since: datetime | None = None,
+        *,
+        percentiles: bool = True,
+        durations_read: int | None = None,
+    ) -> dict[int, RunStats]:
         """:meth:`stats` for each flow of these runs, keyed by flow id.
 
-        From the rollups, like :meth:`stats`, in at most three queries; flows without runs
-        are absent.
+        From the rollups, like :meth:`stats`, in at most four queries; flows without runs
+        are absent. Answered from the rollups, ``percentiles=False`` leaves the percentiles
+        ``None`` (one query less), and ``durations_read`` bounds the durations read for
+        exact percentiles (``EXACT_DURATIONS_READ`` by default; 0 takes every flow's from
+        its histogram, within 1 %).
         """
         answerable, flows = _rollup_scope(self)
         if answerable:
-            return _rollup_stats(self.db, flows, since, per_flow=True)
+            return _rollup_stats(
+                self.db,
+                flows,
+                since,
+                per_flow=True,
+                percentiles=percentiles,
+                durations_read=durations_read,
+            )
         return self.stats_per_flow_from_runs(since)
 
     def counts_per_hour(self, start: datetime, end: datetime) -> dict[datetime, dict[str, int]]:
@@ -207,6 +224,21 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         active = self.not_deleted().active().filter(created_at__gte=start, created_at__lt=end)
         if flows is not None:
             rollups = rollups.filter(data_flow_id__in=flows)
+        elif (changed := _changed_rollups(self.db)) is not None:
+            # All flows: an hour folded since it last changed is one row of its level.
+            hours = sorted({hour for _flow, hour in changed if start <= hour < end})
+            rollups = rollups.filter(hour__in=hours)
+            folded = (
+                RunRollupLevel.objects.using(self.db)
+                .filter(span=rollup_levels.HOUR, flow_id=rollup_levels.ALL_FLOWS)
+                .filter(start__gte=start, start__lt=end)
+                .exclude(start__in=hours)
+                .values_list("start", *rollup_sql.COUNT_COLUMNS)
+            )
+            for hour, *values in folded:
+                for status, value in zip(rollup_sql.COUNT_COLUMNS, values, strict=True):
+                    if value:
+                        counts[hour][status] = value
         sums = [Sum(status) for status in rollup_sql.COUNT_COLUMNS]
         for hour, *values in rollups.values_list("hour").annotate(*sums).order_by():
             for status, value in zip(rollup_sql.COUNT_COLUMNS, values, strict=True):
@@ -228,9 +260,6 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         PostgreSQL one ``percentile_cont`` for up to ``SORTED_PERCENTILES_LIMIT`` rated
         runs; beyond that (and on other databases) one ordered ``OFFSET`` query per
         percentile. Exact percentiles; the rebuild and the tests compare rollups with it.
-        The averages of the run's cost (``avg_cpu_time_ms``, ``avg_db_queries``) come from
-        here only (one more query): the rollups do not carry costs yet, so :meth:`stats`
-        answered from them leaves those two ``None``.
         """
         runs = self._stats_base(since)
         rows = self._stats_rows(runs, percentiles=False, per_flow=False)
@@ -241,7 +270,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
             return _run_stats(row, percentiles)
         rated = runs.filter(status__in=RATED_STATUSES, duration_ms__isnull=False)
         if connections[runs.db].vendor == "postgresql" and count <= SORTED_PERCENTILES_LIMIT:
-            return _with_costs(_run_stats(row, _sorted_percentiles(rated)), rated)
+            return _run_stats(row, _sorted_percentiles(rated))
         durations = rated.order_by("duration_ms").values_list("duration_ms", flat=True)
         for key, fraction in PERCENTILES.items():
             lower, upper, weight = _percentile_positions(count, fraction)
@@ -249,7 +278,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
                 value for value in durations[lower : upper + 1] if value is not None
             ]
             percentiles[key] = _interpolate(values[0], values[-1], weight)
-        return _with_costs(_run_stats(row, percentiles), rated)
+        return _run_stats(row, percentiles)
 
     def stats_per_flow_from_runs(self, since: datetime | None = None) -> dict[int, RunStats]:
         """:meth:`stats_per_flow` computed from the runs, in two queries at most.
@@ -292,7 +321,7 @@ class DataFlowRunQuerySet(models.QuerySet["DataFlowRun"]):
         """The aggregate rows of ``runs`` (one, or one per flow), as dicts."""
         try:
             inner_sql, inner_params = runs.values(
-                "data_flow_id", "status", "duration_ms"
+                "data_flow_id", "status", "duration_ms", "cpu_time_ms", "db_queries"
             ).query.sql_with_params()
         except EmptyResultSet:  # e.g. filter(data_flow__in=[]): nothing to count
             return []
@@ -562,7 +591,12 @@ class DataFlowRun(models.Model):
             # no index is kept for them (each one costs every insert and finish).
             models.Index(fields=("data_flow", "created_at"), name="dataflows_run_flow_created_idx"),
             models.Index(fields=("status", "created_at"), name="dataflows_run_status_idx"),
-            models.Index(fields=("created_at",), name="dataflows_run_newest_idx"),
+            # With the key and deleted_at: a list page far down skips rows on the index alone.
+            models.Index(
+                fields=("created_at", "id"),
+                include=("deleted_at",),
+                name="dataflows_run_newest_idx",
+            ),
             models.Index(fields=("updated_at",), name="dataflows_run_updated_idx"),
             # Small partial indexes: soft-deleted runs (prune, the admin's filter) and
             # recent failures (the admin's health box); most runs are in neither.

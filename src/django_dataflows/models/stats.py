@@ -8,16 +8,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db import connections, models
-from django.db.models import (
-    Avg,
-)
 from django.db.models.expressions import Col
 from django.db.models.lookups import Lookup
 
 import django_dataflows.histograms as histograms
+import django_dataflows.rollup_levels as rollup_levels
 import django_dataflows.rollup_sql as rollup_sql
 
 from .choices import ACTIVE_STATUSES, RATED_STATUSES, RunStatus
+from .rollups import RunRollup
 
 if TYPE_CHECKING:
     from .runs import DataFlowRunQuerySet
@@ -70,6 +69,8 @@ _STATS_COLUMNS = (
     "avg_duration_ms",
     "min_duration_ms",
     "max_duration_ms",
+    "avg_cpu_time_ms",
+    "avg_db_queries",
 )
 
 
@@ -95,7 +96,15 @@ def _sorted_percentiles(rated: models.QuerySet[Any]) -> dict[str, float | None]:
 #: The statistics row of no runs at all.
 _NO_RUNS: dict[str, Any] = {
     **dict.fromkeys(_STATS_COLUMNS, 0),
-    **dict.fromkeys(("avg_duration_ms", "min_duration_ms", "max_duration_ms")),
+    **dict.fromkeys(
+        (
+            "avg_duration_ms",
+            "min_duration_ms",
+            "max_duration_ms",
+            "avg_cpu_time_ms",
+            "avg_db_queries",
+        )
+    ),
 }
 
 
@@ -118,6 +127,9 @@ def _stats_sql(inner_sql: str, *, percentiles: bool, per_flow: bool) -> tuple[st
     for function in ("COUNT", "AVG", "MIN", "MAX"):
         columns.append(f"{function}({rated_duration})")
         params += RATED_STATUSES
+    for cost in ("cpu_time_ms", "db_queries"):
+        columns.append(f"AVG(CASE WHEN {rated} THEN runs.{cost} END)")
+        params += RATED_STATUSES
     if percentiles:
         fractions = ", ".join(repr(fraction) for fraction in PERCENTILES.values())
         columns.append(
@@ -133,9 +145,12 @@ def _postgres_percentiles(row: dict[str, Any]) -> dict[str, float | None]:
     return dict(zip(PERCENTILES, values, strict=True))
 
 
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
 def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> RunStats:
     rated = sum(row[status] for status in RATED_STATUSES)
-    avg = row["avg_duration_ms"]
     return RunStats(
         total=row["total"],
         pending=row[RunStatus.PENDING],
@@ -146,22 +161,14 @@ def _run_stats(row: dict[str, Any], percentiles: dict[str, float | None]) -> Run
         cancelled=row[RunStatus.CANCELLED],
         timed_out=row[RunStatus.TIMED_OUT],
         success_rate=round(100 * row[RunStatus.SUCCESS] / rated, 2) if rated else None,
-        avg_duration_ms=None if avg is None else round(float(avg), 3),
+        avg_duration_ms=_rounded(row["avg_duration_ms"]),
         min_duration_ms=row["min_duration_ms"],
         max_duration_ms=row["max_duration_ms"],
         p50_duration_ms=percentiles["p50_duration_ms"],
         p95_duration_ms=percentiles["p95_duration_ms"],
-        avg_cpu_time_ms=None,
-        avg_db_queries=None,
+        avg_cpu_time_ms=_rounded(row.get("avg_cpu_time_ms")),
+        avg_db_queries=_rounded(row.get("avg_db_queries")),
     )
-
-
-def _with_costs(stats: RunStats, rated: models.QuerySet[Any]) -> RunStats:
-    """Add the rated runs' average ``cpu_time_ms`` and ``db_queries`` (one query)."""
-    costs = rated.aggregate(cpu=Avg("cpu_time_ms"), queries=Avg("db_queries"))
-    for key, value in (("avg_cpu_time_ms", costs["cpu"]), ("avg_db_queries", costs["queries"])):
-        stats[key] = None if value is None else round(float(value), 3)  # type: ignore[literal-required]
-    return stats
 
 
 #: Below this many rated runs, percentiles are exact: their durations are read from the runs
@@ -218,6 +225,8 @@ def _rollup_scope(runs: DataFlowRunQuerySet) -> tuple[bool, frozenset[int] | Non
 
 #: Databases whose run table carries the rollup triggers (migration 0008).
 ROLLUP_VENDORS = ("postgresql", "sqlite")
+#: Every status, computed once (``RunStatus.values`` builds a new list each time).
+_STATUSES = tuple(RunStatus.values)
 #: The statuses a rollup counts, in the order of its count columns.
 _ROLLED_UP = tuple(RunStatus(status) for status in rollup_sql.COUNT_COLUMNS)
 
@@ -231,7 +240,13 @@ def _first_whole_hour(since: datetime | None) -> datetime | None:
 
 
 def _rollup_stats(
-    using: str, flows: frozenset[int] | None, since: datetime | None, *, per_flow: bool
+    using: str,
+    flows: frozenset[int] | None,
+    since: datetime | None,
+    *,
+    per_flow: bool,
+    percentiles: bool = True,
+    durations_read: int | None = None,
 ) -> dict[int, RunStats]:
     """Statistics from the rollups, keyed by flow id (or by 0 for all of them together)."""
     if flows is not None and not flows:
@@ -249,9 +264,6 @@ def _rollup_stats(
         flow_filter = f" AND data_flow_id IN ({', '.join(['%s'] * len(flows))})"
         flow_params = sorted(flows)
     group_by = " GROUP BY data_flow_id" if per_flow else ""
-    hour_filter, hour_params = (
-        ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
-    )
     edge_filter = " AND created_at >= %s AND created_at < %s"
     edge = since is not None and whole_from is not None and since < whole_from
     edge_params = [adapt(since), adapt(whole_from)] if since and whole_from and edge else []
@@ -261,18 +273,20 @@ def _rollup_stats(
     finished = rollup_sql.finished_sql("r")
     timed = rollup_sql.timed_sql("r")
     timed_duration = f"CASE WHEN {timed} THEN r.duration_ms END"
+    changed = _changed_rollups(using)
     parts = [
-        (
-            f"SELECT {group}, 0, 0, 0, "
-            + ", ".join(f"SUM({column})" for column in rollup_sql.COUNT_COLUMNS)
-            + ", SUM(rated), SUM(duration_sum), MIN(duration_min), MAX(duration_max) "
-            f"FROM {rollup_sql.ROLLUPS} WHERE 1 = 1{flow_filter}{hour_filter}{group_by}",
-            [*flow_params, *hour_params],
+        *rollup_levels.window_parts(
+            buckets=False,
+            per_flow=per_flow,
+            flows=flows,
+            whole_from=whole_from,
+            changed=changed,
+            adapt=adapt,
         ),
         (
             f"SELECT {group}, "
             + ", ".join("COUNT(CASE WHEN r.status = %s THEN 1 END)" for _ in ACTIVE_STATUSES)
-            + ", 0, 0, 0, 0, 0, 0, NULL, NULL "
+            + ", 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0 "
             f"FROM {rollup_sql.RUNS} r WHERE r.status IN (%s, %s, %s) "
             f"AND r.deleted_at IS NULL{flow_filter}{since_filter}{group_by}",
             [*ACTIVE_STATUSES, *ACTIVE_STATUSES, *flow_params, *since_params],
@@ -287,13 +301,22 @@ def _rollup_stats(
                     for status in rollup_sql.COUNT_COLUMNS
                 )
                 + f", COUNT({timed_duration}), SUM({timed_duration}), MIN({timed_duration}), "
-                f"MAX({timed_duration}) FROM {rollup_sql.RUNS} r WHERE r.deleted_at IS NULL "
+                f"MAX({timed_duration})"
+                + "".join(
+                    f", COUNT(CASE WHEN {timed} THEN r.{column} END)"
+                    f", SUM(CASE WHEN {timed} THEN r.{column} END)"
+                    for column in rollup_sql.COSTS.values()
+                )
+                + f" FROM {rollup_sql.RUNS} r WHERE r.deleted_at IS NULL "
                 f"AND {finished}{flow_filter}{edge_filter}{group_by}",
                 [*flow_params, *edge_params],
             )
         )
     rows: dict[int, dict[str, Any]] = {}
-    names = ("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max")
+    names = (
+        *("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max"),
+        *rollup_sql.cost_columns(),
+    )
     with connection_.cursor() as cursor:
         cursor.execute(
             " UNION ALL ".join(sql for sql, _params in parts),
@@ -301,7 +324,7 @@ def _rollup_stats(
         )
         for flow_id, *values in cursor.fetchall():
             row = rows.setdefault(
-                int(flow_id), {**dict.fromkeys(names[:-2], 0), "min": None, "max": None}
+                int(flow_id), {**dict.fromkeys(names, 0), "min": None, "max": None}
             )
             for name, value in zip(names, values, strict=True):
                 if value is None:
@@ -315,21 +338,52 @@ def _rollup_stats(
     rows = {
         flow_id: row
         for flow_id, row in rows.items()
-        if sum(row[status] for status in RunStatus.values) or not per_flow
+        if sum(row[status] for status in _STATUSES) or not per_flow
     }
-    percentiles = _rollup_percentiles(using, rows, flows, since, whole_from, per_flow=per_flow)
+    found = (
+        _rollup_percentiles(
+            using,
+            rows,
+            flows,
+            since,
+            whole_from,
+            changed,
+            per_flow=per_flow,
+            durations_read=durations_read,
+        )
+        if percentiles
+        else {}
+    )
     stats = {}
     for flow_id, row in rows.items():
         count = row["timed_count"]
         row.update(
-            total=sum(row[status] for status in RunStatus.values),
+            total=sum(row[status] for status in _STATUSES),
             timed_count=count,
             avg_duration_ms=row["sum"] / count if count else None,
             min_duration_ms=row["min"] if count else None,
             max_duration_ms=row["max"] if count else None,
+            avg_cpu_time_ms=_average(row["cpu_time_sum"], row["cpu_time_count"]),
+            avg_db_queries=_average(row["db_queries_sum"], row["db_queries_count"]),
         )
-        stats[flow_id] = _run_stats(row, percentiles.get(flow_id, dict.fromkeys(PERCENTILES)))
+        stats[flow_id] = _run_stats(row, found.get(flow_id, dict.fromkeys(PERCENTILES)))
     return stats
+
+
+def _changed_rollups(using: str) -> list[tuple[int, datetime]] | None:
+    """The (flow, hour) of the hourly rollups not folded since they changed (one indexed
+    query); ``None`` past ``MAX_CHANGED_ROWS``: then statistics read the hourly rows."""
+    rows = list(
+        RunRollup.objects.using(using)
+        .filter(changed=True)
+        .order_by("hour")
+        .values_list("data_flow_id", "hour")[: rollup_levels.MAX_CHANGED_ROWS + 1]
+    )
+    return None if len(rows) > rollup_levels.MAX_CHANGED_ROWS else rows
+
+
+def _average(total: int, count: int) -> float | None:
+    return total / count if count else None
 
 
 def _rollup_percentiles(
@@ -338,8 +392,10 @@ def _rollup_percentiles(
     flows: frozenset[int] | None,
     since: datetime | None,
     whole_from: datetime | None,
+    changed: list[tuple[int, datetime]] | None,
     *,
     per_flow: bool,
+    durations_read: int | None,
 ) -> dict[int, dict[str, float | None]]:
     """The percentiles of each row: exact from the durations of few runs, else histograms.
 
@@ -365,7 +421,7 @@ def _rollup_percentiles(
     # Exact for the smallest first, while the durations to read stay within the budget:
     # a page of many flows reads a bounded number of runs, the rest come from histograms.
     few: list[int] = []
-    budget = EXACT_DURATIONS_READ
+    budget = EXACT_DURATIONS_READ if durations_read is None else durations_read
     for key in sorted(
         (key for key, row in rows.items() if 0 < row["timed_count"] < EXACT_PERCENTILES_BELOW),
         key=lambda key: (rows[key]["timed_count"], key),
@@ -403,14 +459,18 @@ def _rollup_percentiles(
     if many:
         keys = sorted(many)
         where, params = flow_filter(keys)
-        hour_sql, hour_params = (
-            ("", []) if whole_from is None else (" AND hour >= %s", [adapt(whole_from)])
+        levels = rollup_levels.window_parts(
+            buckets=True,
+            per_flow=per_flow,
+            # Every flow's rows rather than a list of nearly all of them: the few others
+            # are skipped below.
+            flows=keys if per_flow and flows is not None else flows,
+            whole_from=whole_from,
+            changed=changed,
+            adapt=adapt,
         )
-        sql = (
-            f"SELECT {group}, bucket, SUM(count) FROM {rollup_sql.BUCKETS} "  # noqa: S608
-            f"WHERE 1 = 1{where}{hour_sql} GROUP BY {group_by}bucket"
-        )
-        all_params = [*params, *hour_params]
+        sql = " UNION ALL ".join(part for part, _params in levels)
+        all_params = [param for _part, part_params in levels for param in part_params]
         if since is not None and whole_from is not None and since < whole_from:
             bucket = histograms.bucket_sql("r.duration_ms")
             sql += (

@@ -1,4 +1,5 @@
-"""``manage.py dataflows_rollups --rebuild``: recompute the run statistics' rollups."""
+"""``manage.py dataflows_rollups --rebuild | --fold``: recompute or fold the run statistics'
+rollups."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_dataflows.models import DataFlow
-from django_dataflows.rollups import RollupsUnsupported, rebuild_rollups
+from django_dataflows.rollups import RollupsUnsupported, fold_rollups, rebuild_rollups
 
 
 def _moment(value: str) -> datetime:
@@ -22,14 +23,18 @@ def _moment(value: str) -> datetime:
 
 class Command(BaseCommand):
     help = (
-        "Recompute the hourly rollups that run statistics read, from the runs in the table, "
-        "flow by flow, showing progress. Safe to stop and run again. Runs already pruned are "
-        "gone: their hours lose them unless --since leaves those hours alone."
+        "--rebuild: recompute the hourly rollups that run statistics read, from the runs in "
+        "the table, flow by flow, showing progress, then their days and all-flows levels. "
+        "Safe to stop and run again. Runs already pruned are gone: their hours lose them "
+        "unless --since leaves those hours alone. --fold: fold every changed hourly rollup "
+        "into the levels now (the heartbeat does a few days at a time)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--rebuild", action="store_true", required=True, help="Recompute the rollups."
+        action = parser.add_mutually_exclusive_group(required=True)
+        action.add_argument("--rebuild", action="store_true", help="Recompute the rollups.")
+        action.add_argument(
+            "--fold", action="store_true", help="Fold the changed rollups into their levels."
         )
         parser.add_argument(
             "--flow", action="append", metavar="NAME", help="Only this flow (repeatable)."
@@ -42,6 +47,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["fold"]:
+            self._fold()
+            return
         flow_ids = None
         if options["flow"]:
             found = dict(
@@ -62,3 +70,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stderr.write("")
         self.stdout.write(self.style.SUCCESS(f"Rebuilt the rollups of {count} flow(s)."))
+
+    def _fold(self) -> None:
+        def progress(day: datetime) -> None:
+            self.stderr.write(f"Folded {day:%Y-%m-%d}…", ending="\r")
+            self.stderr.flush()
+
+        days = fold_rollups(progress=progress)
+        self.stderr.write("")
+        self.stdout.write(self.style.SUCCESS(f"Folded the changed rollups of {days} day(s)."))
