@@ -179,9 +179,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="dataflowrun",
             index=models.Index(
-                fields=["created_at", "id"],
-                include=("deleted_at",),
-                name="dataflows_run_newest_idx",
+                fields=["created_at", "id", "deleted_at"], name="dataflows_run_newest_idx"
             ),
         ),
         migrations.RunPython(costed_triggers, plain_triggers),
