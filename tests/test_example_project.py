@@ -32,7 +32,7 @@ SUMMARISE = "Summarise daily weather"
 CHECK = "Check observation quality"
 NIGHTLY = "Nightly weather summary (Berlin)"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.example]
 
 FIX_THE_BROKEN_READING = (
     "from example_project.weather.models import Observation\n"

@@ -150,9 +150,6 @@ def test_held_wsgi_streams_give_their_database_connections_back(cookie, tmp_path
 
 #: Clients of the burst test (the benchmark opens 300; 100 keeps the suite lean).
 BURST = 100
-#: Clients of the restart test: still twenty times SSE_DB_CONNECTIONS (the benchmark
-#: reconnects 300).
-RESTART_CLIENTS = 40
 #: The server's SSE_DB_CONNECTIONS in the burst test.
 TURNS = 2
 
@@ -221,7 +218,7 @@ def test_after_a_restart_every_client_reconnects_at_once_and_gets_what_changed(c
         "uvicorn", tmp_path / "server.log", DATAFLOWS_TEST_SETTINGS=settings
     )
     with process:
-        reconnected = restart_burst(process, port, cookie, RESTART_CLIENTS)
+        reconnected = restart_burst(process, port, cookie, BURST)
     outcomes = reconnected.outcomes
     assert {(status, event) for status, event, _data in outcomes} == {(200, "run")}
     assert all(data["progress"] == {"done": 1} for _status, _event, data in outcomes)
