@@ -33,11 +33,10 @@ def setup_django(default_database_url: str) -> None:
 
 def ensure_database() -> None:
     """Create the benchmark's database if it is missing, and migrate it."""
-    from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
 
-    name = settings.DATABASES["default"]["NAME"]
+    name = connection.settings_dict["NAME"]
     with connection._nodb_cursor() as cursor:  # type: ignore[attr-defined]
         cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
         if cursor.fetchone() is None:

@@ -289,9 +289,22 @@ class Writer(threading.Thread):
             connections.close_all()
 
 
-def measure(size: int, flows: int, repeat: int) -> dict[str, tuple[float, int]]:
+def filled(size: int) -> bool:
+    """Whether the tables already hold a fill of ``size`` runs (``--reuse``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {RUNS}")
+        (count,) = cursor.fetchone()
+    return bool(count == size)
+
+
+def measure(
+    size: int, flows: int, repeat: int, reuse: bool = False, pages_only: bool = False
+) -> dict[str, tuple[float, int]]:
     say(f"\n== {size:,} runs over {flows:,} flows; load average {os.getloadavg()}")
-    fill(flows, size)
+    if reuse and filled(size):
+        say("  reusing the fill already in the database")
+    else:
+        fill(flows, size)
     table_sizes(size)
     user_model = get_user_model()
     user, _created = user_model.objects.get_or_create(
@@ -343,6 +356,8 @@ def measure(size: int, flows: int, repeat: int) -> dict[str, tuple[float, int]]:
             f"  {label}: p50 {got[0]:.0f} vs percentile_cont {exact[0]:.0f} ({errors[0]:.2f} %), "
             f"p95 {got[1]:.0f} vs {exact[1]:.0f} ({errors[1]:.2f} %)"
         )
+    if pages_only:
+        return rows
 
     milliseconds, _days = fold_after_finishes(100)
     say(f"  the heartbeat's fold after 100 runs of 100 flows finished: {milliseconds:.0f} ms")
@@ -431,10 +446,29 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--flows", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a fill of the same size already in the database instead of filling again",
+    )
+    parser.add_argument(
+        "--pages-only",
+        action="store_true",
+        help="measure the pages and statistics only: no write costs, no prune (keeps the fill)",
+    )
     options = parser.parse_args()
-    ensure_database()
+    base = connection.settings_dict["NAME"]
+    tables = {}
     with override_settings(ALLOWED_HOSTS=["*"], DEBUG=False):
-        tables = {size: measure(size, options.flows, options.repeat) for size in options.sizes}
+        for size in options.sizes:
+            if options.reuse:
+                # One database per size, so that each fill can be kept for the next round.
+                connections.close_all()
+                connection.settings_dict["NAME"] = f"{base}_{size}"
+            ensure_database()
+            tables[size] = measure(
+                size, options.flows, options.repeat, options.reuse, options.pages_only
+            )
     smallest, largest = min(tables), max(tables)
     say(f"\n| page or call | {smallest:,} runs | {largest:,} runs | ratio |")
     say("|---|---|---|---|")

@@ -383,3 +383,45 @@ def test_an_owners_stream_wants_only_their_flows_runs(flows):
         state.run_id for state in load_run_ids([mine.pk, theirs.pk]) if subscriber.wants(state)
     ]
     assert wanted == [mine.pk]
+
+
+def test_the_upstream_field_lists_only_the_chosen_flows_and_completes_visible_ones(
+    client, alice, flows
+):
+    """A flow page does not render every flow as an option; the autocomplete offers the
+    flows the user sees, and a flow they do not see is refused when posted."""
+    alice.is_staff = True
+    alice.save()
+    mine, theirs = flows
+    orders = DataFlowFactory(name="alice-orders", owner=alice)
+    DataFlowFactory(name="alice-unrelated", owner=alice)
+    mine.upstream_flows.set([orders])
+    client.force_login(alice)
+    page = client.get(f"/admin/dataflows/dataflow/{mine.pk}/change/")
+    html = page.content.decode()
+    assert "alice-orders" in html
+    assert "alice-unrelated" not in html
+    assert "bob-flow" not in html
+    completed = client.get(
+        "/admin/autocomplete/",
+        {
+            "app_label": "dataflows",
+            "model_name": "dataflow",
+            "field_name": "upstream_flows",
+            "term": "",
+        },
+    )
+    assert completed.status_code == 200
+    assert sorted(item["text"] for item in completed.json()["results"]) == [
+        "alice-flow",
+        "alice-orders",
+        "alice-unrelated",
+    ]
+    form = page.context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data["configuration"] = "{}"
+    data["upstream_flows"] = [orders.pk, theirs.pk]
+    response = client.post(f"/admin/dataflows/dataflow/{mine.pk}/change/", data)
+    assert response.status_code == 200
+    assert "upstream_flows" in response.context["adminform"].form.errors
+    assert list(mine.upstream_flows.all()) == [orders]

@@ -130,6 +130,9 @@ class DataFlowAdmin(OwnedFlowsAdminMixin, RunWithInputAdminMixin, _DataFlowModel
         ("owner", admin.RelatedOnlyFieldListFilter),
     )
     search_fields = ("name", "description")
+    # Thousands of flows would each be an <option> of every flow page; the autocomplete
+    # asks this admin for the flows the user sees, a page of results at a time.
+    autocomplete_fields = ("upstream_flows",)
     actions = ("run_now", "run_with_input", "backfill", "enable", "disable")
     readonly_fields = (
         "interval_display",
