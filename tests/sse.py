@@ -63,7 +63,8 @@ def server_process(kind: str, log_path: Path, **env: str) -> tuple[WorkerProcess
         marker = "Uvicorn running on"
     elif kind in GUNICORN_KINDS:
         argv = [sys.executable, "-m", "gunicorn", "tests.wsgi:application", "-b", address]
-        argv += [*GUNICORN_KINDS[kind], "--timeout", "120"]
+        # A stop waits at most 5 s for held streams (gunicorn's default is 30 s).
+        argv += [*GUNICORN_KINDS[kind], "--timeout", "120", "--graceful-timeout", "5"]
         marker = "Booting worker"
     else:
         argv = [sys.executable, "-m", "django", "runserver", address, "--noreload"]

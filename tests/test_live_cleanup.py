@@ -7,6 +7,9 @@ Before, on Python 3.11, some streams never ended (1 in 300 to 1,000 cycles with 
 request task, forever. The server's own state decides (``tests.live_probe``): no
 subscriber, no listener, no live thread or task, no more request tasks than when idle, and
 the process holds no connection to Redis or the database.
+
+PostgreSQL only: the streams' code is the same on SQLite, and the database connections
+this test counts are PostgreSQL's (the cycles cost half a minute per run of the suite).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tests.factories import UserFactory
 from tests.live_scenarios import REDIS, REDIS_URL, cycles, idle_state, wait_until_idle
 from tests.sse import remote_connections, server_process, server_state
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 POLLING = "django_dataflows.live.polling.PollingEvents"
 #: Connect/disconnect cycles per source, by this many clients at a time.
