@@ -81,12 +81,14 @@ coverage: $(STAMP)  ## Combine coverage of both runs; fail under 90 % (branches 
 	@$(BIN)/coverage combine --quiet
 	@$(BIN)/coverage report --fail-under=90
 
+# `make tox TOX_COMMAND=run-parallel TOX_ARGS='-p 2 -e …'` runs envs side by side.
+TOX_COMMAND ?= run
 # pyenv's interpreters for the matrix, put on PATH so tox finds python3.12 and python3.13.
 PYENV_PATHS = $(shell for v in $$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[123]\.'); do printf '%s:' "$$(pyenv root)/versions/$$v/bin"; done)
 
 tox: $(STAMP)  ## The Django 5.2 / 6.0 / 6.1 matrix (SQLite, plus 5.2 on PostgreSQL).
 	@$(BIN)/python -m pip install --quiet tox
-	@PATH="$(PYENV_PATHS)$$PATH" $(BIN)/tox run $(TOX_ARGS)
+	@PATH="$(PYENV_PATHS)$$PATH" $(BIN)/tox $(TOX_COMMAND) $(TOX_ARGS)
 
 docs: $(STAMP)  ## Build the documentation into docs/_build/html (a warning fails the build).
 	@echo "==> sphinx-build"
