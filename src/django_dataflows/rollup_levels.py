@@ -255,18 +255,38 @@ def fold_statements(vendor: str) -> list[str]:
     """The statements folding one day's changed hourly rows into the levels.
 
     Named parameters: ``start`` and ``end`` of the day, ``epoch``, and on PostgreSQL
-    ``ids``, the changed rows :func:`changed_rows_statement` locked. The hours and flows
-    recomputed are those of the changed rows; the caller clears their marks afterwards.
-    On PostgreSQL the set is the locked rows, fixed for the whole fold: a row a worker
-    marks meanwhile is neither in one statement's set and missing from the next one's,
-    nor cleared (it is folded next time). SQLite lets no other writer in once the fold
-    has written.
+    ``flows`` and ``hours``, the flows and hours of the changed rows
+    :func:`changed_rows_statement` locked. The hours and flows recomputed are those of the
+    changed rows; the caller clears their marks afterwards. On PostgreSQL the set is the
+    locked rows, fixed for the whole fold: a row a worker marks meanwhile is neither in one
+    statement's set and missing from the next one's, nor cleared (it is folded next time).
+    SQLite lets no other writer in once the fold has written.
+
+    On PostgreSQL the flows and hours are arrays, not subqueries: the level tables grow
+    from nothing during a rebuild's fold, and a semi-join planned on their stale
+    statistics read every changed flow's hourly rows once per bucket (ten minutes for one
+    day of a 10,000,000-run history instead of seconds).
     """
     in_day = "hour >= %(start)s AND hour < %(end)s"
     level_in_day = "start >= %(start)s AND start < %(end)s"
-    changed = "id = ANY(%(ids)s)" if vendor == "postgresql" else f"changed AND {in_day}"
-    changed_hours = f"SELECT hour FROM {ROLLUPS} WHERE {changed}"
-    changed_flows = f"SELECT data_flow_id FROM {ROLLUPS} WHERE {changed}"
+
+    if vendor == "postgresql":
+
+        def flows_in(column: str) -> str:
+            return f"{column} = ANY(%(flows)s)"
+
+        def hours_in(column: str) -> str:
+            return f"{column} = ANY(%(hours)s)"
+
+    else:
+        changed = f"changed AND {in_day}"
+
+        def flows_in(column: str) -> str:
+            return f"{column} IN (SELECT data_flow_id FROM {ROLLUPS} WHERE {changed})"
+
+        def hours_in(column: str) -> str:
+            return f"{column} IN (SELECT hour FROM {ROLLUPS} WHERE {changed})"
+
     day = "CAST(%(start)s AS TIMESTAMP WITH TIME ZONE)" if vendor == "postgresql" else "%(start)s"
     into = f"(span, flow_id, start, {', '.join(SUMMED)}, duration_min, duration_max)"
     sums = f"{_sums()}, MIN(duration_min), MAX(duration_max)"
@@ -277,7 +297,7 @@ def fold_statements(vendor: str) -> list[str]:
         return (
             f"INSERT INTO {LEVEL_BUCKETS} {buckets_into} SELECT {ALL_TIME}, flow_id, %(epoch)s, "
             f"bucket, {sign}count FROM {LEVEL_BUCKETS} WHERE span = {DAY} AND {level_in_day} "
-            f"AND flow_id IN ({changed_flows}) ON CONFLICT (span, flow_id, start, bucket) "
+            f"AND {flows_in('flow_id')} ON CONFLICT (span, flow_id, start, bucket) "
             f"DO UPDATE SET count = {LEVEL_BUCKETS}.count + excluded.count"
         )
 
@@ -287,31 +307,31 @@ def fold_statements(vendor: str) -> list[str]:
         # every day of the flow's history).
         move_all_time_buckets("-"),
         f"DELETE FROM {LEVELS} WHERE span = {DAY} AND {level_in_day} "
-        f"AND flow_id IN ({changed_flows})",
+        f"AND {flows_in('flow_id')}",
         f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {DAY} AND {level_in_day} "
-        f"AND flow_id IN ({changed_flows})",
+        f"AND {flows_in('flow_id')}",
         f"INSERT INTO {LEVELS} {into} SELECT {DAY}, data_flow_id, {day}, {sums} "
-        f"FROM {ROLLUPS} WHERE {in_day} AND data_flow_id IN ({changed_flows}) "
+        f"FROM {ROLLUPS} WHERE {in_day} AND {flows_in('data_flow_id')} "
         "GROUP BY data_flow_id",
         f"INSERT INTO {LEVEL_BUCKETS} {buckets_into} "
         f"SELECT {DAY}, data_flow_id, {day}, bucket, SUM(count) FROM {BUCKETS} "
-        f"WHERE {in_day} AND data_flow_id IN ({changed_flows}) "
+        f"WHERE {in_day} AND {flows_in('data_flow_id')} "
         "GROUP BY data_flow_id, bucket HAVING SUM(count) <> 0",
         move_all_time_buckets(""),
         f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND count = 0 "
-        f"AND flow_id IN ({changed_flows})",
+        f"AND {flows_in('flow_id')}",
         # Their whole history's counts, from their days (a row each).
-        *all_time_statements(changed_flows, buckets=False),
+        *all_time_statements(flows_in("flow_id"), buckets=False),
         # All flows' changed hours.
         f"DELETE FROM {LEVELS} WHERE span = {HOUR} AND flow_id = {ALL_FLOWS} "
-        f"AND {level_in_day} AND start IN ({changed_hours})",
+        f"AND {level_in_day} AND {hours_in('start')}",
         f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {HOUR} AND flow_id = {ALL_FLOWS} "
-        f"AND {level_in_day} AND start IN ({changed_hours})",
+        f"AND {level_in_day} AND {hours_in('start')}",
         f"INSERT INTO {LEVELS} {into} SELECT {HOUR}, {ALL_FLOWS}, hour, {sums} "
-        f"FROM {ROLLUPS} WHERE {in_day} AND hour IN ({changed_hours}) GROUP BY hour",
+        f"FROM {ROLLUPS} WHERE {in_day} AND {hours_in('hour')} GROUP BY hour",
         f"INSERT INTO {LEVEL_BUCKETS} {buckets_into} "
         f"SELECT {HOUR}, {ALL_FLOWS}, hour, bucket, SUM(count) FROM {BUCKETS} "
-        f"WHERE {in_day} AND hour IN ({changed_hours}) GROUP BY hour, bucket "
+        f"WHERE {in_day} AND {hours_in('hour')} GROUP BY hour, bucket "
         "HAVING SUM(count) <> 0",
         # All flows' day, from its hours.
         f"DELETE FROM {LEVELS} WHERE span = {DAY} AND flow_id = {ALL_FLOWS} AND {level_in_day}",
@@ -328,30 +348,35 @@ def fold_statements(vendor: str) -> list[str]:
 
 
 def all_time_statements(flows: str, *, buckets: bool = True) -> list[str]:
-    """Recompute the whole history of the flows ``flows`` selects, from their days (and
-    with ``buckets``, its histogram too). Named parameter ``epoch``: ``ALL_TIME_START``."""
+    """Recompute the whole history of the flows the condition ``flows`` (on ``flow_id``)
+    selects, from their days (and with ``buckets``, its histogram too). Named parameter
+    ``epoch``: ``ALL_TIME_START``."""
     into = f"(span, flow_id, start, {', '.join(SUMMED)}, duration_min, duration_max)"
     statements = [
-        f"DELETE FROM {LEVELS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
+        f"DELETE FROM {LEVELS} WHERE span = {ALL_TIME} AND {flows}",
         f"INSERT INTO {LEVELS} {into} SELECT {ALL_TIME}, flow_id, %(epoch)s, {_sums()}, "
         f"MIN(duration_min), MAX(duration_max) FROM {LEVELS} "
-        f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id",
+        f"WHERE span = {DAY} AND {flows} GROUP BY flow_id",
     ]
     if buckets:
         statements += [
-            f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND flow_id IN ({flows})",
+            f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {ALL_TIME} AND {flows}",
             f"INSERT INTO {LEVEL_BUCKETS} (span, flow_id, start, bucket, count) "
             f"SELECT {ALL_TIME}, flow_id, %(epoch)s, bucket, SUM(count) FROM {LEVEL_BUCKETS} "
-            f"WHERE span = {DAY} AND flow_id IN ({flows}) GROUP BY flow_id, bucket "
+            f"WHERE span = {DAY} AND {flows} GROUP BY flow_id, bucket "
             "HAVING SUM(count) <> 0",
         ]
     return statements
 
 
 def changed_rows_statement(vendor: str) -> str:
-    """The ids of a day's changed hourly rows, locked on PostgreSQL until the fold ends."""
+    """The (id, flow, hour) of a day's changed hourly rows, locked on PostgreSQL until the
+    fold ends."""
     lock = " FOR UPDATE" if vendor == "postgresql" else ""
-    return f"SELECT id FROM {ROLLUPS} WHERE changed AND hour >= %(start)s AND hour < %(end)s{lock}"
+    return (
+        f"SELECT id, data_flow_id, hour FROM {ROLLUPS} "
+        f"WHERE changed AND hour >= %(start)s AND hour < %(end)s{lock}"
+    )
 
 
 def _plus_day(vendor: str, column: str) -> str:

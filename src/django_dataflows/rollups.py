@@ -128,9 +128,14 @@ def fold_rollups(
         }
         with transaction.atomic(using=using), connection.cursor() as cursor:
             cursor.execute(rollup_levels.changed_rows_statement(connection.vendor), params)
-            ids = [row[0] for row in cursor.fetchall()]
+            rows = cursor.fetchall()
+            ids = [row[0] for row in rows]
+            sets = {
+                "flows": sorted({row[1] for row in rows}),
+                "hours": sorted({row[2] for row in rows}),
+            }
             for sql in statements:
-                cursor.execute(sql, {**params, "ids": ids})
+                cursor.execute(sql, {**params, **sets})
             # Only the rows read under the lock: a row changed meanwhile stays marked.
             for first in range(0, len(ids), 500):
                 RunRollup.objects.using(using).filter(pk__in=ids[first : first + 500]).update(
@@ -169,7 +174,7 @@ def refold_levels(*, since: datetime | None = None, using: str = "default") -> N
     fold_rollups(using=using)
     # A flow whose recomputed hours are all gone has none changed: its history again too.
     epoch = connections[using].ops.adapt_datetimefield_value(rollup_levels.ALL_TIME_START)
-    every_flow = f"SELECT id FROM {DataFlow._meta.db_table}"  # noqa: S608 - a table name
+    every_flow = f"flow_id IN (SELECT id FROM {DataFlow._meta.db_table})"  # noqa: S608
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for sql in rollup_levels.all_time_statements(every_flow):
             cursor.execute(sql, {"epoch": epoch})
