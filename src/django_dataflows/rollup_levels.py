@@ -306,8 +306,7 @@ def fold_statements(vendor: str) -> list[str]:
         # whole history move by the difference (reading them all again would cost a read of
         # every day of the flow's history).
         move_all_time_buckets("-"),
-        f"DELETE FROM {LEVELS} WHERE span = {DAY} AND {level_in_day} "
-        f"AND {flows_in('flow_id')}",
+        f"DELETE FROM {LEVELS} WHERE span = {DAY} AND {level_in_day} AND {flows_in('flow_id')}",
         f"DELETE FROM {LEVEL_BUCKETS} WHERE span = {DAY} AND {level_in_day} "
         f"AND {flows_in('flow_id')}",
         f"INSERT INTO {LEVELS} {into} SELECT {DAY}, data_flow_id, {day}, {sums} "
