@@ -288,6 +288,33 @@ def test_histogram_buckets_are_within_the_relative_accuracy() -> None:
     assert histograms.histogram_percentile([], 0.5) is None
 
 
+def test_percentiles_of_a_histogram_in_parts_equal_those_of_the_merged_histogram() -> None:
+    """Statistics read a histogram as the sorted rows of several parts (days, hours, the
+    runs of a partial hour): a bucket may come once per part, and a part may have none."""
+    rng = random.Random(7)
+    parts = [
+        [(rng.randint(-1, 400), rng.randint(0, 5)) for _ in range(rng.randint(0, 60))]
+        for _ in range(3)
+    ]
+    merged: dict[int, int] = {}
+    for part in parts:
+        for bucket, count in part:
+            merged[bucket] = merged.get(bucket, 0) + count
+    fractions = (0.0, 0.5, 0.95, 1.0)
+    rows = sorted(pair for part in parts for pair in part)
+    got = histograms.histogram_percentiles(rows, fractions, minimum=3, maximum=50_000)
+    # Independently: every run stands for its bucket's value (within the exact extremes).
+    values = sorted(
+        min(max(histograms.bucket_value(bucket), 3.0), 50_000.0)
+        for bucket, count in merged.items()
+        for _ in range(max(count, 0))
+    )
+    expected = [histograms.exact_percentile(values, fraction) for fraction in fractions]
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert expected[1] is not None
+    assert histograms.histogram_percentiles([(5, 0)], fractions) == [None] * 4
+
+
 def value_bucket(value: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {histograms.bucket_sql('%s')}", [value, value])

@@ -76,24 +76,48 @@ def histogram_percentile(
     when they are known; ``None`` for an empty histogram.
     """
     ordered = sorted((bucket, count) for bucket, count in buckets if count > 0)
-    total = sum(count for _bucket, count in ordered)
-    if not total:
-        return None
-    lower, upper, weight = percentile_positions(total, fraction)
+    return histogram_percentiles(ordered, (fraction,), minimum=minimum, maximum=maximum)[0]
 
-    def value_at(rank: int) -> float:
-        seen = 0
-        for bucket, count in ordered:
-            seen += count
-            if rank < seen:
-                value = bucket_value(bucket)
-                break
-        else:  # pragma: no cover - rank < total always lands in a bucket
-            value = bucket_value(ordered[-1][0])
+
+def histogram_percentiles(
+    ordered: Sequence[tuple[int, int]],
+    fractions: Sequence[float],
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> list[float | None]:
+    """:func:`histogram_percentile` of several fractions at once, from ``(bucket, count)``
+    pairs already in bucket order (a bucket may repeat; counts of 0 or less are skipped):
+    one pass over the histogram whatever the number of fractions."""
+    total = sum(count for _bucket, count in ordered if count > 0)
+    if not total:
+        return [None] * len(fractions)
+    positions = [percentile_positions(total, fraction) for fraction in fractions]
+    ranks = sorted({rank for lower, upper, _weight in positions for rank in (lower, upper)})
+    values: dict[int, float] = {}
+    pending = iter(ranks)
+    rank = next(pending)
+    seen = 0
+    for bucket, count in ordered:
+        if count <= 0:
+            continue
+        seen += count
+        while rank < seen:
+            values[rank] = bucket_value(bucket)
+            rank = next(pending, total)
+        if rank >= total:
+            break
+    for rank in ranks:  # pragma: no cover - every rank < total lands in a bucket
+        values.setdefault(rank, bucket_value(ordered[-1][0]))
+
+    def clamped(value: float) -> float:
         if minimum is not None:
             value = max(value, float(minimum))
         if maximum is not None:
             value = min(value, float(maximum))
         return value
 
-    return interpolate(value_at(lower), value_at(upper), weight)
+    return [
+        interpolate(clamped(values[lower]), clamped(values[upper]), weight)
+        for lower, upper, weight in positions
+    ]

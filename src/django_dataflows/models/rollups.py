@@ -150,7 +150,17 @@ class RunBucketLevel(models.Model):
                 fields=("span", "flow_id", "start", "bucket"), name="dataflows_bucket_level"
             ),
         )
-        indexes = (models.Index(fields=("span", "start"), name="dataflows_lvbucket_start_idx"),)
+        indexes = (
+            models.Index(fields=("span", "start"), name="dataflows_lvbucket_start_idx"),
+            # The unique key plus the count: a page's flows' histograms are read from the
+            # index alone. Their rows lie scattered over the table (the fold rewrites the
+            # recent days and the whole histories), so reading them from the table took a
+            # page per row: 122 ms instead of 20 ms for 100 flows' week at 10,000,000 runs.
+            models.Index(
+                fields=("span", "flow_id", "start", "bucket", "count"),
+                name="dataflows_lvbucket_cover_idx",
+            ),
+        )
 
     def __str__(self) -> str:
         return f"{self.span} h from {self.start:%Y-%m-%d %H:00} bucket {self.bucket}"

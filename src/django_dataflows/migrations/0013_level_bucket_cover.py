@@ -1,0 +1,55 @@
+"""A covering index on the level histograms: a page's flows are read from the index alone.
+
+Built with ``CREATE INDEX CONCURRENTLY`` on PostgreSQL, so the heartbeat's fold keeps
+writing the levels meanwhile (the migration is not atomic for that reason); elsewhere a
+plain ``CREATE INDEX``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations, models
+
+
+class AddIndexConcurrentlyOnPostgreSQL(migrations.AddIndex):
+    """``AddIndex``, concurrently where the database can (without ``django.contrib.postgres``,
+    which a project on SQLite may not have the driver for)."""
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            if schema_editor.connection.vendor == "postgresql":
+                schema_editor.add_index(model, self.index, concurrently=True)
+            else:
+                schema_editor.add_index(model, self.index)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            if schema_editor.connection.vendor == "postgresql":
+                schema_editor.remove_index(model, self.index, concurrently=True)
+            else:
+                schema_editor.remove_index(model, self.index)
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ("dataflows", "0012_rollup_levels"),
+    ]
+
+    operations = [
+        AddIndexConcurrentlyOnPostgreSQL(
+            model_name="runbucketlevel",
+            index=models.Index(
+                fields=["span", "flow_id", "start", "bucket", "count"],
+                name="dataflows_lvbucket_cover_idx",
+            ),
+        ),
+    ]
