@@ -425,3 +425,9 @@ def test_the_upstream_field_lists_only_the_chosen_flows_and_completes_visible_on
     assert response.status_code == 200
     assert "upstream_flows" in response.context["adminform"].form.errors
     assert list(mine.upstream_flows.all()) == [orders]
+    # The flow itself, which the autocomplete offers, is refused with the reason.
+    data["upstream_flows"] = [mine.pk]
+    response = client.post(f"/admin/dataflows/dataflow/{mine.pk}/change/", data)
+    assert response.context["adminform"].form.errors["upstream_flows"] == [
+        "A flow cannot be its own upstream flow: alice-flow → alice-flow."
+    ]

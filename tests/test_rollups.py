@@ -489,6 +489,17 @@ def test_the_heartbeat_folds_the_changed_rollups() -> None:
     assert_rollups_match_runs()
 
 
+def test_the_fold_works_while_queries_are_logged() -> None:
+    """With ``DEBUG=True`` (the example project's setting) Django logs each query with its
+    parameters; on SQLite it quotes every parameter, and a list cannot be quoted."""
+    flow = DataFlowFactory(enabled=False)
+    mixed_runs(flow, 20, seed=45, hours=3)
+    with CaptureQueriesContext(connection):  # the logging cursor, as under DEBUG=True
+        assert fold_rollups() >= 1
+    assert not RunRollup.objects.filter(changed=True).exists()
+    assert_rollups_match_runs()
+
+
 def test_a_rebuild_recomputes_the_levels_too() -> None:
     flow = DataFlowFactory()
     mixed_runs(flow, 120, seed=44, hours=24 * 3)

@@ -255,14 +255,14 @@ def fold_statements(vendor: str) -> list[str]:
     """The statements folding one day's changed hourly rows into the levels.
 
     Named parameters: ``start`` and ``end`` of the day, ``epoch``, and on PostgreSQL
-    ``flows`` and ``hours``, the flows and hours of the changed rows
+    ``ids`` and ``flows``, the ids and flows of the changed rows
     :func:`changed_rows_statement` locked. The hours and flows recomputed are those of the
     changed rows; the caller clears their marks afterwards. On PostgreSQL the set is the
     locked rows, fixed for the whole fold: a row a worker marks meanwhile is neither in one
     statement's set and missing from the next one's, nor cleared (it is folded next time).
     SQLite lets no other writer in once the fold has written.
 
-    On PostgreSQL the flows and hours are arrays, not subqueries: the level tables grow
+    On PostgreSQL the flows are an array, not a subquery: the level tables grow
     from nothing during a rebuild's fold, and a semi-join planned on their stale
     statistics read every changed flow's hourly rows once per bucket (ten minutes for one
     day of a 10,000,000-run history instead of seconds).
@@ -275,8 +275,8 @@ def fold_statements(vendor: str) -> list[str]:
         def flows_in(column: str) -> str:
             return f"{column} = ANY(%(flows)s)"
 
-        def hours_in(column: str) -> str:
-            return f"{column} = ANY(%(hours)s)"
+        def hours_in(column: str) -> str:  # a day has at most 24: no plan goes wrong on them
+            return f"{column} IN (SELECT hour FROM {ROLLUPS} WHERE id = ANY(%(ids)s))"
 
     else:
         changed = f"changed AND {in_day}"
@@ -369,11 +369,11 @@ def all_time_statements(flows: str, *, buckets: bool = True) -> list[str]:
 
 
 def changed_rows_statement(vendor: str) -> str:
-    """The (id, flow, hour) of a day's changed hourly rows, locked on PostgreSQL until the
-    fold ends."""
+    """The (id, flow) of a day's changed hourly rows, locked on PostgreSQL until the fold
+    ends."""
     lock = " FOR UPDATE" if vendor == "postgresql" else ""
     return (
-        f"SELECT id, data_flow_id, hour FROM {ROLLUPS} "
+        f"SELECT id, data_flow_id FROM {ROLLUPS} "
         f"WHERE changed AND hour >= %(start)s AND hour < %(end)s{lock}"
     )
 

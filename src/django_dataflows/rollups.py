@@ -121,7 +121,7 @@ def fold_rollups(
             break
         start = rollup_levels.day_of(oldest)
         after = start + timedelta(days=1)
-        params = {
+        params: dict[str, Any] = {
             "start": connection.ops.adapt_datetimefield_value(start),
             "end": connection.ops.adapt_datetimefield_value(after),
             "epoch": connection.ops.adapt_datetimefield_value(rollup_levels.ALL_TIME_START),
@@ -130,12 +130,10 @@ def fold_rollups(
             cursor.execute(rollup_levels.changed_rows_statement(connection.vendor), params)
             rows = cursor.fetchall()
             ids = [row[0] for row in rows]
-            sets = {
-                "flows": sorted({row[1] for row in rows}),
-                "hours": sorted({row[2] for row in rows}),
-            }
+            if connection.vendor == "postgresql":  # SQLite's statements select them
+                params.update(ids=ids, flows=sorted({row[1] for row in rows}))
             for sql in statements:
-                cursor.execute(sql, {**params, **sets})
+                cursor.execute(sql, params)
             # Only the rows read under the lock: a row changed meanwhile stays marked.
             for first in range(0, len(ids), 500):
                 RunRollup.objects.using(using).filter(pk__in=ids[first : first + 500]).update(

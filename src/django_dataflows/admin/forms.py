@@ -184,13 +184,12 @@ class DataFlowForm(_DataFlowModelForm):
         if "upstream_flows" in self.fields:
             field = self.fields["upstream_flows"]
             assert isinstance(field, forms.ModelMultipleChoiceField)
-            # Among the flows the user sees (the admin says which), never the flow itself.
-            choices = (
+            # Among the flows the user sees (the admin says which). The flow itself is
+            # valid here so that choosing it (the autocomplete offers it) is refused by the
+            # cycle check, which says why, rather than as an unknown choice.
+            field.queryset = (
                 DataFlow.objects.all() if self.upstream_choices is None else self.upstream_choices
             )
-            if self.instance.pk:
-                choices = choices.exclude(pk=self.instance.pk)
-            field.queryset = choices
 
     def clean(self) -> dict[str, Any]:
         """Apply the schedule-kind switch: the other kind's field is emptied.

@@ -22,6 +22,10 @@ class AddIndexConcurrentlyOnPostgreSQL(migrations.AddIndex):
         model = to_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             if schema_editor.connection.vendor == "postgresql":
+                # A build that failed halfway leaves an invalid index of that name behind;
+                # the next attempt starts afresh.
+                name = schema_editor.quote_name(self.index.name)
+                schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
                 schema_editor.add_index(model, self.index, concurrently=True)
             else:
                 schema_editor.add_index(model, self.index)
