@@ -319,24 +319,25 @@ def _rollup_stats(
         *("pending", "in_progress", "paused", *_ROLLED_UP, "timed_count", "sum", "min", "max"),
         *rollup_sql.cost_columns(),
     )
+    # The database adds the parts up: a row per flow (one for all flows), however many
+    # days, hours and runs the parts read.
+    columns = [f"c{index}" for index in range(len(names))]
+    totals = ", ".join(
+        f"{'MIN' if name == 'min' else 'MAX' if name == 'max' else 'SUM'}({column})"
+        for name, column in zip(names, columns, strict=True)
+    )
+    union = " UNION ALL ".join(sql for sql, _params in parts)
     with connection_.cursor() as cursor:
         cursor.execute(
-            " UNION ALL ".join(sql for sql, _params in parts),
+            f"WITH parts(k, {', '.join(columns)}) AS ({union}) "  # noqa: S608 - constants
+            f"SELECT k, {totals} FROM parts GROUP BY k",
             [p for _sql, params in parts for p in params],
         )
         for flow_id, *values in cursor.fetchall():
-            row = rows.setdefault(
-                int(flow_id), {**dict.fromkeys(names, 0), "min": None, "max": None}
-            )
-            for name, value in zip(names, values, strict=True):
-                if value is None:
-                    continue
-                if name == "min":
-                    row[name] = value if row[name] is None else min(row[name], value)
-                elif name == "max":
-                    row[name] = value if row[name] is None else max(row[name], value)
-                else:
-                    row[name] += int(value)
+            rows[int(flow_id)] = {
+                name: value if name in ("min", "max") else int(value or 0)
+                for name, value in zip(names, values, strict=True)
+            }
     rows = {
         flow_id: row
         for flow_id, row in rows.items()
