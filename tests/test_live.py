@@ -423,6 +423,20 @@ def test_the_dashboard_draws_its_charts_on_the_server(admin_client):
     assert "50 %" in page
 
 
+def test_the_day_chart_shows_the_last_day_and_the_week_chart_the_week(admin_client):
+    """Both charts come from one read of the week's hourly counts."""
+    recent = DataFlowRunFactory(status=RunStatus.SUCCESS, duration_ms=5)
+    older = DataFlowRunFactory(data_flow=recent.data_flow, status=RunStatus.FAILED)
+    DataFlowRun.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(days=3))
+    page = admin_client.get("/admin/dataflows/dataflowrun/dashboard/").content.decode()
+    day = page.split("Runs per hour, last 24 hours")[1].split("</svg>")[0]
+    week = page.split("Runs per hour, last 168 hours")[1].split("</svg>")[0]
+    assert ": 1 Success</title>" in day
+    assert ": 1 Failed</title>" not in day
+    assert ": 1 Success</title>" in week
+    assert ": 1 Failed</title>" in week
+
+
 def test_the_dashboard_charts_the_slowest_and_least_successful_flows(admin_client, monkeypatch):
     monkeypatch.setattr("django_dataflows.admin.charts.FLOWS_CHARTED", 2)
     for name, duration, statuses in (

@@ -44,14 +44,27 @@ def _legend() -> SafeString:
     )
 
 
-def runs_per_hour(runs: Any, *, now: datetime, hours: int) -> SafeString:
-    """Stacked bars: how many runs were created in each of the last ``hours`` hours."""
+def hour_window(now: datetime, hours: int) -> tuple[datetime, datetime]:
+    """The whole hours of a chart of the last ``hours`` hours: ``(start, end)``."""
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    start = end - timedelta(hours=hours)
-    # From the hourly rollups (and the few active runs), not from every run of the week.
+    return end - timedelta(hours=hours), end
+
+
+def runs_per_hour(
+    counts: dict[datetime, dict[str, int]], *, now: datetime, hours: int
+) -> SafeString:
+    """Stacked bars: how many runs were created in each of the last ``hours`` hours.
+
+    ``counts`` are :meth:`~django_dataflows.models.DataFlowRunQuerySet.counts_per_hour`
+    over these hours or more (from the hourly rollups and the few active runs, not from
+    every run of the week); hours outside the chart are left out.
+    """
+    start, _end = hour_window(now, hours)
     buckets: dict[int, dict[str, int]] = defaultdict(dict)
-    for hour, counts in runs.counts_per_hour(start, end).items():
-        buckets[int((hour - start) / timedelta(hours=1))].update(counts)
+    for hour, hour_counts in counts.items():
+        index = int((hour - start) / timedelta(hours=1))
+        if 0 <= index < hours:
+            buckets[index].update(hour_counts)
     peak = max((sum(bucket.values()) for bucket in buckets.values()), default=0)
     scale = (HEIGHT - BOTTOM - 10) / max(peak, 1)
     bar = (WIDTH - LEFT) / hours

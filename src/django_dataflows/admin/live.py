@@ -119,9 +119,11 @@ class LiveRunAdminMixin:
         per_flow = runs.stats_per_flow(since=since, percentiles=False)
         slowest = charts.chosen(per_flow, "avg_duration_ms", highest=True)
         slowest_stats = runs.filter(data_flow__in=slowest).stats_per_flow(since=since)
+        # The week's hourly counts, read once for both charts.
+        week = runs.counts_per_hour(*charts.hour_window(now, 24 * 7))
         context.update(
-            day_chart=charts.runs_per_hour(runs, now=now, hours=24),
-            week_chart=charts.runs_per_hour(runs, now=now, hours=24 * 7),
+            day_chart=charts.runs_per_hour(week, now=now, hours=24),
+            week_chart=charts.runs_per_hour(week, now=now, hours=24 * 7),
             duration_chart=charts.durations_per_flow(charts.named(slowest_stats, flows, slowest)),
             success_chart=charts.success_rate_per_flow(
                 charts.named(per_flow, flows, charts.chosen(per_flow, "success_rate"))
