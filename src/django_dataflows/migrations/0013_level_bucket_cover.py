@@ -19,26 +19,27 @@ class AddIndexConcurrentlyOnPostgreSQL(migrations.AddIndex):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            if schema_editor.connection.vendor == "postgresql":
-                # A build that failed halfway leaves an invalid index of that name behind;
-                # the next attempt starts afresh.
-                name = schema_editor.quote_name(self.index.name)
-                schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-                schema_editor.add_index(model, self.index, concurrently=True)
-            else:
-                schema_editor.add_index(model, self.index)
+        self._change(schema_editor, to_state.apps.get_model(app_label, self.model_name), add=True)
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            if schema_editor.connection.vendor == "postgresql":
-                schema_editor.remove_index(model, self.index, concurrently=True)
-            else:
-                schema_editor.remove_index(model, self.index)
+        self._change(schema_editor, model, add=False)
+
+    def _change(self, schema_editor: Any, model: Any, *, add: bool) -> None:
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        change = schema_editor.add_index if add else schema_editor.remove_index
+        if schema_editor.connection.vendor != "postgresql":
+            change(model, self.index)
+            return
+        if add:
+            # A build that failed halfway leaves an invalid index of that name behind; the
+            # next attempt starts afresh.
+            name = schema_editor.quote_name(self.index.name)
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        change(model, self.index, concurrently=True)
 
 
 class Migration(migrations.Migration):
